@@ -1,0 +1,235 @@
+"""Corpus -> tokenizer -> packed fixed-length blocks (train / validation), cached on disk.
+
+    load_documents(cfg)      list of raw documents (embedded corpus, local files or a hub dataset)
+    train_tokenizer(docs)    byte-level BPE trained on the corpus (from-scratch models only)
+    build_datasets(cfg, tok) tokenise once with datasets.map, pack, split, cache
+
+Packing: documents are joined with the separator token `</s>` into one stream, cut into
+chunks of `max_len - 2` tokens, and each chunk is wrapped as `<s> chunk </s>`. That is the exact
+layout generate.py builds for its canvas (`<s> prompt <mask>... </s>`), so nothing the model
+sees at generation time is new to it. No padding is ever needed.
+"""
+
+import bz2
+import hashlib
+import json
+import os
+import re
+import shutil
+
+from config import TrainConfig, UsageError
+
+TEXT_SUFFIXES = (".txt", ".jsonl")
+
+# ---------------------------------------------------------------------------------------------
+# Documents
+# ---------------------------------------------------------------------------------------------
+
+
+def embedded_corpus() -> list[str]:
+    """106 English Wikipedia articles (480k words, CC BY-SA) that ship in the gensim wheel's
+    test data, cleaned of wiki markup. Changing the default corpus means changing this function."""
+    try:
+        import gensim
+        from gensim.corpora.wikicorpus import extract_pages, filter_wiki
+    except ImportError:
+        raise UsageError("the embedded corpus needs gensim: pip install -r requirements.txt")
+    path = os.path.join(os.path.dirname(gensim.__file__), "test", "test_data",
+                        "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2")
+    if not os.path.isfile(path):
+        raise UsageError(f"gensim is installed but its Wikipedia test file is missing: {path}")
+    docs = []
+    with bz2.BZ2File(path) as f:
+        for _title, text, _pageid in extract_pages(f, filter_namespaces=("0",)):
+            text = _clean_wiki(filter_wiki(text))
+            if text and not text.upper().startswith("#REDIRECT") and len(text.split()) >= 50:
+                docs.append(text)
+    return docs
+
+
+def _clean_wiki(text: str) -> str:
+    """Drop what filter_wiki leaves behind: bold/italic quotes, headings, empty brackets."""
+    text = text.replace("'''", "").replace("''", '"')
+    lines = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith(("=", "{", "|", "!")):  # headings and table debris
+            continue
+        line = re.sub(r"\(\s*[,;]?\s*\)", "", line)  # "( )" left where templates were
+        line = re.sub(r"\s+([,.;:])", r"\1", re.sub(r"\s{2,}", " ", line))
+        if len(line.split()) >= 4:  # list stubs and captions are not prose
+            lines.append(line)
+    return "\n".join(lines)
+
+
+def _read_file(path: str, text_column: str) -> list[str]:
+    try:
+        if path.endswith(".jsonl"):
+            docs = []
+            with open(path, encoding="utf-8") as f:
+                for n, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError as e:
+                        raise UsageError(f"{path}:{n}: not valid JSON ({e.msg})")
+                    if not isinstance(row, dict) or text_column not in row:
+                        keys = ", ".join(row) if isinstance(row, dict) else type(row).__name__
+                        raise UsageError(f"{path}:{n}: no '{text_column}' field (has: {keys}); "
+                                         f"set --text-column")
+                    docs.append(str(row[text_column]))
+            return docs
+        with open(path, encoding="utf-8") as f:
+            return [f.read()]
+    except UnicodeDecodeError:
+        raise UsageError(f"{path} is not UTF-8 text")
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror}")
+
+
+def local_files(path: str) -> list[str]:
+    if os.path.isfile(path):
+        if not path.endswith(TEXT_SUFFIXES):
+            raise UsageError(f"{path}: expected a .txt or .jsonl file")
+        return [path]
+    files = sorted(os.path.join(root, name) for root, _, names in os.walk(path)
+                   for name in names if name.endswith(TEXT_SUFFIXES))
+    if not files:
+        raise UsageError(f"{path} holds no .txt or .jsonl files")
+    return files
+
+
+def load_documents(cfg: TrainConfig) -> list[str]:
+    """Raw documents for cfg.dataset, non-empty, or a UsageError saying what is wrong."""
+    if cfg.dataset == "embedded":
+        docs = embedded_corpus()
+    elif os.path.exists(cfg.dataset):
+        docs = [d for p in local_files(cfg.dataset) for d in _read_file(p, cfg.text_column)]
+    elif cfg.dataset.startswith((".", "/", "~")) or cfg.dataset.endswith(TEXT_SUFFIXES):
+        raise UsageError(f"dataset path not found: {cfg.dataset}")
+    else:
+        docs = _hub_documents(cfg)
+    docs = [d.strip() for d in docs if d and d.strip()]
+    if not docs:
+        raise UsageError(f"dataset {cfg.dataset!r} contains no text")
+    return docs
+
+
+def _hub_documents(cfg: TrainConfig) -> list[str]:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(cfg.dataset, cfg.dataset_config or None, split="train")
+    except Exception as e:  # connection errors come in many types; all mean the same to a user
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UsageError(f"cannot load hub dataset {cfg.dataset!r} ({first[:160]}); offline, use "
+                         f"--dataset embedded or a local .txt/.jsonl file or folder")
+    if cfg.text_column not in ds.column_names:
+        raise UsageError(f"hub dataset {cfg.dataset!r} has no column '{cfg.text_column}' "
+                         f"(has: {', '.join(ds.column_names)}); set --text-column")
+    return list(ds[cfg.text_column])
+
+
+def corpus_fingerprint(cfg: TrainConfig) -> str:
+    """Changes when the corpus changes: file sizes and mtimes for local data, names otherwise."""
+    parts = [cfg.dataset, cfg.dataset_config, cfg.text_column]
+    if cfg.dataset != "embedded" and os.path.exists(cfg.dataset):
+        for p in local_files(cfg.dataset):
+            st = os.stat(p)
+            parts.append(f"{os.path.abspath(p)}:{st.st_size}:{st.st_mtime_ns}")
+    return hashlib.sha1("|".join(parts).encode()).hexdigest()[:12]
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizer (from-scratch models)
+# ---------------------------------------------------------------------------------------------
+
+SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # RoBERTa's ids 0..4
+
+
+def train_tokenizer(docs: list[str], vocab_size: int, folder: str):
+    """Byte-level BPE (RoBERTa's scheme) trained on `docs`, saved to `folder`, returned as a
+    transformers tokenizer that AutoTokenizer.from_pretrained(folder) loads back."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import AutoTokenizer, RobertaTokenizer
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(docs, vocab_size=vocab_size, min_frequency=2,
+                            special_tokens=SPECIAL_TOKENS, show_progress=False)
+    tmp = folder + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)  # debris of a killed run
+    os.makedirs(tmp)
+    bpe.save_model(tmp)
+    tok = RobertaTokenizer(vocab=os.path.join(tmp, "vocab.json"), merges=os.path.join(tmp, "merges.txt"))
+    tok.save_pretrained(tmp)
+    os.replace(tmp, folder)  # whole folder or nothing: a killed run leaves only *.tmp
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def get_tokenizer(cfg: TrainConfig, docs: list[str] | None = None):
+    """The tokenizer for cfg.model: trained on the corpus (cached) for "scratch", else loaded."""
+    from transformers import AutoTokenizer
+
+    if cfg.model != "scratch":
+        from modeling import load_pretrained
+
+        return load_pretrained(AutoTokenizer, cfg.model)
+    folder = os.path.join(cfg.cache_dir, f"tokenizer-{corpus_fingerprint(cfg)}-{cfg.tokenizer_vocab_size}")
+    if os.path.isdir(folder):
+        return AutoTokenizer.from_pretrained(folder)
+    return train_tokenizer(docs if docs is not None else load_documents(cfg), cfg.tokenizer_vocab_size, folder)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenise, pack, split
+# ---------------------------------------------------------------------------------------------
+
+
+def pack(token_lists: list[list[int]], block: int, sep_id: int) -> list[list[int]]:
+    """Join documents with `sep_id` and cut the stream into full chunks of `block` tokens
+    (the ragged tail is dropped, as in HF run_mlm)."""
+    stream = []
+    for ids in token_lists:
+        stream.extend(ids)
+        stream.append(sep_id)
+    return [stream[i:i + block] for i in range(0, len(stream) - block + 1, block)]
+
+
+def build_datasets(cfg: TrainConfig, tokenizer, docs: list[str] | None = None):
+    """(train, validation) `datasets.Dataset`s with one column `input_ids` of length max_len.
+    Cached under cfg.cache_dir keyed by corpus, tokenizer and window, so a rerun starts fast."""
+    import datasets
+
+    vocab = json.dumps(sorted(tokenizer.get_vocab().items()))
+    key = hashlib.sha1(json.dumps([corpus_fingerprint(cfg), vocab, cfg.max_len, cfg.val_fraction,
+                                   cfg.text_column]).encode()).hexdigest()[:12]
+    folder = os.path.join(cfg.cache_dir, f"packed-{key}")
+    if os.path.isdir(folder):
+        dd = datasets.load_from_disk(folder)
+    else:
+        docs = docs if docs is not None else load_documents(cfg)
+        bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+        if bos is None or eos is None:  # BERT-style tokenizers: [CLS] ... [SEP]
+            bos, eos = tokenizer.cls_token_id, tokenizer.sep_token_id
+        raw = datasets.Dataset.from_dict({"text": docs})
+        tokenised = raw.map(lambda b: {"ids": tokenizer(b["text"], add_special_tokens=False)["input_ids"]},
+                            batched=True, remove_columns=["text"], desc="tokenising")
+        chunks = pack(tokenised["ids"], cfg.max_len - 2, eos)
+        blocks = [[bos] + c + [eos] for c in chunks]
+        n_val = max(1, int(len(blocks) * cfg.val_fraction))
+        if len(blocks) - n_val < 1:
+            raise UsageError(f"dataset {cfg.dataset!r} is too small: {len(blocks)} block(s) of "
+                             f"{cfg.max_len} tokens; need at least 2 (add text or lower --max-len)")
+        # the held-out set is the tail of the stream: text the model never trains on
+        dd = datasets.DatasetDict({
+            "train": datasets.Dataset.from_dict({"input_ids": blocks[:-n_val]}),
+            "validation": datasets.Dataset.from_dict({"input_ids": blocks[-n_val:]}),
+        })
+        shutil.rmtree(folder + ".tmp", ignore_errors=True)
+        dd.save_to_disk(folder + ".tmp")
+        os.replace(folder + ".tmp", folder)
+    train = dd["train"]
+    if cfg.max_train_blocks and len(train) > cfg.max_train_blocks:
+        train = train.select(range(cfg.max_train_blocks))
+    return train.with_format("torch"), dd["validation"].with_format("torch")

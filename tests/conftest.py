@@ -1,0 +1,47 @@
+"""Shared fixtures. Tests run offline on CPU: caches live in the checkout (.cache/, ignored by
+git), and the tiny models below are built from configs, never downloaded."""
+
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CACHE = os.path.join(ROOT, ".cache")
+os.environ.setdefault("HF_HOME", os.path.join(CACHE, "hf"))
+os.environ.setdefault("HF_DATASETS_CACHE", os.path.join(CACHE, "hf", "datasets"))
+os.environ.setdefault("MPLCONFIGDIR", os.path.join(CACHE, "mpl"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, ROOT)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def tiny_overrides(out_dir: str, **kw) -> list[str]:
+    """train.py flags for a seconds-long run on the embedded corpus."""
+    flags = {"model": "scratch", "dataset": "embedded", "scratch-layers": 1, "scratch-hidden": 32,
+             "scratch-heads": 2, "scratch-intermediate": 64, "max-len": 32, "max-steps": 6,
+             "batch-size": 4, "logging-steps": 2, "eval-steps": 3, "save-steps": 3, "eval-batches": 1,
+             "learning-rate": 1e-3, "warmup-steps": 1, "output-dir": out_dir, "cache-dir": CACHE}
+    flags.update({k.replace("_", "-"): v for k, v in kw.items()})
+    return [x for k, v in flags.items() for x in (f"--{k}", str(v))]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A finished 6-step training run: (output_dir, path of final-model)."""
+    import train
+
+    out = str(tmp_path_factory.mktemp("tiny_run"))
+    assert train.main(tiny_overrides(out)) == 0
+    return out, os.path.join(out, "final-model")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_run):
+    """(model, tokenizer, train_config) loaded from the tiny run's final-model."""
+    from generate import load_checkpoint
+
+    return load_checkpoint(tiny_run[1], device="cpu")
