@@ -33,10 +33,10 @@ class TrainConfig:
     # default because a 2-layer post-LN RoBERTa trained from scratch on 2 CPU cores sits on the
     # unigram plateau ("the the the") for minutes; ModernBERT leaves it within the first minute.
     scratch_arch: str = "modernbert"  # modernbert | roberta | bert
-    scratch_layers: int = 4
-    scratch_hidden: int = 256
-    scratch_heads: int = 4
-    scratch_intermediate: int = 512
+    scratch_layers: int = 4  # transformer layers of a from-scratch model
+    scratch_hidden: int = 256  # hidden size of a from-scratch model
+    scratch_heads: int = 4  # attention heads of a from-scratch model
+    scratch_intermediate: int = 512  # MLP width of a from-scratch model
     tokenizer_vocab_size: int = 4096  # byte-level BPE trained on the corpus (scratch only)
 
     # --- data --------------------------------------------------------------------------------
@@ -54,41 +54,41 @@ class TrainConfig:
     # How the masking rate t is drawn: "levels" = uniform over mask_levels (the seed's
     # 0.1..1.0), "uniform" = continuous U(mask_min, 1), "cosine" = t = 1 - cos(pi/2 * u).
     mask_distribution: str = "levels"
-    mask_levels: str = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0"
+    mask_levels: str = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0"  # rates for "levels"; also the reported levels
     mask_min: float = 0.1  # lower bound of the continuous distributions
     per_sample_rate: bool = False  # one rate per sequence instead of one per batch
     # Tokens at the start that are never masked (the prompt during generation).
     # "fixed" = always prefix_len; "variable" = uniform in [0, prefix_len] per sequence, so
     # unprompted generation and prompts of any length up to prefix_len are in distribution.
     prefix_mode: str = "variable"
-    prefix_len: int = 16
+    prefix_len: int = 16  # prefix length (fixed) or its maximum (variable), in tokens
     # "mean" = the seed's plain average over masked tokens; "elbo" = MDLM's 1/t weighting.
     loss_weighting: str = "mean"
 
     # --- optimisation --------------------------------------------------------------------------
-    output_dir: str = "results"
-    max_steps: int = 2000
+    output_dir: str = "results"  # checkpoint-N/, final-model/, metrics.jsonl, loss_by_level.png
+    max_steps: int = 2000  # optimiser steps
     batch_size: int = 16  # per device
-    grad_accum: int = 1
-    learning_rate: float = 5e-5
-    weight_decay: float = 0.01
-    warmup_steps: int = 100
+    grad_accum: int = 1  # gradient accumulation steps per optimiser step
+    learning_rate: float = 5e-5  # peak learning rate (AdamW)
+    weight_decay: float = 0.01  # AdamW weight decay
+    warmup_steps: int = 100  # linear warm-up to the peak learning rate
     lr_scheduler: str = "linear"  # any transformers scheduler name (linear, cosine, constant)
-    seed: int = 42
+    seed: int = 42  # fixes weight init, data order and every mask
 
     # --- speed ---------------------------------------------------------------------------------
     masked_only_head: bool = True  # apply the LM head only where loss is computed
     precision: str = "auto"  # auto (bf16 on a GPU that has it, else fp32) | bf16 | fp16 | fp32
     fused_adamw: bool = True  # fused AdamW kernel on CUDA (ignored on CPU)
-    torch_compile: bool = False
+    torch_compile: bool = False  # torch.compile the model (slow start, faster steps on GPU)
     num_workers: int = 0  # DataLoader workers (seeded seed + worker_id)
 
     # --- logging, evaluation, checkpoints ------------------------------------------------------
     logging_steps: int = 50  # per-level loss block every N steps
     eval_steps: int = 500  # held-out loss at every level + ELBO bound + fills every N steps
     eval_batches: int = 8  # held-out batches per level per evaluation
-    save_steps: int = 500
-    save_total_limit: int = 3
+    save_steps: int = 500  # write checkpoint-N every N steps
+    save_total_limit: int = 3  # keep only the newest N checkpoints
     resume: bool = False  # continue from the newest results/checkpoint-N
     quick_test: bool = False  # preset: small offline run on the embedded corpus (see QUICK_TEST)
 
@@ -124,7 +124,7 @@ QUICK_TEST = dict(
     logging_steps=250,
     eval_steps=500,
     save_steps=500,
-    eval_batches=4,
+    eval_batches=8,
 )
 
 # Sensible per-size defaults for real runs (tokens per step ~ 64 x 256 on one large GPU).

@@ -283,7 +283,7 @@ def plot_curves(rows: list[dict], path: str) -> None:
                         color=cmap(i / max(len(levels) - 1, 1)), label=f"{lv:.0%} masked")
         ax.set(title=f"{title} per masking level", xlabel="step", ylabel="cross-entropy (nats/token)")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, ncol=2)
+    (axes[0] if axes[0].lines else axes[1]).legend(fontsize=7, ncol=2)
     pts = [(r["step"], r["eval_elbo_ppl"]) for r in rows if "eval_elbo_ppl" in r]
     if pts:
         axes[2].plot(*zip(*pts), marker="o", color="crimson")
@@ -380,6 +380,7 @@ def main(argv=None) -> int:
         gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.learning_rate,
         weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps, lr_scheduler_type=cfg.lr_scheduler,
         logging_steps=cfg.logging_steps, eval_strategy="steps", eval_steps=cfg.eval_steps,
+        eval_on_start=checkpoint is None,  # held-out losses at step 0: the baseline every level falls from
         save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
         seed=cfg.seed, data_seed=cfg.seed, report_to="none", remove_unused_columns=False,
         dataloader_num_workers=cfg.num_workers, dataloader_pin_memory=torch.cuda.is_available(),

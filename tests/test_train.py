@@ -1,0 +1,215 @@
+"""Training: config and flags, data loading, a short run end to end, resume, bad inputs."""
+
+import argparse
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import config
+import train
+from conftest import ROOT, tiny_overrides
+from config import TrainConfig, UsageError
+
+# ---------------------------------------------------------------------------------------------
+# Config
+# ---------------------------------------------------------------------------------------------
+
+
+def parse(argv):
+    p = argparse.ArgumentParser()
+    config.add_args(p, TrainConfig)
+    return config.resolve_train_config(p.parse_args(argv))
+
+
+def test_every_field_is_a_flag_with_help():
+    p = argparse.ArgumentParser()
+    config.add_args(p, TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        action = p._option_string_actions["--" + f.name.replace("_", "-")]
+        assert action.help and not action.help.startswith("(default"), f.name
+
+
+def test_presets_and_flags_resolve_in_order():
+    assert parse([]).model == "roberta-base" and parse([]).batch_size == 64  # model-size preset
+    q = parse(["--quick-test"])
+    assert q.model == "scratch" and q.max_steps == config.QUICK_TEST["max_steps"]
+    assert parse(["--quick-test", "--max-steps", "7"]).max_steps == 7  # explicit flag wins
+    assert parse(["--model", "roberta-large"]).grad_accum == 2
+    assert parse(["--per-sample-rate"]).per_sample_rate is True
+
+
+def test_config_round_trip(tmp_path):
+    cfg = parse(["--quick-test", "--prefix-len", "5", "--mask-distribution", "cosine"])
+    config.save_config(cfg, str(tmp_path))
+    assert config.load_train_config(str(tmp_path)) == cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------
+
+
+def test_embedded_corpus_is_real_prose():
+    from data import embedded_corpus
+
+    docs = embedded_corpus()
+    words = sum(len(d.split()) for d in docs)
+    assert len(docs) == 106 and words > 400_000
+    assert "Anarchism is a political philosophy" in docs[0]
+    assert "'''" not in docs[0] and "==" not in docs[0]
+
+
+def test_pack_joins_documents_with_separator():
+    from data import pack
+
+    assert pack([[1, 2, 3], [4, 5]], 3, 9) == [[1, 2, 3], [9, 4, 5]]  # tail [9] dropped
+
+
+def test_local_folder_and_jsonl(tmp_path):
+    from data import load_documents
+
+    (tmp_path / "a.txt").write_text("first document " * 20)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.jsonl").write_text(json.dumps({"body": "second"}) + "\n\n" + json.dumps({"body": "third"}))
+    docs = load_documents(TrainConfig(model="scratch", dataset=str(tmp_path), text_column="body"))
+    assert docs == [("first document " * 20).strip(), "second", "third"]
+    with pytest.raises(UsageError, match="no 'text' field"):
+        load_documents(TrainConfig(model="scratch", dataset=str(tmp_path / "sub" / "b.jsonl")))
+
+
+def test_training_on_a_folder_of_txt(tmp_path):
+    from data import embedded_corpus
+
+    folder = tmp_path / "mydocs"
+    folder.mkdir()
+    for i, doc in enumerate(embedded_corpus()[:3]):
+        (folder / f"doc{i}.txt").write_text(doc)
+    out = tmp_path / "out"
+    assert train.main(tiny_overrides(str(out), dataset=str(folder), max_steps=2, eval_steps=2)) == 0
+    assert (out / "final-model" / "diffusion_config.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# A short run end to end
+# ---------------------------------------------------------------------------------------------
+
+
+def test_run_writes_loadable_checkpoints_logs_and_plot(tiny_run):
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    out, final = tiny_run
+    for folder in (final, os.path.join(out, "checkpoint-6")):
+        AutoModelForMaskedLM.from_pretrained(folder)
+        AutoTokenizer.from_pretrained(folder)
+        saved = config.load_train_config(folder)
+        assert saved.max_len == 32 and saved.prefix_len == TrainConfig.prefix_len
+    rows = train.read_metrics(out)
+    evals = [r for r in rows if "eval_elbo_nats" in r]
+    assert evals[0]["step"] == 0 and evals[-1]["step"] == 6  # baseline at step 0, then every 3 steps
+    assert all(f"eval_mask_{lv}" in evals[-1] for lv in [0.1, 0.5, 1.0])
+    assert any("train_mask_" in k for r in rows for k in r)
+    assert os.path.getsize(os.path.join(out, "loss_by_level.png")) > 10_000
+    assert open(os.path.join(out, "loss_by_level.csv")).readline().strip() == "step,split,mask_level,loss"
+
+
+def test_elbo_bound_is_area_under_curve():
+    assert train.elbo_bound({lv / 10: 2.0 for lv in range(1, 11)}) == pytest.approx(2.0)
+    # linear loss t -> 10 t: area = 5, with the flat start [0, 0.1] at loss(0.1) = 1 adding 0.05
+    assert train.elbo_bound({lv / 10: float(lv) for lv in range(1, 11)}) == pytest.approx(5.0 + 0.05)
+
+
+def test_log_block_format():
+    block = train.level_block("eval", {0.1: 4.1234, 1.0: 8.234, 0.5: 6.0})
+    assert block.splitlines() == ["  eval mask_0.1: 4.123  (10% masked - easiest)",
+                                  "  eval mask_0.5: 6.000  (50% masked)",
+                                  "  eval mask_1.0: 8.234  (100% masked - hardest)"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Resume after a kill
+# ---------------------------------------------------------------------------------------------
+
+
+def run_train(args, **kw):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def test_killed_run_resumes_from_last_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    args = tiny_overrides(str(out), max_steps=400, save_steps=5, eval_steps=1000, logging_steps=5)
+    proc = run_train(args)
+    deadline = time.time() + 120
+    while not (out / "checkpoint-10" / "trainer_state.json").exists():
+        assert proc.poll() is None and time.time() < deadline, "training died before its second checkpoint"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "final-model").exists()
+    from transformers.trainer_utils import get_last_checkpoint
+
+    last = int(get_last_checkpoint(str(out)).rsplit("-", 1)[1])
+    resumed = run_train(["--resume", "--output-dir", str(out), "--max-steps", str(last + 5)])
+    log, _ = resumed.communicate(timeout=180)
+    assert resumed.returncode == 0, log
+    state = json.load(open(out / "final-model" / ".." / f"checkpoint-{last + 5}" / "trainer_state.json"))
+    assert state["global_step"] == last + 5
+    assert config.load_train_config(str(out / "final-model")).scratch_hidden == 32  # settings came from the checkpoint
+    steps = [r["step"] for r in train.read_metrics(str(out)) if "loss" in r]
+    assert steps[-1] == last + 5 and min(steps) <= last  # one log: before and after the kill
+
+
+def test_resume_without_checkpoint_is_an_error(tmp_path, capsys):
+    assert config.cli(train.main, ["--resume", "--output-dir", str(tmp_path)]) == 2
+    assert "no checkpoint-N folder" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad inputs: one line, exit 2, nothing half-written
+# ---------------------------------------------------------------------------------------------
+
+
+def bad(tmp_path, **kw):
+    out = tmp_path / "out"
+    return out, tiny_overrides(str(out), **kw)
+
+
+@pytest.mark.parametrize("kw,msg", [
+    (dict(dataset="/no/such/folder"), "dataset path not found"),
+    (dict(dataset="EMPTY"), "contains no text"),
+    (dict(dataset="NOTEXT"), "no 'text' field"),
+    (dict(model="no-such-org/no-such-model"), "cannot load hub model"),
+    (dict(dataset="no-such-hub-dataset-xyz"), "cannot load hub dataset"),
+    (dict(mask_levels="0.5,2"), "--mask-levels"),
+    (dict(mask_distribution="gaussian"), "invalid choice"),
+    (dict(output_dir="/proc/forbidden"), "not writable"),
+])
+def test_bad_input_one_line_error(tmp_path, kw, msg, capsys):
+    if kw.get("dataset") == "EMPTY":
+        (tmp_path / "empty.txt").write_text("  \n")
+        kw["dataset"] = str(tmp_path / "empty.txt")
+    if kw.get("dataset") == "NOTEXT":
+        (tmp_path / "d.jsonl").write_text('{"content": "hello"}\n')
+        kw["dataset"] = str(tmp_path / "d.jsonl")
+    out, argv = bad(tmp_path, **kw)
+    try:
+        code = config.cli(train.main, argv)
+    except SystemExit as e:  # argparse rejects bad choices itself, with exit code 2
+        code = e.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and msg in err[-1], err
+    if kw.get("output_dir") is None:
+        assert not any(p.name.startswith(("checkpoint", "final-model")) for p in out.glob("*")) if out.exists() else True
+
+
+def test_bad_input_exit_code_from_the_shell(tmp_path):
+    proc = run_train(tiny_overrides(str(tmp_path / "o"), dataset=str(tmp_path / "missing.txt")))
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and out.strip().splitlines()[-1].startswith("error: dataset path not found")
