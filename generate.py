@@ -376,6 +376,7 @@ def animate(history: list[Step], tokenizer, path: str, prompt_len: int = 0, cols
     L = first.tokens.shape[1]
     rows = math.ceil(L / cols)
     fig, ax = plt.subplots(figsize=(cols * 0.95, rows * 0.42 + 0.9))
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=0.86)
 
     def draw(i):
         h = history[i]
