@@ -213,3 +213,16 @@ def test_bad_input_exit_code_from_the_shell(tmp_path):
     proc = run_train(tiny_overrides(str(tmp_path / "o"), dataset=str(tmp_path / "missing.txt")))
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 2 and out.strip().splitlines()[-1].startswith("error: dataset path not found")
+
+
+def test_recipe_probe_runs_and_reports(tmp_path, capsys):
+    sys.path.insert(0, os.path.join(ROOT, "experiments"))
+    import recipe_probe
+
+    out = tmp_path / "probe.json"
+    recipe = '{"scratch_layers": 1, "scratch_hidden": 32, "scratch_heads": 2, "scratch_intermediate": 64, "max_len": 32}'
+    assert recipe_probe.main(["--seconds", "1", "--recipe", recipe, "--out", str(out)]) == 0
+    row = json.load(open(out))["results"][0]
+    assert row["steps"] >= 1 and set(row["heldout_loss"]) == {"0.1", "0.5", "1.0"}
+    assert all(0 < v < 20 for v in row["heldout_loss"].values())
+    assert config.cli(recipe_probe.main, ["--recipe", "{bad json"]) == 2
