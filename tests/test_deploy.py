@@ -1,0 +1,236 @@
+"""deploy.sh and monitor_training.sh against a real ssh server on 127.0.0.1 (no mocks): a tiny
+run deployed, watched to success and its checkpoint loaded; a second deploy while it is live;
+an unreachable host; a crashed run; --dry-run; a 2-process (gloo) run; shellcheck.
+
+The fixture starts a throwaway sshd (own host key, client key and config in a temp folder) and
+stops it, and every run it started, afterwards. .ci/run installs openssh-server, rsync, tmux and
+shellcheck, so these tests skip only where those are missing."""
+
+import getpass
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, tiny_overrides
+
+SSHD = "/usr/sbin/sshd"
+MISSING = [name for name, ok in (("openssh-server", os.path.exists(SSHD)), ("ssh", shutil.which("ssh")),
+                                 ("ssh-keygen", shutil.which("ssh-keygen")), ("rsync", shutil.which("rsync")))
+           if not ok]
+
+
+def tiny_flags(**kw) -> list[str]:
+    """conftest's seconds-long run cut to 4 steps, minus --output-dir (deploy.sh sets results/<run>)."""
+    flags = tiny_overrides("unused", **{"max_steps": 4, "eval_steps": 4, "save_steps": 4, **kw})
+    i = flags.index("--output-dir")
+    return flags[:i] + flags[i + 2:]
+
+
+@dataclass
+class Box:
+    host: str
+    env: dict
+    dir: Path
+
+    def sh(self, *args, remote: str, timeout: float = 120, **env) -> subprocess.CompletedProcess:
+        """Run deploy.sh / monitor_training.sh from the checkout, aimed at folder `remote` on the box."""
+        return subprocess.run(args, cwd=ROOT, env={**self.env, "REMOTE_DIR": str(self.dir / remote), **env},
+                              capture_output=True, text=True, timeout=timeout)
+
+    def deploy(self, remote: str, train_args: list[str], **env) -> subprocess.CompletedProcess:
+        return self.sh("./deploy.sh", self.host, "--", *train_args, remote=remote, **{"RUN_NAME": "t", **env})
+
+    def monitor(self, remote: str) -> subprocess.CompletedProcess:
+        return self.sh("./monitor_training.sh", self.host, "--run", "t", remote=remote)
+
+    def wait(self, remote: str, timeout: float = 240) -> subprocess.CompletedProcess:
+        """Poll the monitor until the run is no longer running (exit status 3)."""
+        end = time.time() + timeout
+        while True:
+            res = self.monitor(remote)
+            if res.returncode != 3 or time.time() > end:
+                return res
+            time.sleep(2)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def die_with_parent():
+    """sshd gets SIGTERM when pytest dies, even by a signal that skips the fixture's teardown."""
+    if sys.platform == "linux":
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
+@pytest.fixture(scope="module")
+def box(tmp_path_factory):
+    if MISSING:
+        pytest.skip(f"needs {', '.join(MISSING)} (apt-get install openssh-server rsync; .ci/run does this)")
+    d = tmp_path_factory.mktemp("box")
+    for name in ("host_key", "client_key"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)], check=True)
+    (d / "authorized_keys").write_text((d / "client_key.pub").read_text())
+    port = free_port()
+    (d / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nAuthorizedKeysFile {d}/authorized_keys\n"
+        f"PidFile {d}/sshd.pid\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n"
+        "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
+        # the offline HF settings and an isolated tmux server reach the remote side through ssh
+        "AcceptEnv HF_* TOKENIZERS_PARALLELISM MPLCONFIGDIR TMUX_TMPDIR\n")
+    if os.geteuid() == 0:
+        os.makedirs("/run/sshd", exist_ok=True)  # sshd's privilege-separation folder
+    log = open(d / "sshd.log", "w")
+    sshd = subprocess.Popen([SSHD, "-D", "-e", "-f", str(d / "sshd_config")], stderr=log, preexec_fn=die_with_parent)
+    env = {**os.environ, "SSH_PORT": str(port), "SSH_KEY": str(d / "client_key"), "TMUX_TMPDIR": str(d),
+           "SSH_OPTS": f"-o StrictHostKeyChecking=accept-new -o UserKnownHostsFile={d}/known_hosts "
+                       "-o SendEnv=HF_* -o SendEnv=TOKENIZERS_PARALLELISM -o SendEnv=MPLCONFIGDIR "
+                       "-o SendEnv=TMUX_TMPDIR",
+           # the box runs this checkout's venv python: no venv build or pip install in CI
+           "REMOTE_PYTHON": sys.executable}
+    try:
+        for _ in range(100):
+            assert sshd.poll() is None, f"sshd exited: {(d / 'sshd.log').read_text()}"
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.1)
+        yield Box(f"{getpass.getuser()}@127.0.0.1", env, d)
+    finally:
+        for pid_file in d.glob("*/results/*/pid"):  # runs a failed test left behind
+            try:
+                os.killpg(int(pid_file.read_text()), signal.SIGTERM)
+            except (ProcessLookupError, ValueError):
+                pass
+        if shutil.which("tmux"):
+            subprocess.run(["tmux", "kill-server"], env={**os.environ, "TMUX_TMPDIR": str(d)}, capture_output=True)
+        sshd.terminate()
+        try:
+            sshd.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            sshd.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def live_run(box):
+    """A tiny run deployed to the box (tmux when installed), returned while it is still live."""
+    res = box.deploy("ok", tiny_flags())
+    assert res.returncode == 0, res.stderr
+    assert ("detached: tmux attach -t train-t" in res.stdout) == bool(shutil.which("tmux"))
+    return res
+
+
+def test_second_deploy_refuses_while_a_run_is_live(box, live_run):
+    # the run imports torch and transformers for seconds before its first step: still live here
+    assert box.monitor("ok").returncode == 3
+    t0 = time.time()
+    res = box.deploy("ok", tiny_flags(), RUN_NAME="second")
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines()[-1].startswith("error: run t is still live on")
+    assert not (box.dir / "ok" / "results" / "second").exists()  # refused before shipping anything
+    assert time.time() - t0 < 15
+
+
+def test_deploy_monitor_success_and_checkpoint_loads(box, live_run):
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    # the monitor command deploy.sh prints works as printed (--follow stops once the run ends)
+    printed = [ln for ln in live_run.stdout.splitlines() if ln.startswith("monitor: ")]
+    assert len(printed) == 1 and printed[0].endswith(" --follow")
+    res = box.wait("ok")
+    assert res.returncode == 0, res.stdout + res.stderr
+    out = res.stdout
+    assert out.splitlines()[-1] == "status: succeeded"
+    assert "step 4/4" in out and "held-out ELBO bound" in out and "final-model" in out
+    assert "latest loss per masking level" in out
+    again = subprocess.run(["bash", "-c", printed[0][len("monitor: "):]], cwd=ROOT,
+                           env={k: v for k, v in os.environ.items() if not k.startswith(("SSH_", "REMOTE_"))},
+                           capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and again.stdout.splitlines()[-1] == "status: succeeded", again.stderr
+    run = box.dir / "ok" / "results" / "t"
+    assert (run / "exit_code").read_text().strip() == "0" and not (run / "pid").exists()
+    assert "saved results/t/final-model" in (run / "train.log").read_text()
+    assert not (box.dir / "ok" / ".git").exists() and (box.dir / "ok" / "train.py").exists()
+    model = AutoModelForMaskedLM.from_pretrained(run / "final-model")
+    tok = AutoTokenizer.from_pretrained(run / "final-model")
+    assert model.config.num_hidden_layers == 1 and tok.mask_token_id is not None
+
+
+def offline_box(tmp_path) -> Box:
+    """Settings for a box nobody listens for: 127.0.0.1 on a closed port."""
+    return Box("root@127.0.0.1", {**os.environ, "SSH_PORT": str(free_port()), "CONNECT_TIMEOUT": "5"}, tmp_path)
+
+
+@pytest.mark.skipif(not shutil.which("ssh"), reason="needs the ssh client (apt-get install openssh-client)")
+def test_unreachable_host_fails_fast_with_one_line(tmp_path):
+    t0 = time.time()
+    res = offline_box(tmp_path).deploy("never", tiny_flags())
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines() == [res.stderr.strip()]  # one line
+    assert res.stderr.startswith("error: cannot reach root@127.0.0.1 over ssh: ") and "port" in res.stderr
+    assert time.time() - t0 < 10
+    assert not (tmp_path / "never").exists()
+
+
+def test_crashed_run_is_reported_with_its_exit_code(box):
+    res = box.deploy("crash", tiny_flags(dataset="/nonexistent"), DETACH="nohup")
+    assert res.returncode == 0, res.stderr
+    assert "detached with setsid nohup" in res.stdout
+    res = box.wait("crash", timeout=120)
+    assert res.returncode == 1, res.stdout + res.stderr
+    # train.py turns a bad --dataset into a one-line error and exit code 2
+    assert res.stdout.splitlines()[-1] == "status: crashed (exit 2)"
+    assert "error: dataset path not found: /nonexistent" in res.stdout
+
+
+def test_dry_run_prints_the_commands_and_does_nothing(tmp_path):
+    # the default path (venv + pip install) is the one printed; the port is closed, too
+    res = offline_box(tmp_path).sh("./deploy.sh", "root@127.0.0.1", "--dry-run", "--", "--quick-test",
+                                   remote="dry", RUN_NAME="d", REMOTE_PYTHON="")
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    for expected in ("rsync -az --exclude=/results/ --exclude=.git/", "-m venv .venv",
+                     ".venv/bin/pip install -q --disable-pip-version-check -r requirements.txt",
+                     ".venv/bin/python train.py --quick-test --output-dir $run", "run=results/d",
+                     "dry run: nothing was done"):
+        assert expected in out
+    assert not (tmp_path / "dry").exists()
+
+
+def test_two_process_cpu_run_over_deploy(box):
+    # A fresh cache, so both ranks start with no tokenizer or packed data (the case train.py
+    # guards); a small corpus (this repo's Python source) keeps building them quick.
+    corpus = box.dir / "corpus.txt"
+    corpus.write_text("\n\n".join(p.read_text() for p in sorted(Path(ROOT).glob("*.py"))))
+    flags = tiny_flags(dataset=str(corpus), cache_dir=str(box.dir / "ddp-cache"))
+    res = box.deploy("ddp", flags, NPROC="2", DETACH="nohup")
+    assert res.returncode == 0, res.stderr
+    res = box.wait("ddp")
+    run = box.dir / "ddp" / "results" / "t"
+    assert res.returncode == 0, res.stdout + (run / "train.log").read_text()[-3000:]
+    assert (run / "final-model" / "model.safetensors").exists()
+    # two processes of batch 4 go through the data twice as fast as one: epoch = step * 4 * 2 / blocks
+    log = (run / "train.log").read_text()
+    n_train = int(log.split("data: ", 1)[1].split(" train", 1)[0])
+    last = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()][-1]
+    assert last["epoch"] == pytest.approx(last["step"] * 4 * 2 / n_train, rel=0.05)
+
+
+@pytest.mark.skipif(not shutil.which("shellcheck"), reason="needs shellcheck (apt-get install shellcheck)")
+def test_shellcheck_clean():
+    res = subprocess.run(["shellcheck", "deploy.sh", "monitor_training.sh"], cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout
