@@ -4,6 +4,7 @@
     build_model(cfg, tokenizer)      from-scratch model (cfg.model == "scratch") or a pretrained one
     masked_logits(model, ids, attn, where)   logits [N, V] at the N positions where `where` is True
     masked_lm_loss(model, batch, ...)        per-token CE at masked positions, the training loss
+    compile_model(model)                     torch.compile in place, keeping the masked-only head
 
 The vocabulary projection (hidden -> V logits) is the single largest matmul of a small MLM, and
 only masked positions carry loss; `masked_logits` runs the encoder on every position but the
@@ -88,6 +89,15 @@ def masked_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor |
     encoder = getattr(model, head[0])
     hidden = encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # [B, L, H]
     return head[1](model, hidden[where])  # [N, V]
+
+
+def compile_model(model, masked_only: bool = True) -> None:
+    """torch.compile, in place, what masked_logits runs: the encoder when the head is known (its
+    input is [B, L] every step, while the head's row count changes with every mask), else the
+    whole model. In place keeps the class (HEADS finds it), the state-dict keys and
+    save_pretrained; a torch.compile wrapper would hide the class and lose the masked-only head."""
+    head = HEADS.get(type(model).__name__) if masked_only else None
+    (getattr(model, head[0]) if head else model).compile()
 
 
 def masked_lm_loss(model, input_ids, attention_mask, labels, mask_rate=None, weighting: str = "mean",

@@ -68,7 +68,7 @@ def level_losses(model, batches, tokenizer, cfg: TrainConfig, levels: list[float
             prefix = prefix_lengths(len(ids), cfg.prefix_mode, cfg.prefix_len, g)
             inputs, labels = mask_tokens(ids, torch.full((len(ids),), level),
                                          protected_positions(ids, special, prefix), tokenizer.mask_token_id, g)
-            with autocast(device):
+            with autocast(device, cfg.precision):
                 _, ce, _ = masked_lm_loss(model, inputs.to(device), None, labels.to(device))
             total += ce.sum().item()
             count += ce.numel()
@@ -87,8 +87,11 @@ def elbo_bound(losses: dict) -> float:
     return sum((xs[i + 1] - xs[i]) * (ys[i + 1] + ys[i]) / 2 for i in range(len(xs) - 1))
 
 
-def autocast(device):
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+def autocast(device, precision: str = "auto"):
+    """bf16 autocast on a GPU that has it, unless the run trains in fp32 (or fp16)."""
+    if device.type == "cuda" and precision == "fp16":
+        return torch.autocast("cuda", dtype=torch.float16)
+    if device.type == "cuda" and precision in ("auto", "bf16") and torch.cuda.is_bf16_supported():
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return torch.autocast(device.type, enabled=False)
 
@@ -334,6 +337,23 @@ def precision_flags(cfg: TrainConfig) -> dict:
     return {"bf16": p == "bf16", "fp16": p == "fp16"}
 
 
+def speed_arguments(cfg: TrainConfig) -> dict:
+    """The TrainingArguments behind the speed fields of TrainConfig (bench.py times the Trainer
+    with exactly these). torch_compile is not among them: the Trainer would wrap the model in an
+    OptimizedModule that masked_logits cannot see through, silently computing the full LM head;
+    main() compiles the encoder in place instead (modeling.compile_model)."""
+    cuda = torch.cuda.is_available()
+    return {
+        # persistent workers keep each worker's mask generator running across epochs (a restarted
+        # worker would replay the same masks every epoch) and skip the restart cost
+        "dataloader_num_workers": cfg.num_workers, "dataloader_persistent_workers": cfg.num_workers > 0,
+        "dataloader_pin_memory": cuda,
+        # fused AdamW runs on CPU too, where torch's default is a slow per-tensor loop
+        "optim": "adamw_torch_fused" if cfg.fused_adamw else "adamw_torch",
+        **precision_flags(cfg),
+    }
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_args(parser, TrainConfig)
@@ -357,12 +377,20 @@ def main(argv=None) -> int:
         print("resolved config:\n" + format_config(cfg), flush=True)
     set_seed(cfg.seed)
 
-    # 1. data: documents -> tokenizer -> packed blocks (all cached after the first run)
-    docs = None
-    if cfg.model == "scratch":
-        docs = load_documents(cfg)
-    tokenizer = get_tokenizer(cfg, docs)
-    train_ds, val_ds = build_datasets(cfg, tokenizer, docs)
+    # 1. data: documents -> tokenizer -> packed blocks (all cached after the first run).
+    # Under torchrun/accelerate, rank 0 builds the cache while the other ranks wait, then they
+    # read it: several ranks writing the same cache folder at once crash on a fresh box.
+    # Several processes without CUDA must be told to run on CPU (gloo), else each one trains
+    # alone as world size 1 and they overwrite each other's outputs.
+    from accelerate import PartialState
+
+    cpu_ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    with PartialState(cpu=cpu_ddp).local_main_process_first():  # per node: each has its own disk
+        docs = None
+        if cfg.model == "scratch":
+            docs = load_documents(cfg)
+        tokenizer = get_tokenizer(cfg, docs)
+        train_ds, val_ds = build_datasets(cfg, tokenizer, docs)
     if is_main:
         print(f"data: {len(train_ds)} train / {len(val_ds)} held-out blocks of {cfg.max_len} tokens", flush=True)
 
@@ -372,9 +400,14 @@ def main(argv=None) -> int:
     model = build_model(cfg, tokenizer)
     if is_main:
         n = sum(p.numel() for p in model.parameters())
-        print(f"model: {type(model).__name__}, {n / 1e6:.1f}M parameters", flush=True)
+        print(f"model: {type(model).__name__}, {n / 1e6:.1f}M parameters, "
+              f"{model.config._attn_implementation} attention", flush=True)
 
     # 3. trainer
+    if cfg.torch_compile:
+        from modeling import compile_model
+
+        compile_model(model, cfg.masked_only_head)
     targs = TrainingArguments(
         output_dir=cfg.output_dir, max_steps=cfg.max_steps, per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.learning_rate,
@@ -383,9 +416,7 @@ def main(argv=None) -> int:
         eval_on_start=checkpoint is None,  # held-out losses at step 0: the baseline every level falls from
         save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
         seed=cfg.seed, data_seed=cfg.seed, report_to="none", remove_unused_columns=False,
-        dataloader_num_workers=cfg.num_workers, dataloader_pin_memory=torch.cuda.is_available(),
-        optim="adamw_torch_fused" if cfg.fused_adamw and torch.cuda.is_available() else "adamw_torch",
-        torch_compile=cfg.torch_compile, disable_tqdm=not is_main, **precision_flags(cfg),
+        disable_tqdm=not is_main, use_cpu=cpu_ddp, **speed_arguments(cfg),
     )
     trainer = make_trainer_class()(
         model=model, args=targs, train_dataset=train_ds, eval_dataset=val_ds,

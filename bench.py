@@ -1,0 +1,502 @@
+"""Benchmark this repo's training and generation against the reference pipeline, side by side.
+
+    python bench.py                   # GPU if one is visible: roberta-base shape, sequence 256
+    python bench.py --device cpu      # quick-test shape, plus the quick test's wall time
+    python bench.py --small           # about a minute on a CPU (the CI smoke test)
+
+One run measures, on the same model shape, data and machine:
+  1. training tokens/s. This repo: pre-tokenised packed blocks (data.build_datasets), the
+     DiffusionCollator, the LM head on masked positions only, fused AdamW, bf16 autocast on CUDA,
+     the batch size of the config for that size (train.speed_arguments, config.MODEL_PRESETS). The reference is the pipeline
+     shape of the original RoBERTa-diffusion code, built here: the HF Trainer in fp32 at batch 16,
+     raw text tokenised by the collator on every batch, vocabulary logits at every position
+     (the model's own MLM loss).
+  2. seconds to write 256 new tokens: 10-step schedule decoding and threshold decoding
+     (generate.generate) vs a GPT-2-shaped model of equal size with its KV cache (HF generate),
+     at batch 1 and 16. Weights are random: this times the work, not the text.
+  3. the quick test's wall time on CPU: `train.py --quick-test` + `generate.py`, as subprocesses
+     into a temporary folder.
+Prints a table with ratios (this repo / baseline) and writes JSON with the resolved settings,
+versions and machine to --out. It asserts nothing about speed: the targets live in the README.
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+from config import QUICK_TEST, MODEL_PRESETS, TrainConfig, UsageError, cli
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+# Default settings per target. "gpu" is the issue's reference shape (roberta-base, sequence 256,
+# this repo's roberta-base batch); "cpu" is the quick test's model; "small" is a CI smoke run.
+ROBERTA_BASE = dict(arch="roberta", layers=12, hidden=768, heads=12, intermediate=3072, vocab=50265)
+PRESETS = {
+    "gpu": dict(**ROBERTA_BASE, seq_len=256, batch_size=MODEL_PRESETS["roberta-base"]["batch_size"],
+                warmup=5, steps=30, rounds=1, gen_length=256, gen_repeats=3,
+                num_workers=MODEL_PRESETS["roberta-base"]["num_workers"]),
+    "cpu": dict(arch=TrainConfig.scratch_arch, layers=QUICK_TEST["scratch_layers"],
+                hidden=QUICK_TEST["scratch_hidden"], heads=QUICK_TEST["scratch_heads"],
+                intermediate=QUICK_TEST["scratch_intermediate"], vocab=0, seq_len=QUICK_TEST["max_len"],
+                batch_size=QUICK_TEST["batch_size"], warmup=10, steps=40, rounds=5, gen_length=256, gen_repeats=3,
+                num_workers=0),
+    "small": dict(arch=TrainConfig.scratch_arch, layers=1, hidden=64, heads=2, intermediate=128, vocab=0,
+                  seq_len=64, batch_size=QUICK_TEST["batch_size"], warmup=2, steps=6, rounds=1, gen_length=32,
+                  gen_repeats=1, num_workers=0),
+}
+BASELINE_BATCH = 16  # the original code's per-device batch
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto = cuda if visible")
+    p.add_argument("--small", action="store_true", help="tiny settings a CPU finishes in about a minute")
+    p.add_argument("--out", default="results/bench.json", help="JSON written here")
+    # model shape, shared by both pipelines and by the generation models (default: per device)
+    p.add_argument("--arch", choices=("roberta", "bert", "modernbert"), help="encoder architecture")
+    p.add_argument("--layers", type=int)
+    p.add_argument("--hidden", type=int)
+    p.add_argument("--heads", type=int)
+    p.add_argument("--intermediate", type=int)
+    p.add_argument("--vocab", type=int, help="model vocabulary; 0 = the corpus tokenizer's (4096)")
+    p.add_argument("--seq-len", type=int, help="training window, <s> and </s> included")
+    # training measurement
+    p.add_argument("--batch-size", type=int, help="this repo's batch (the config's for that size)")
+    p.add_argument("--baseline-batch-size", type=int, default=BASELINE_BATCH)
+    p.add_argument("--warmup", type=int, help="untimed steps before the clock starts")
+    p.add_argument("--steps", type=int, help="timed optimiser steps, the same for both pipelines")
+    p.add_argument("--rounds", type=int, help="alternating rounds of both pipelines; the best of each is kept")
+    p.add_argument("--num-workers", type=int, help="DataLoader workers of this repo's pipeline")
+    p.add_argument("--compile", action="store_true", help="torch.compile this repo's encoder")
+    # generation measurement
+    p.add_argument("--gen-length", type=int, help="new tokens per sample")
+    p.add_argument("--gen-steps", type=int, default=10, help="denoising steps of schedule decoding")
+    p.add_argument("--gen-batches", default="1,16", help="comma-separated batch sizes")
+    p.add_argument("--gen-repeats", type=int, help="timed repeats after one warm-up; the fastest is kept")
+    p.add_argument("--threshold", type=float, default=0.9, help="confidence of threshold decoding")
+    p.add_argument("--skip-quick-test", action="store_true", help="skip timing train.py --quick-test (--small does)")
+    p.add_argument("--cache-dir", default=".cache", help="tokenizer and packed-data cache")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda but no CUDA GPU is visible (use --device cpu)")
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    preset = PRESETS["small" if args.small else "gpu" if args.device == "cuda" else "cpu"]
+    for name, value in preset.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    args.skip_quick_test = args.skip_quick_test or args.small
+    try:
+        args.gen_batches = [int(b) for b in args.gen_batches.split(",") if b.strip()]
+    except ValueError:
+        raise UsageError(f"--gen-batches must be comma-separated integers, got {args.gen_batches!r}")
+    for name in ("layers", "hidden", "heads", "intermediate", "seq_len", "batch_size", "baseline_batch_size",
+                 "steps", "rounds", "gen_length", "gen_steps", "gen_repeats"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.warmup < 1 or args.num_workers < 0 or args.vocab < 0:
+        raise UsageError("--warmup must be at least 1; --num-workers and --vocab at least 0")
+    if not args.gen_batches or min(args.gen_batches) < 1:
+        raise UsageError(f"--gen-batches must be positive integers, got {args.gen_batches}")
+    if not 0.0 < args.threshold <= 1.0:
+        raise UsageError(f"--threshold must be in (0, 1], got {args.threshold}")
+    return args
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+# ---------------------------------------------------------------------------------------------
+# Models and data
+# ---------------------------------------------------------------------------------------------
+
+
+def repo_config(args, max_len: int, out_dir: str) -> TrainConfig:
+    """This repo's TrainConfig at the benchmark's shape; everything else at its defaults."""
+    return TrainConfig(
+        model="scratch", dataset="embedded", scratch_arch=args.arch, scratch_layers=args.layers,
+        scratch_hidden=args.hidden, scratch_heads=args.heads, scratch_intermediate=args.intermediate,
+        max_len=max_len, batch_size=args.batch_size, max_steps=args.warmup + args.steps,
+        precision="auto" if args.device == "cuda" else "fp32", num_workers=args.num_workers,
+        torch_compile=args.compile, cache_dir=args.cache_dir, output_dir=out_dir, seed=args.seed)
+
+
+def encoder(cfg: TrainConfig, tokenizer, vocab: int):
+    """modeling.build_model's model, its vocabulary widened to `vocab` (roberta-base's 50265 on
+    GPU) so the LM head costs what it costs there; the corpus only uses the first 4096 ids."""
+    from modeling import build_model
+
+    model = build_model(cfg, tokenizer)
+    if vocab > model.config.vocab_size:
+        model.resize_token_embeddings(vocab, mean_resizing=False)
+    return model
+
+
+def gpt2_like(model, n_positions: int, tokenizer):
+    """GPT-2 of the encoder's size: same depth, width, heads, MLP width and vocabulary."""
+    from transformers import AutoModelForCausalLM, GPT2Config
+
+    from generate import bos_eos
+
+    c = model.config
+    bos, eos = bos_eos(tokenizer)
+    config = GPT2Config(vocab_size=c.vocab_size, n_positions=n_positions, n_embd=c.hidden_size,
+                        n_layer=c.num_hidden_layers, n_head=c.num_attention_heads, n_inner=c.intermediate_size,
+                        bos_token_id=bos, eos_token_id=eos, pad_token_id=eos)
+    return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+
+
+def n_params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+class TokenizingCollator:
+    """The reference collator: raw text in, the tokenizer called on every batch (padding and
+    truncation to the window), then the same masking as this repo (DiffusionCollator), so only
+    the pipeline shape differs. Returns just what the model's own MLM loss takes."""
+
+    def __init__(self, tokenizer, cfg: TrainConfig):
+        from data_collator import DiffusionCollator
+
+        self.tokenizer = tokenizer
+        self.max_len = cfg.max_len
+        self.masking = DiffusionCollator(tokenizer, cfg)
+
+    def __call__(self, features) -> dict:
+        ids = self.tokenizer([f["text"] for f in features], padding="max_length", truncation=True,
+                             max_length=self.max_len, return_tensors="pt")["input_ids"]  # [B, L]
+        batch = self.masking([{"input_ids": row} for row in ids])
+        return {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Training throughput
+# ---------------------------------------------------------------------------------------------
+
+
+def step_clock(first: int, last: int, device: torch.device):
+    """A Trainer callback that reads the clock after optimiser steps `first` and `last`, so the
+    timed span holds (last - first) whole steps: data loading, collation, forward, backward,
+    optimiser."""
+    from transformers import TrainerCallback
+
+    class StepClock(TrainerCallback):
+        def __init__(self):
+            self.marks = {}
+
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step in (first, last):
+                sync(device)
+                self.marks[state.global_step] = (time.perf_counter(), time.process_time())
+
+    return StepClock()
+
+
+def time_trainer(trainer, args, device, tokens_per_step: int) -> dict:
+    from transformers.trainer_callback import PrinterCallback
+
+    clock = step_clock(args.warmup, args.warmup + args.steps, device)
+    trainer.remove_callback(PrinterCallback)  # its end-of-training dict is not this table
+    trainer.add_callback(clock)
+    trainer.train()
+    (wall0, cpu0), (wall1, cpu1) = clock.marks[args.warmup], clock.marks[args.warmup + args.steps]
+    seconds = wall1 - wall0
+    # busy CPU threads of this process over the span: on a shared machine, well under
+    # torch's thread count means the neighbours took the cores
+    return {"tokens_per_s": args.steps * tokens_per_step / seconds, "step_ms": 1000 * seconds / args.steps,
+            "timed_steps": args.steps, "tokens_per_step": tokens_per_step,
+            "cpu_threads_busy": (cpu1 - cpu0) / seconds}
+
+
+def trainer_args(cfg: TrainConfig, args, out_dir: str, batch: int, **speed):
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=out_dir, max_steps=args.warmup + args.steps, per_device_train_batch_size=batch,
+        gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.learning_rate,
+        weight_decay=cfg.weight_decay, warmup_steps=0, lr_scheduler_type=cfg.lr_scheduler,
+        eval_strategy="no", save_strategy="no", logging_strategy="no", report_to="none",
+        remove_unused_columns=False, seed=cfg.seed, data_seed=cfg.seed, disable_tqdm=True,
+        use_cpu=args.device == "cpu", **speed)
+
+
+def train_repo(args, cfg: TrainConfig, tokenizer, train_ds, device) -> dict:
+    """This repo's pipeline: DiffusionTrainer with train.py's speed settings."""
+    from data_collator import DiffusionCollator
+    from train import make_trainer_class, speed_arguments
+
+    model = encoder(cfg, tokenizer, args.vocab)
+    if cfg.torch_compile:
+        from modeling import compile_model
+
+        compile_model(model, cfg.masked_only_head)
+    speed = speed_arguments(cfg)
+    trainer = make_trainer_class()(
+        model=model, args=trainer_args(cfg, args, cfg.output_dir, cfg.batch_size, **speed),
+        train_dataset=train_ds, data_collator=DiffusionCollator(tokenizer, cfg), processing_class=tokenizer,
+        diffusion_cfg=cfg, tokenizer=tokenizer)
+    timing = time_trainer(trainer, args, device, cfg.batch_size * cfg.grad_accum * cfg.max_len)
+    return {**timing, "batch_size": cfg.batch_size,
+            "precision": "bf16" if speed["bf16"] else "fp16" if speed["fp16"] else "fp32",
+            "optim": speed["optim"], "lm_head": "masked positions", "data": "pre-tokenised blocks",
+            "num_workers": cfg.num_workers, "torch_compile": cfg.torch_compile, "parameters": n_params(model),
+            "attention": model.config._attn_implementation}
+
+
+def train_reference(args, cfg: TrainConfig, tokenizer, texts, device, out_dir: str) -> dict:
+    """The reference pipeline shape: plain Trainer, fp32, raw text tokenised per batch, the
+    model's own loss over full-vocabulary logits at every position."""
+    from transformers import Trainer
+
+    model = encoder(cfg, tokenizer, args.vocab)
+    trainer = Trainer(model=model, train_dataset=texts, data_collator=TokenizingCollator(tokenizer, cfg),
+                      args=trainer_args(cfg, args, out_dir, args.baseline_batch_size, optim="adamw_torch",
+                                        dataloader_pin_memory=device.type == "cuda"))
+    timing = time_trainer(trainer, args, device, args.baseline_batch_size * cfg.max_len)
+    return {**timing, "batch_size": args.baseline_batch_size, "precision": "fp32", "optim": "adamw_torch",
+            "lm_head": "every position", "data": "tokenised per batch", "num_workers": 0,
+            "torch_compile": False, "parameters": n_params(model), "attention": model.config._attn_implementation}
+
+
+def bench_training(args, tokenizer, work: str) -> dict:
+    """Alternating rounds of both pipelines; each side keeps its best round, since on a shared
+    machine a slow round measures the neighbours, not the pipeline."""
+    import datasets
+
+    from data import build_datasets
+
+    device = torch.device(args.device)
+    cfg = repo_config(args, args.seq_len, os.path.join(work, "repo"))
+    train_ds, _ = build_datasets(cfg, tokenizer)
+    n_texts = min(len(train_ds), (args.warmup + args.steps) * args.baseline_batch_size)
+    blocks = train_ds[:n_texts]["input_ids"]  # [n, L]
+    texts = datasets.Dataset.from_dict({"text": tokenizer.batch_decode(blocks[:, 1:-1])})
+    rounds = {"repo": [], "reference": []}
+    for r in range(args.rounds):
+        print(f"[1/3] training round {r + 1}/{args.rounds}: this repo (batch {cfg.batch_size}), then the "
+              f"reference (batch {args.baseline_batch_size}), {args.warmup}+{args.steps} steps each", flush=True)
+        rounds["repo"].append(train_repo(args, cfg, tokenizer, train_ds, device))
+        release(device)
+        rounds["reference"].append(train_reference(args, cfg, tokenizer, texts, device, os.path.join(work, "ref")))
+        release(device)
+    best = {side: max(runs, key=lambda x: x["tokens_per_s"]) for side, runs in rounds.items()}
+    return {**best, "ratio": best["repo"]["tokens_per_s"] / best["reference"]["tokens_per_s"],
+            "rounds_tokens_per_s": {side: [x["tokens_per_s"] for x in runs] for side, runs in rounds.items()}}
+
+
+def release(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Generation latency
+# ---------------------------------------------------------------------------------------------
+
+
+def timed(fn, device: torch.device, repeats: int) -> tuple[float, object]:
+    """(fastest of `repeats` calls in seconds, the last result): on a shared machine the slower
+    calls measure the neighbours."""
+    times, out = [], None
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        out = fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return min(times), out
+
+
+def bench_generation(args, tokenizer) -> dict:
+    from generate import GenConfig, _autocast, bos_eos, generate, validate_gen
+
+    device = torch.device(args.device)
+    window = args.gen_length + 2  # <s> + new tokens + </s>
+    cfg = repo_config(args, window, "unused")
+    diffusion = encoder(cfg, tokenizer, args.vocab).to(device).eval()
+    ar = gpt2_like(diffusion, args.gen_length + 1, tokenizer).to(device).eval()
+    bos, eos = bos_eos(tokenizer)
+    out = {"diffusion_parameters": n_params(diffusion), "ar_parameters": n_params(ar), "window": window,
+           "new_tokens": args.gen_length, "by_batch": {}}
+
+    def diffuse(gc):
+        g = torch.Generator().manual_seed(args.seed)
+        ids, history, _ = generate(diffusion, tokenizer, gc, window, g)
+        assert ids.shape == (gc.num_samples, args.gen_length)
+        return len(history)
+
+    @torch.no_grad()
+    def autoregress(batch, new_tokens):
+        torch.manual_seed(args.seed)  # HF generate samples from the global generator
+        ids = torch.full((batch, 1), bos, device=device)  # [B, 1]
+        with _autocast(device):
+            seq = ar.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                              min_new_tokens=new_tokens, do_sample=True, top_k=50, use_cache=True,
+                              pad_token_id=eos)  # [B, 1 + new_tokens]
+        assert seq.shape == (batch, 1 + new_tokens)
+        return new_tokens
+
+    for batch in args.gen_batches:
+        print(f"[2/3] generation, {args.gen_length} new tokens at batch {batch}", flush=True)
+        schedule = GenConfig(length=args.gen_length, steps=args.gen_steps, num_samples=batch, out="")
+        threshold = dataclasses.replace(schedule, decode="threshold", threshold=args.threshold)
+        validate_gen(schedule)
+        diffuse(schedule)  # warm-up: kernels, allocator
+        autoregress(batch, 8)
+        s_sched, passes_sched = timed(lambda: diffuse(schedule), device, args.gen_repeats)
+        # one call: on random weights it makes one pass per new token, which already averages
+        s_thr, passes_thr = timed(lambda: diffuse(threshold), device, 1)
+        s_ar, passes_ar = timed(lambda: autoregress(batch, args.gen_length), device, args.gen_repeats)
+        out["by_batch"][str(batch)] = {
+            "diffusion_schedule": {"seconds": s_sched, "forward_passes": passes_sched},
+            "diffusion_threshold": {"seconds": s_thr, "forward_passes": passes_thr},
+            "autoregressive_kv_cache": {"seconds": s_ar, "forward_passes": passes_ar},
+            "speedup_schedule": s_ar / s_sched, "speedup_threshold": s_ar / s_thr,
+        }
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. The quick test, end to end, on CPU
+# ---------------------------------------------------------------------------------------------
+
+
+def run_logged(cmd: list[str], log: str) -> float:
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # the quick test's figure is a CPU figure
+    t0 = time.perf_counter()
+    with open(log, "w") as f:
+        rc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
+    seconds = time.perf_counter() - t0
+    if rc:
+        with open(log) as f:
+            tail = f.read()[-2000:]
+        raise RuntimeError(f"{' '.join(cmd)} exited with {rc}:\n{tail}")
+    return seconds
+
+
+def bench_quick_test(work: str) -> dict:
+    out = os.path.join(work, "quick-test")
+    print(f"[3/3] quick test on CPU: train.py --quick-test --output-dir {out} (minutes)", flush=True)
+    train_s = run_logged([sys.executable, "train.py", "--quick-test", "--output-dir", out],
+                         os.path.join(work, "quick-test-train.log"))
+    gen_s = run_logged([sys.executable, "generate.py", "--checkpoint", os.path.join(out, "final-model"),
+                        "--out", os.path.join(work, "generations.jsonl")], os.path.join(work, "quick-test-generate.log"))
+    return {"train_s": train_s, "generate_s": gen_s, "total_s": train_s + gen_s,
+            "command": "python train.py --quick-test --output-dir DIR && python generate.py --checkpoint DIR/final-model"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------------
+
+
+def machine(device: torch.device) -> dict:
+    cpu = platform.processor() or platform.machine()
+    if os.path.isfile("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    info = {"device": device.type, "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "platform": platform.platform(),
+            # OpenMP's spin-waiting threads lose most of their time on an oversubscribed machine
+            # (OMP_WAIT_POLICY=PASSIVE avoids it), so figures carry these settings with them
+            "env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS")
+                    if k in os.environ}}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def table(report: dict) -> str:
+    s, t = report["settings"], report["training"]
+    rows = [f"training, {s['arch']} {s['layers']}x{s['hidden']}, vocab {s['vocab']}, sequence {s['seq_len']}, "
+            f"{report['machine'].get('gpu', report['machine']['cpu'])}",
+            f"  {'':<12}{'this repo':>22}{'reference':>22}{'ratio':>9}",
+            f"  {'tokens/s':<12}{t['repo']['tokens_per_s']:>22,.0f}{t['reference']['tokens_per_s']:>22,.0f}"
+            f"{t['ratio']:>8.2f}x",
+            f"  {'ms/step':<12}{t['repo']['step_ms']:>22.1f}{t['reference']['step_ms']:>22.1f}"]
+    for key in ("batch_size", "precision", "optim", "lm_head", "data"):
+        rows.append(f"  {key:<12}{str(t['repo'][key]):>22}{str(t['reference'][key]):>22}")
+    g = report["generation"]
+    rows += ["", f"generation, {g['new_tokens']} new tokens (seconds; forward passes)   "
+                 f"speed-up = autoregressive time / diffusion time",
+             f"  {'batch':<7}{'diffusion 10-step':>20}{'threshold':>18}{'AR + KV cache':>18}"
+             f"{'speed-up':>10}{'thr. speed-up':>15}"]
+    for batch, r in g["by_batch"].items():
+        cell = lambda m: f"{r[m]['seconds']:.3f}s; {r[m]['forward_passes']}"  # noqa: E731
+        rows.append(f"  {batch:<7}{cell('diffusion_schedule'):>20}{cell('diffusion_threshold'):>18}"
+                    f"{cell('autoregressive_kv_cache'):>18}{r['speedup_schedule']:>9.1f}x{r['speedup_threshold']:>14.2f}x")
+    q = report["quick_test"]
+    rows.append("")
+    rows.append("quick test on CPU: skipped" if q is None else
+                f"quick test on CPU: train {q['train_s']:.1f}s + generate {q['generate_s']:.1f}s = {q['total_s']:.1f}s")
+    return "\n".join(rows)
+
+
+def write_json(report: dict, path: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(report, f, indent=2)
+        f.write("\n")
+    os.replace(path + ".tmp", path)  # never a half-written result
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    folder = os.path.dirname(os.path.abspath(args.out))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot create {folder} for --out ({e.strerror})")
+    if not os.access(folder, os.W_OK):
+        raise UsageError(f"--out folder {folder} is not writable")
+
+    import transformers
+    from transformers.utils import logging as hf_logging
+
+    from data import get_tokenizer
+
+    hf_logging.set_verbosity_error()  # the Trainer's and generate's advice is noise in a benchmark
+    hf_logging.disable_progress_bar()
+    tokenizer = get_tokenizer(repo_config(args, args.seq_len, "unused"))
+    args.vocab = args.vocab or len(tokenizer)
+    if args.vocab < len(tokenizer):
+        raise UsageError(f"--vocab {args.vocab} is smaller than the tokenizer's {len(tokenizer)} tokens")
+    device = torch.device(args.device)
+    t0 = time.time()
+    work = tempfile.mkdtemp(prefix="bench-")
+    try:
+        report = {"settings": {k: v for k, v in vars(args).items()},
+                  "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                               "python": platform.python_version()},
+                  "machine": machine(device),
+                  "command": "python bench.py " + " ".join(sys.argv[1:] if argv is None else argv)}
+        report["training"] = bench_training(args, tokenizer, work)
+        report["generation"] = bench_generation(args, tokenizer)
+        report["quick_test"] = None if args.skip_quick_test else bench_quick_test(work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    report["wall_s"] = time.time() - t0
+    print()
+    print(table(report))
+    write_json(report, args.out)
+    print(f"\nwrote {args.out} ({report['wall_s']:.0f}s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli(main))
