@@ -1,0 +1,273 @@
+"""evaluate.py and baseline_ar.py: the ELBO estimate against brute force, the AR baseline's shape,
+same-token scoring, and both scripts end to end on the tiny run."""
+
+import itertools
+import json
+import math
+import os
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import baseline_ar
+import evaluate as E
+from data_collator import protected_positions, special_token_ids
+
+# ---------------------------------------------------------------------------------------------
+# The ELBO estimator
+# ---------------------------------------------------------------------------------------------
+
+
+def test_stratified_ks_cover_every_k_evenly():
+    g = torch.Generator().manual_seed(0)
+    n = torch.tensor([4, 7, 1, 62])
+    ks = E.stratified_ks(n, 4, g)  # [4, 4]
+    assert ks[0].tolist() == [1, 2, 3, 4]  # draws == n: each k exactly once
+    assert ks[2].tolist() == [1, 1, 1, 1]
+    assert ((ks >= 1) & (ks <= n[:, None])).all()
+    many = E.stratified_ks(torch.tensor([7]), 7000, g)[0]
+    assert torch.bincount(many, minlength=8)[1:].tolist() == [1000] * 7  # uniform on 1..7
+
+
+class UniformMLM(torch.nn.Module):
+    """Same logits everywhere: CE is log V at every masked position whatever the mask."""
+
+    def __init__(self, vocab):
+        super().__init__()
+        self.vocab = vocab
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_ids, attention_mask=None, **kw):
+        return SimpleNamespace(logits=torch.zeros(*input_ids.shape, self.vocab) + self.w)
+
+
+def test_bound_is_exact_for_a_context_free_uniform_model():
+    # every draw must give n log V: this checks the n/k weighting and that exactly k are masked
+    V, g = 50, torch.Generator().manual_seed(0)
+    ids = torch.randint(5, V, (3, 12), generator=g)
+    ids[:, 0], ids[:, -1] = 0, 2
+    prefix = torch.tensor([0, 3, 9])
+    protected = protected_positions(ids, [0, 1, 2], prefix)
+    terms = E.elbo_terms(UniformMLM(V), ids, protected, 4, 6, g)  # [3, 6]
+    n = (~protected).sum(1).float()  # [3] = 10, 7, 1
+    assert n.tolist() == [10, 7, 1]
+    assert torch.allclose(terms, (n * math.log(V))[:, None].expand(3, 6), rtol=1e-5)
+
+
+def brute_force_bound(model, ids, maskable, mask_id):
+    """sum_k (1/k) * mean over every k-subset M of sum_{j in M} CE_j: the exact expectation of
+    (n/k) * sum CE with k ~ U{1..n}, written independently of evaluate.py."""
+    n, total = len(maskable), 0.0
+    with torch.no_grad():
+        for k in range(1, n + 1):
+            subsets = list(itertools.combinations(maskable, k))
+            acc = 0.0
+            for M in subsets:
+                x = ids.clone()
+                x[list(M)] = mask_id
+                logp = torch.log_softmax(model(input_ids=x[None]).logits[0].float(), -1)  # [L, V]
+                acc -= sum(logp[j, ids[j]].item() for j in M)
+            total += acc / len(subsets) / k
+    return total
+
+
+class LeftNeighbourMLM(UniformMLM):
+    """Predicts each token to repeat its left neighbour when that one is visible, else uniform:
+    its CE depends strongly on how many tokens are masked, so a wrong distribution of k shows."""
+
+    def __init__(self, vocab, mask_id):
+        super().__init__(vocab)
+        self.mask_id = mask_id
+
+    def forward(self, input_ids, attention_mask=None, **kw):
+        left = input_ids[:, :-1]  # [B, L-1]
+        hint = torch.nn.functional.one_hot(left, self.vocab) * (left != self.mask_id)[..., None]  # [B, L-1, V]
+        logits = torch.zeros(*input_ids.shape, self.vocab)  # [B, L, V]
+        logits[:, 1:] = 5.0 * hint
+        return SimpleNamespace(logits=logits + self.w)
+
+
+def test_monte_carlo_bound_matches_brute_force_when_context_matters():
+    V, mask_id, n = 20, 4, 5
+    ids = torch.tensor([0] + [7] * n + [2])  # <s> a a a a a </s>
+    model = LeftNeighbourMLM(V, mask_id)
+    exact = brute_force_bound(model, ids, list(range(1, n + 1)), mask_id)
+    protected = protected_positions(ids[None], [0, 1, 2], torch.zeros(1, dtype=torch.long))
+    terms = E.elbo_terms(model, ids[None], protected, mask_id, 5000, torch.Generator().manual_seed(0))[0]
+    mc, stderr = terms.mean().item(), terms.std().item() / math.sqrt(len(terms))
+    assert abs(mc - exact) < 4 * stderr and stderr < 0.02 * exact
+    # more than the pseudo-likelihood (each token masked alone): the bound pays for hidden context
+    alone = sum(brute_force_bound(model, ids, [j], mask_id) for j in range(1, n + 1))
+    assert exact > alone + 1.0
+
+
+@pytest.mark.parametrize("n", [1, 4])
+def test_monte_carlo_bound_matches_brute_force(tiny_model, n):
+    model, tok, cfg = tiny_model
+    words = tok("The history of art", add_special_tokens=False)["input_ids"][:n]
+    ids = torch.tensor([tok.bos_token_id] + words + [tok.eos_token_id])  # [n + 2]
+    assert len(words) == n
+    exact = brute_force_bound(model, ids, list(range(1, n + 1)), tok.mask_token_id)
+    protected = protected_positions(ids[None], special_token_ids(tok), torch.zeros(1, dtype=torch.long))
+    terms = E.elbo_terms(model, ids[None], protected, tok.mask_token_id, 4000, torch.Generator().manual_seed(0))[0]
+    mc, stderr = terms.mean().item(), terms.std().item() / math.sqrt(len(terms))
+    if n == 1:  # one token, one mask: no randomness left
+        assert mc == pytest.approx(exact, rel=1e-5)
+    else:
+        assert abs(mc - exact) < 4 * stderr + 1e-4 and stderr < 0.02 * exact
+
+
+# ---------------------------------------------------------------------------------------------
+# Same tokens for both models
+# ---------------------------------------------------------------------------------------------
+
+
+def test_causal_token_nll_matches_the_models_own_loss():
+    torch.manual_seed(0)
+    from transformers import AutoModelForCausalLM, GPT2Config
+
+    model = AutoModelForCausalLM.from_config(GPT2Config(vocab_size=40, n_positions=16, n_embd=16, n_layer=1, n_head=2))
+    ids = torch.randint(3, 40, (2, 10))
+    nll = E.causal_token_nll(model.eval(), ids)  # [2, 10]
+    assert (nll[:, 0] == 0).all()
+    assert nll[:, 1:].mean().item() == pytest.approx(model(input_ids=ids, labels=ids).loss.item(), rel=1e-5)
+
+
+class EosLM(UniformMLM):
+    """Causal LM that always bets on </s> (id 2): cheap where </s> comes, dear everywhere else, so
+    scoring the wrong positions changes its number."""
+
+    def forward(self, input_ids, attention_mask=None, **kw):
+        logits = torch.zeros(*input_ids.shape, self.vocab)  # [B, L, V]
+        logits[..., 2] = 5.0
+        return SimpleNamespace(logits=logits + self.w)
+
+
+def test_held_out_scores_the_same_tokens_for_both_models(tiny_model):
+    model, tok, cfg = tiny_model
+    V = len(tok)
+    from data import build_datasets
+
+    blocks = build_datasets(cfg, tok)[1][:6]["input_ids"]  # [6, L]
+    assert tok.eos_token_id == 2
+    out = E.held_out_likelihood(UniformMLM(V), EosLM(V), blocks, tok, prefix=5, draws=3, batch_size=8,
+                                g=torch.Generator().manual_seed(0))
+    scored = ~protected_positions(blocks, special_token_ids(tok), torch.full((6,), 5))
+    assert out["scored_tokens"] == int(scored.sum()) <= 6 * (cfg.max_len - 2 - 5)
+    # no </s> is scored, so every scored token costs the same under each model
+    expected = {"diffusion": math.log(V), "ar": math.log(V - 1 + math.exp(5.0))}
+    for name, nats in expected.items():
+        assert out[name]["nats_per_token"] == pytest.approx(nats, rel=1e-5)
+        bpb = nats * out["scored_tokens"] / math.log(2) / out["scored_bytes"]
+        assert out[name]["bits_per_byte"] == pytest.approx(bpb, rel=1e-5)
+    assert out["diffusion"]["nats_stderr"] == pytest.approx(0.0, abs=1e-5)
+    # the usual AR number includes the block-final </s>, which this model predicts cheaply
+    assert out["ar_all_tokens_after_bos"]["nats_per_token"] < expected["ar"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The AR baseline's shape
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("target,d,layers", [(873_216, 128, 2), (146_560, 32, 1), (400_000, 64, 3), (160_000, 32, 6)])
+def test_ar_shape_matches_parameter_count(target, d, layers):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    n_layer, n_inner = baseline_ar.ar_shape(target, 4096, 64, d, layers)
+    assert d <= n_inner <= 8 * d
+    cfg = GPT2Config(vocab_size=4096, n_positions=64, n_embd=d, n_layer=n_layer, n_head=2, n_inner=n_inner,
+                     tie_word_embeddings=True)
+    count = baseline_ar.n_params(GPT2LMHeadModel(cfg))
+    assert count == baseline_ar.gpt2_param_count(4096, 64, d, n_layer, n_inner)
+    assert abs(count / target - 1) <= 0.10
+
+
+def test_ar_shape_changes_depth_only_when_needed():
+    assert baseline_ar.ar_shape(873_216, 4096, 64, 128, 2)[0] == 2
+    # 6 layers of width 32 would need an MLP narrower than the width: fewer layers instead
+    assert baseline_ar.ar_shape(140_000, 4096, 64, 32, 6)[0] < 6
+    with pytest.raises(E.UsageError):
+        baseline_ar.ar_shape(140_000, 4096, 64, 32, 6, fixed_layers=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end on the tiny run
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_baseline(tiny_run, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("ar"))
+    assert baseline_ar.main(["--checkpoint", tiny_run[1], "--output-dir", out]) == 0
+    return out
+
+
+def test_baseline_trains_and_saves(tiny_baseline, tiny_run):
+    final = os.path.join(tiny_baseline, "final-model")
+    for f in ("config.json", "model.safetensors", "tokenizer.json", "ar_config.json", "source_train_config.json"):
+        assert os.path.isfile(os.path.join(final, f)), f
+    with open(os.path.join(final, "ar_config.json")) as f:
+        saved = json.load(f)
+    assert saved["n_layer"] >= 1 and saved["n_inner"] >= 1 and saved["checkpoint"] == tiny_run[1]
+    with open(os.path.join(final, "config.json")) as f:
+        gpt = json.load(f)
+    assert gpt["n_positions"] == 32 and gpt["tie_word_embeddings"]
+    rows = [json.loads(line) for line in open(os.path.join(tiny_baseline, "metrics.jsonl"))]
+    assert any("loss" in r for r in rows) and any("eval_loss" in r for r in rows)
+
+
+def test_evaluate_end_to_end(tiny_run, tiny_baseline, tmp_path, capsys):
+    out, report = tmp_path / "eval", tmp_path / "GV.md"
+    args = ["--checkpoint", tiny_run[1], "--baseline", tiny_baseline, "--elbo-blocks", "6", "--elbo-draws", "2",
+            "--num-samples", "2", "--settings", "linear-topk-10,linear-greedy-10,linear-topk-32,random-remask-topk-10",
+            "--out-dir", str(out), "--report", str(report)]
+    assert E.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "diffusion ELBO bound" in printed and "AR baseline" in printed and "linear-greedy-10" in printed
+    result = json.load(open(out / "evaluation.json"))
+    h = result["held_out"]
+    from data import build_datasets
+    from generate import load_checkpoint
+
+    _, tok, cfg = load_checkpoint(tiny_run[1], device="cpu")
+    blocks = build_datasets(cfg, tok)[1][:6]["input_ids"]  # the first 6 held-out blocks, prefix 0
+    assert h["blocks"] == 6 and h["prefix"] == 0
+    assert h["scored_tokens"] == int((~torch.isin(blocks, torch.tensor(special_token_ids(tok)))).sum())
+    assert 0 < h["diffusion"]["nats_per_token"] < 20 and 0 < h["ar"]["nats_per_token"] < 20
+    names = [r["name"] for r in result["samples"]]
+    assert names == ["held-out text", "linear-topk-10", "linear-greedy-10", "linear-topk-32",
+                     "random-remask-topk-10", "ar-topk", "ar-sample"]
+    greedy = result["samples"][2]
+    assert len(set(greedy["texts"])) == 1  # greedy from an empty canvas: one sample, twice
+    assert all(r["gen_ppl"] > 1 for r in result["samples"])
+    assert json.load(open(out / "eval_config.json"))["num_samples"] == 2
+    text = report.read_text()
+    for part in ("## Commands and config", "python baseline_ar.py", "## Held-out likelihood", "| linear-topk-10 |",
+                 "### Prompted", "### Infill", "⟦", "## Assessment", "## Known limits", "**Repetition.**"):
+        assert part in text, part
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--settings", "nope"], "--settings"),
+    (["--elbo-draws", "1"], "--elbo-draws"),
+    (["--baseline", "/nonexistent/ar"], "no AR baseline"),
+    (["--baseline", "none", "--scorer", "no-such-org/no-such-model"], "cannot load"),
+    (["--prefix", "40"], "--prefix"),
+])
+def test_evaluate_errors_are_one_line(tiny_run, tmp_path, capsys, extra, message):
+    import config
+
+    out = tmp_path / "eval"
+    code = config.cli(E.main, ["--checkpoint", tiny_run[1], "--out-dir", str(out), *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert not out.exists()  # nothing half-written
+
+
+def test_baseline_errors_are_one_line(tmp_path, capsys):
+    import config
+
+    assert config.cli(baseline_ar.main, ["--checkpoint", str(tmp_path / "missing")]) == 2
+    assert capsys.readouterr().err.startswith("error: no checkpoint")
