@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from config import UsageError, add_args, cli, format_config, given, save_config
+from modeling import n_params
 
 
 @dataclass
@@ -70,9 +71,6 @@ def width_heads_depth(config) -> tuple[int, int, int]:
     get = lambda *names: next(getattr(config, n) for n in names if hasattr(config, n))  # noqa: E731
     return get("hidden_size", "dim"), get("num_attention_heads", "n_heads"), get("num_hidden_layers", "n_layers")
 
-
-def n_params(model) -> int:
-    return sum(p.numel() for p in model.parameters())  # shared (tied) tensors count once
 
 
 def build_ar_model(tokenizer, n_positions: int, n_embd: int, n_head: int, n_layer: int, n_inner: int, seed: int):

@@ -34,6 +34,7 @@ import time
 import torch
 
 from config import QUICK_TEST, MODEL_PRESETS, TrainConfig, UsageError, cli
+from modeling import n_params
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -158,9 +159,6 @@ def gpt2_like(model, n_positions: int, tokenizer):
                         bos_token_id=bos, eos_token_id=eos, pad_token_id=eos)
     return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
 
-
-def n_params(model) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 class TokenizingCollator:

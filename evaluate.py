@@ -38,6 +38,7 @@ from config import UsageError, add_args, cli, given, save_config
 from data_collator import mask_tokens, prefix_lengths, protected_positions, special_token_ids
 from generate import SAMPLERS, GenConfig, banned_ids, generate
 from metrics import distinct_n, repeated_ngram_rate, unigram_entropy
+from modeling import n_params
 
 
 @dataclass
@@ -282,9 +283,6 @@ def load_scorer(name: str):
         cause = str(e).split("; without network")[0]
         raise UsageError(f"--scorer: {cause}; omit --scorer to judge samples with the AR baseline")
 
-
-def n_params(model) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -32,6 +32,10 @@ def load_pretrained(cls, name: str, **kwargs):
         raise UsageError(f"cannot load {where} {name!r} ({first}){hint}")
 
 
+def n_params(model) -> int:
+    return sum(p.numel() for p in model.parameters())  # shared (tied) tensors count once
+
+
 def scratch_model_config(cfg: TrainConfig, tokenizer):
     from transformers import BertConfig, ModernBertConfig, RobertaConfig
 
