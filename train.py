@@ -314,12 +314,26 @@ def check_writable(folder: str) -> None:
         raise UsageError(f"output dir {folder} is not writable ({e.strerror})")
 
 
-def resume_config(args) -> tuple[TrainConfig, str]:
-    """On --resume: the newest checkpoint and its saved config, with explicit flags on top."""
-    from transformers.trainer_utils import get_last_checkpoint
+def last_complete_checkpoint(out: str) -> str | None:
+    """The newest checkpoint-N in `out` that was written to the end. The Trainer writes
+    trainer_state.json last, so a run killed while saving leaves a newer folder without it;
+    resuming from that one would fail or lose the optimiser state."""
+    steps = []
+    for name in os.listdir(out) if os.path.isdir(out) else []:
+        if name.startswith("checkpoint-") and name[len("checkpoint-"):].isdigit():
+            steps.append(int(name[len("checkpoint-"):]))
+    for step in sorted(steps, reverse=True):
+        folder = os.path.join(out, f"checkpoint-{step}")
+        if all(os.path.isfile(os.path.join(folder, f)) for f in ("trainer_state.json", "diffusion_config.json")):
+            return folder
+        print(f"skipping {folder}: written only in part (the run was stopped while saving it)", flush=True)
+    return None
 
+
+def resume_config(args) -> tuple[TrainConfig, str]:
+    """On --resume: the newest complete checkpoint and its saved config, with explicit flags on top."""
     out = args.output_dir or TrainConfig.output_dir
-    last = get_last_checkpoint(out) if os.path.isdir(out) else None
+    last = last_complete_checkpoint(out)
     if last is None:
         raise UsageError(f"--resume: no checkpoint-N folder in {out} (train without --resume first)")
     saved = load_train_config(last)

@@ -144,18 +144,21 @@ def run_train(args, **kw):
 
 def test_killed_run_resumes_from_last_checkpoint(tmp_path):
     out = tmp_path / "run"
-    args = tiny_overrides(str(out), max_steps=400, save_steps=5, eval_steps=1000, logging_steps=5)
+    args = tiny_overrides(str(out), max_steps=5000, save_steps=5, eval_steps=10000, logging_steps=5)
     proc = run_train(args)
     deadline = time.time() + 120
-    while not (out / "checkpoint-10" / "trainer_state.json").exists():
+
+    def newest():
+        last = train.last_complete_checkpoint(str(out)) if out.exists() else None
+        return int(last.rsplit("-", 1)[1]) if last else 0
+
+    while newest() < 10:  # at least two checkpoints, so the resumed run has history to keep
         assert proc.poll() is None and time.time() < deadline, "training died before its second checkpoint"
-        time.sleep(0.2)
+        time.sleep(0.1)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (out / "final-model").exists()
-    from transformers.trainer_utils import get_last_checkpoint
-
-    last = int(get_last_checkpoint(str(out)).rsplit("-", 1)[1])
+    last = int(train.last_complete_checkpoint(str(out)).rsplit("-", 1)[1])
     resumed = run_train(["--resume", "--output-dir", str(out), "--max-steps", str(last + 5)])
     log, _ = resumed.communicate(timeout=180)
     assert resumed.returncode == 0, log
@@ -164,6 +167,16 @@ def test_killed_run_resumes_from_last_checkpoint(tmp_path):
     assert config.load_train_config(str(out / "final-model")).scratch_hidden == 32  # settings came from the checkpoint
     steps = [r["step"] for r in train.read_metrics(str(out)) if "loss" in r]
     assert steps[-1] == last + 5 and min(steps) <= last  # one log: before and after the kill
+
+
+def test_resume_skips_a_half_written_checkpoint(tmp_path):
+    for step, files in ((5, ["trainer_state.json", "diffusion_config.json"]), (10, ["model.safetensors"])):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        for f in files:
+            (folder / f).write_text("{}")
+    assert train.last_complete_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-5")
+    assert train.last_complete_checkpoint(str(tmp_path / "missing")) is None
 
 
 def test_resume_without_checkpoint_is_an_error(tmp_path, capsys):
