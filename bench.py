@@ -150,7 +150,7 @@ def gpt2_like(model, n_positions: int, tokenizer):
     """GPT-2 of the encoder's size: same depth, width, heads, MLP width and vocabulary."""
     from transformers import AutoModelForCausalLM, GPT2Config
 
-    from generate import bos_eos
+    from data import bos_eos
 
     c = model.config
     bos, eos = bos_eos(tokenizer)
@@ -319,7 +319,9 @@ def timed(fn, device: torch.device, repeats: int) -> tuple[float, object]:
 
 
 def bench_generation(args, tokenizer) -> dict:
-    from generate import GenConfig, _autocast, bos_eos, generate, validate_gen
+    from generate import GenConfig, generate, validate_gen
+    from data import bos_eos
+    from modeling import autocast
 
     device = torch.device(args.device)
     window = args.gen_length + 2  # <s> + new tokens + </s>
@@ -340,7 +342,7 @@ def bench_generation(args, tokenizer) -> dict:
     def autoregress(batch, new_tokens):
         torch.manual_seed(args.seed)  # HF generate samples from the global generator
         ids = torch.full((batch, 1), bos, device=device)  # [B, 1]
-        with _autocast(device):
+        with autocast(device):
             seq = ar.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
                               min_new_tokens=new_tokens, do_sample=True, top_k=50, use_cache=True,
                               pad_token_id=eos)  # [B, 1 + new_tokens]

@@ -196,6 +196,13 @@ def pack(token_lists: list[list[int]], block: int, sep_id: int) -> list[list[int
     return [stream[i:i + block] for i in range(0, len(stream) - block + 1, block)]
 
 
+def bos_eos(tokenizer) -> tuple[int, int]:
+    """Ids that open and close a block: <s> </s>, or [CLS] [SEP] for BERT-style tokenizers."""
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    return bos, eos
+
+
 def build_datasets(cfg: TrainConfig, tokenizer, docs: list[str] | None = None):
     """(train, validation) `datasets.Dataset`s with one column `input_ids` of length max_len.
     Cached under cfg.cache_dir keyed by corpus, tokenizer and window, so a rerun starts fast."""
@@ -209,9 +216,7 @@ def build_datasets(cfg: TrainConfig, tokenizer, docs: list[str] | None = None):
         dd = datasets.load_from_disk(folder)
     else:
         docs = docs if docs is not None else load_documents(cfg)
-        bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
-        if bos is None or eos is None:  # BERT-style tokenizers: [CLS] ... [SEP]
-            bos, eos = tokenizer.cls_token_id, tokenizer.sep_token_id
+        bos, eos = bos_eos(tokenizer)
         raw = datasets.Dataset.from_dict({"text": docs})
         tokenised = raw.map(lambda b: {"ids": tokenizer(b["text"], add_special_tokens=False)["input_ids"]},
                             batched=True, remove_columns=["text"], desc="tokenising")

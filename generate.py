@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from config import UsageError, add_args, cli, given, load_train_config, to_json
+from data import bos_eos
 
 # ---------------------------------------------------------------------------------------------
 # Schedules: (step, total) -> fraction of the generated positions still masked after `step`
@@ -206,7 +207,7 @@ def denoise(model, canvas: torch.Tensor, mask_id: int, gc: GenConfig, g: torch.G
             banned: list[int] = (), block: int = 0) -> tuple[torch.Tensor, list[Step]]:
     """Fill every <mask> of canvas [B, L] (every row holds the same number of masks).
     Returns the final canvas and the per-step history."""
-    from modeling import masked_logits
+    from modeling import autocast, masked_logits
 
     canvas = canvas.clone()
     masked = canvas == mask_id  # [B, L]
@@ -223,7 +224,7 @@ def denoise(model, canvas: torch.Tensor, mask_id: int, gc: GenConfig, g: torch.G
                 continue
         else:
             step += 1
-        with _autocast(device):
+        with autocast(device):
             logits = masked_logits(model, canvas.to(device), None, masked.to(device))  # [N, V]
         logits = logits.float()
         if banned:
@@ -244,12 +245,6 @@ def denoise(model, canvas: torch.Tensor, mask_id: int, gc: GenConfig, g: torch.G
                             torch.where(commit, conf, torch.full_like(conf, float("nan"))),
                             int(masked[0].sum())))
     return canvas, history
-
-
-def _autocast(device):
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast(device.type, enabled=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,12 +278,6 @@ def parse_template(template: str, tokenizer) -> tuple[list[int], list[bool]]:
     if all(fixed):
         raise UsageError("the template has nothing to fill: mark spans with [MASK] or [MASK:n]")
     return ids, fixed
-
-
-def bos_eos(tokenizer) -> tuple[int, int]:
-    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
-    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
-    return bos, eos
 
 
 def banned_ids(tokenizer) -> list[int]:

@@ -32,6 +32,15 @@ def load_pretrained(cls, name: str, **kwargs):
         raise UsageError(f"cannot load {where} {name!r} ({first}){hint}")
 
 
+def autocast(device, precision: str = "auto"):
+    """bf16 autocast on a GPU that has it, unless the run trains in fp32 (or fp16)."""
+    if device.type == "cuda" and precision == "fp16":
+        return torch.autocast("cuda", dtype=torch.float16)
+    if device.type == "cuda" and precision in ("auto", "bf16") and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast(device.type, enabled=False)
+
+
 def n_params(model) -> int:
     return sum(p.numel() for p in model.parameters())  # shared (tied) tensors count once
 

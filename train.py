@@ -26,7 +26,7 @@ import torch
 from config import (TrainConfig, UsageError, add_args, cli, format_config, given, load_train_config,
                     resolve_train_config, save_config)
 from data_collator import DiffusionCollator, mask_tokens, protected_positions, prefix_lengths
-from modeling import masked_lm_loss
+from modeling import autocast, masked_lm_loss
 
 
 def nearest_level(rate: float, levels: list[float]) -> float:
@@ -85,15 +85,6 @@ def elbo_bound(losses: dict) -> float:
     if xs[-1] < 1.0:  # extend flat to t = 1
         xs, ys = xs + [1.0], ys + [ys[-1]]
     return sum((xs[i + 1] - xs[i]) * (ys[i + 1] + ys[i]) / 2 for i in range(len(xs) - 1))
-
-
-def autocast(device, precision: str = "auto"):
-    """bf16 autocast on a GPU that has it, unless the run trains in fp32 (or fp16)."""
-    if device.type == "cuda" and precision == "fp16":
-        return torch.autocast("cuda", dtype=torch.float16)
-    if device.type == "cuda" and precision in ("auto", "bf16") and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast(device.type, enabled=False)
 
 
 @torch.no_grad()

@@ -268,7 +268,8 @@ def main(argv=None) -> int:
     from transformers.utils import logging as hf_logging
 
     from data import build_datasets
-    from generate import banned_ids, bos_eos, denoise, load_checkpoint
+    from data import bos_eos
+    from generate import banned_ids, denoise, load_checkpoint
     from metrics import unigram_entropy
 
     hf_logging.disable_progress_bar()
