@@ -2,17 +2,17 @@
 
     python bench.py                   # GPU if one is visible: roberta-base shape, sequence 256
     python bench.py --device cpu      # quick-test shape, plus the quick test's wall time
-    python bench.py --small           # about a minute on a CPU (the CI smoke test)
+    python bench.py --small           # tiny shapes, a smoke test (CI runs it)
 
 One run measures, on the same model shape, data and machine:
   1. training tokens/s. This repo: pre-tokenised packed blocks (data.build_datasets), the
      DiffusionCollator, the LM head on masked positions only, fused AdamW, bf16 autocast on CUDA,
-     the batch size of the config for that size (train.speed_arguments, config.MODEL_PRESETS). The reference is the pipeline
-     shape of the original RoBERTa-diffusion code, built here: the HF Trainer in fp32 at batch 16,
+     the batch size of the config for that size (trainer.speed_arguments, config.MODEL_PRESETS).
+     The reference is the pipeline shape of the original RoBERTa-diffusion code, built here: the HF Trainer in fp32 at batch 16,
      raw text tokenised by the collator on every batch, vocabulary logits at every position
      (the model's own MLM loss).
   2. seconds to write 256 new tokens: 10-step schedule decoding and threshold decoding
-     (generate.generate) vs a GPT-2-shaped model of equal size with its KV cache (HF generate),
+     (decoding.generate) vs a GPT-2-shaped model of equal size with its KV cache (HF generate),
      at batch 1 and 16. Weights are random: this times the work, not the text.
   3. the quick test's wall time on CPU: `train.py --quick-test` + `generate.py`, as subprocesses
      into a temporary folder.
@@ -20,7 +20,6 @@ Prints a table with ratios (this repo / baseline) and writes JSON with the resol
 versions and machine to --out. It asserts nothing about speed: the targets live in the README.
 """
 
-import argparse
 import dataclasses
 import json
 import os
@@ -32,87 +31,23 @@ import tempfile
 import time
 
 import torch
+from transformers import TrainerCallback
 
-from config import QUICK_TEST, MODEL_PRESETS, TrainConfig, UsageError, cli
+from config import BenchConfig, TrainConfig, UsageError, bench_presets, cli, parse
 from modeling import n_params
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
-# Default settings per target. "gpu" is the issue's reference shape (roberta-base, sequence 256,
-# this repo's roberta-base batch); "cpu" is the quick test's model; "small" is a CI smoke run.
-ROBERTA_BASE = dict(arch="roberta", layers=12, hidden=768, heads=12, intermediate=3072, vocab=50265)
-PRESETS = {
-    "gpu": dict(**ROBERTA_BASE, seq_len=256, batch_size=MODEL_PRESETS["roberta-base"]["batch_size"],
-                warmup=5, steps=30, rounds=1, gen_length=256, gen_repeats=3,
-                num_workers=MODEL_PRESETS["roberta-base"]["num_workers"]),
-    "cpu": dict(arch=TrainConfig.scratch_arch, layers=QUICK_TEST["scratch_layers"],
-                hidden=QUICK_TEST["scratch_hidden"], heads=QUICK_TEST["scratch_heads"],
-                intermediate=QUICK_TEST["scratch_intermediate"], vocab=0, seq_len=QUICK_TEST["max_len"],
-                batch_size=QUICK_TEST["batch_size"], warmup=10, steps=40, rounds=5, gen_length=256, gen_repeats=3,
-                num_workers=0),
-    "small": dict(arch=TrainConfig.scratch_arch, layers=1, hidden=64, heads=2, intermediate=128, vocab=0,
-                  seq_len=64, batch_size=QUICK_TEST["batch_size"], warmup=2, steps=6, rounds=1, gen_length=32,
-                  gen_repeats=1, num_workers=0),
-}
-BASELINE_BATCH = 16  # the original code's per-device batch
 
-
-def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto = cuda if visible")
-    p.add_argument("--small", action="store_true", help="tiny settings a CPU finishes in about a minute")
-    p.add_argument("--out", default="results/bench.json", help="JSON written here")
-    # model shape, shared by both pipelines and by the generation models (default: per device)
-    p.add_argument("--arch", choices=("roberta", "bert", "modernbert"), help="encoder architecture")
-    p.add_argument("--layers", type=int)
-    p.add_argument("--hidden", type=int)
-    p.add_argument("--heads", type=int)
-    p.add_argument("--intermediate", type=int)
-    p.add_argument("--vocab", type=int, help="model vocabulary; 0 = the corpus tokenizer's (4096)")
-    p.add_argument("--seq-len", type=int, help="training window, <s> and </s> included")
-    # training measurement
-    p.add_argument("--batch-size", type=int, help="this repo's batch (the config's for that size)")
-    p.add_argument("--baseline-batch-size", type=int, default=BASELINE_BATCH)
-    p.add_argument("--warmup", type=int, help="untimed steps before the clock starts")
-    p.add_argument("--steps", type=int, help="timed optimiser steps, the same for both pipelines")
-    p.add_argument("--rounds", type=int, help="alternating rounds of both pipelines; the best of each is kept")
-    p.add_argument("--num-workers", type=int, help="DataLoader workers of this repo's pipeline")
-    p.add_argument("--compile", action="store_true", help="torch.compile this repo's encoder")
-    # generation measurement
-    p.add_argument("--gen-length", type=int, help="new tokens per sample")
-    p.add_argument("--gen-steps", type=int, default=10, help="denoising steps of schedule decoding")
-    p.add_argument("--gen-batches", default="1,16", help="comma-separated batch sizes")
-    p.add_argument("--gen-repeats", type=int, help="timed repeats after one warm-up; the fastest is kept")
-    p.add_argument("--threshold", type=float, default=0.9, help="confidence of threshold decoding")
-    p.add_argument("--skip-quick-test", action="store_true", help="skip timing train.py --quick-test (--small does)")
-    p.add_argument("--cache-dir", default=".cache", help="tokenizer and packed-data cache")
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-
-    if args.device == "cuda" and not torch.cuda.is_available():
+def resolve(argv) -> tuple[BenchConfig, list[str]]:
+    """(settings: defaults <- device preset <- --small <- flags, the argv as given)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    bc, _ = parse(BenchConfig, argv, __doc__, presets=lambda flags: bench_presets(flags, torch.cuda.is_available()))
+    if bc.device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda but no CUDA GPU is visible (use --device cpu)")
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    preset = PRESETS["small" if args.small else "gpu" if args.device == "cuda" else "cpu"]
-    for name, value in preset.items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
-    args.skip_quick_test = args.skip_quick_test or args.small
-    try:
-        args.gen_batches = [int(b) for b in args.gen_batches.split(",") if b.strip()]
-    except ValueError:
-        raise UsageError(f"--gen-batches must be comma-separated integers, got {args.gen_batches!r}")
-    for name in ("layers", "hidden", "heads", "intermediate", "seq_len", "batch_size", "baseline_batch_size",
-                 "steps", "rounds", "gen_length", "gen_steps", "gen_repeats"):
-        if getattr(args, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if args.warmup < 1 or args.num_workers < 0 or args.vocab < 0:
-        raise UsageError("--warmup must be at least 1; --num-workers and --vocab at least 0")
-    if not args.gen_batches or min(args.gen_batches) < 1:
-        raise UsageError(f"--gen-batches must be positive integers, got {args.gen_batches}")
-    if not 0.0 < args.threshold <= 1.0:
-        raise UsageError(f"--threshold must be in (0, 1], got {args.threshold}")
-    return args
+    if bc.device == "auto":
+        bc = dataclasses.replace(bc, device="cuda" if torch.cuda.is_available() else "cpu")
+    return bc, argv
 
 
 def sync(device: torch.device) -> None:
@@ -148,17 +83,11 @@ def encoder(cfg: TrainConfig, tokenizer, vocab: int):
 
 def gpt2_like(model, n_positions: int, tokenizer):
     """GPT-2 of the encoder's size: same depth, width, heads, MLP width and vocabulary."""
-    from transformers import AutoModelForCausalLM, GPT2Config
-
-    from data import bos_eos
+    from modeling import build_ar_model
 
     c = model.config
-    bos, eos = bos_eos(tokenizer)
-    config = GPT2Config(vocab_size=c.vocab_size, n_positions=n_positions, n_embd=c.hidden_size,
-                        n_layer=c.num_hidden_layers, n_head=c.num_attention_heads, n_inner=c.intermediate_size,
-                        bos_token_id=bos, eos_token_id=eos, pad_token_id=eos)
-    return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
-
+    return build_ar_model(tokenizer, n_positions, c.hidden_size, c.num_attention_heads, c.num_hidden_layers,
+                          c.intermediate_size, seed=0, vocab_size=c.vocab_size)
 
 
 class TokenizingCollator:
@@ -185,28 +114,23 @@ class TokenizingCollator:
 # ---------------------------------------------------------------------------------------------
 
 
-def step_clock(first: int, last: int, device: torch.device):
-    """A Trainer callback that reads the clock after optimiser steps `first` and `last`, so the
-    timed span holds (last - first) whole steps: data loading, collation, forward, backward,
-    optimiser."""
-    from transformers import TrainerCallback
+class StepClock(TrainerCallback):
+    """Reads the clock after optimiser steps `first` and `last`, so the timed span holds
+    (last - first) whole steps: data loading, collation, forward, backward, optimiser."""
 
-    class StepClock(TrainerCallback):
-        def __init__(self):
-            self.marks = {}
+    def __init__(self, first: int, last: int, device: torch.device):
+        self.first, self.last, self.device, self.marks = first, last, device, {}
 
-        def on_step_end(self, args, state, control, **kw):
-            if state.global_step in (first, last):
-                sync(device)
-                self.marks[state.global_step] = (time.perf_counter(), time.process_time())
-
-    return StepClock()
+    def on_step_end(self, args, state, control, **kw):
+        if state.global_step in (self.first, self.last):
+            sync(self.device)
+            self.marks[state.global_step] = (time.perf_counter(), time.process_time())
 
 
 def time_trainer(trainer, args, device, tokens_per_step: int) -> dict:
     from transformers.trainer_callback import PrinterCallback
 
-    clock = step_clock(args.warmup, args.warmup + args.steps, device)
+    clock = StepClock(args.warmup, args.warmup + args.steps, device)
     trainer.remove_callback(PrinterCallback)  # its end-of-training dict is not this table
     trainer.add_callback(clock)
     trainer.train()
@@ -219,22 +143,19 @@ def time_trainer(trainer, args, device, tokens_per_step: int) -> dict:
             "cpu_threads_busy": (cpu1 - cpu0) / seconds}
 
 
-def trainer_args(cfg: TrainConfig, args, out_dir: str, batch: int, **speed):
-    from transformers import TrainingArguments
+def trainer_args(cfg: TrainConfig, args, out_dir: str, batch: int, **over):
+    """train.py's TrainingArguments for cfg, timed: no evaluation, saving, logging or warm-up."""
+    from trainer import training_arguments
 
-    return TrainingArguments(
-        output_dir=out_dir, max_steps=args.warmup + args.steps, per_device_train_batch_size=batch,
-        gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.learning_rate,
-        weight_decay=cfg.weight_decay, warmup_steps=0, lr_scheduler_type=cfg.lr_scheduler,
-        eval_strategy="no", save_strategy="no", logging_strategy="no", report_to="none",
-        remove_unused_columns=False, seed=cfg.seed, data_seed=cfg.seed, disable_tqdm=True,
-        use_cpu=args.device == "cpu", **speed)
+    return training_arguments(cfg, evaluate_first=False, use_cpu=args.device == "cpu", output_dir=out_dir,
+                              per_device_train_batch_size=batch, warmup_steps=0, eval_strategy="no",
+                              save_strategy="no", logging_strategy="no", disable_tqdm=True, **over)
 
 
 def train_repo(args, cfg: TrainConfig, tokenizer, train_ds, device) -> dict:
     """This repo's pipeline: DiffusionTrainer with train.py's speed settings."""
     from data_collator import DiffusionCollator
-    from train import make_trainer_class, speed_arguments
+    from trainer import DiffusionTrainer, speed_arguments
 
     model = encoder(cfg, tokenizer, args.vocab)
     if cfg.torch_compile:
@@ -242,8 +163,8 @@ def train_repo(args, cfg: TrainConfig, tokenizer, train_ds, device) -> dict:
 
         compile_model(model, cfg.masked_only_head)
     speed = speed_arguments(cfg)
-    trainer = make_trainer_class()(
-        model=model, args=trainer_args(cfg, args, cfg.output_dir, cfg.batch_size, **speed),
+    trainer = DiffusionTrainer(
+        model=model, args=trainer_args(cfg, args, cfg.output_dir, cfg.batch_size),
         train_dataset=train_ds, data_collator=DiffusionCollator(tokenizer, cfg), processing_class=tokenizer,
         diffusion_cfg=cfg, tokenizer=tokenizer)
     timing = time_trainer(trainer, args, device, cfg.batch_size * cfg.grad_accum * cfg.max_len)
@@ -261,7 +182,8 @@ def train_reference(args, cfg: TrainConfig, tokenizer, texts, device, out_dir: s
 
     model = encoder(cfg, tokenizer, args.vocab)
     trainer = Trainer(model=model, train_dataset=texts, data_collator=TokenizingCollator(tokenizer, cfg),
-                      args=trainer_args(cfg, args, out_dir, args.baseline_batch_size, optim="adamw_torch",
+                      args=trainer_args(cfg, args, out_dir, args.baseline_batch_size, optim="adamw_torch", bf16=False,
+                                        fp16=False, dataloader_num_workers=0, dataloader_persistent_workers=False,
                                         dataloader_pin_memory=device.type == "cuda"))
     timing = time_trainer(trainer, args, device, args.baseline_batch_size * cfg.max_len)
     return {**timing, "batch_size": args.baseline_batch_size, "precision": "fp32", "optim": "adamw_torch",
@@ -319,8 +241,9 @@ def timed(fn, device: torch.device, repeats: int) -> tuple[float, object]:
 
 
 def bench_generation(args, tokenizer) -> dict:
-    from generate import GenConfig, generate, validate_gen
+    from config import GenConfig
     from data import bos_eos
+    from decoding import generate
     from modeling import autocast
 
     device = torch.device(args.device)
@@ -349,11 +272,10 @@ def bench_generation(args, tokenizer) -> dict:
         assert seq.shape == (batch, 1 + new_tokens)
         return new_tokens
 
-    for batch in args.gen_batches:
+    for batch in args.batches():
         print(f"[2/3] generation, {args.gen_length} new tokens at batch {batch}", flush=True)
         schedule = GenConfig(length=args.gen_length, steps=args.gen_steps, num_samples=batch, out="")
         threshold = dataclasses.replace(schedule, decode="threshold", threshold=args.threshold)
-        validate_gen(schedule)
         diffuse(schedule)  # warm-up: kernels, allocator
         autoregress(batch, 8)
         s_sched, passes_sched = timed(lambda: diffuse(schedule), device, args.gen_repeats)
@@ -456,7 +378,7 @@ def write_json(report: dict, path: str) -> None:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    args, argv = resolve(argv)
     folder = os.path.dirname(os.path.abspath(args.out))
     try:
         os.makedirs(folder, exist_ok=True)
@@ -473,18 +395,18 @@ def main(argv=None) -> int:
     hf_logging.set_verbosity_error()  # the Trainer's and generate's advice is noise in a benchmark
     hf_logging.disable_progress_bar()
     tokenizer = get_tokenizer(repo_config(args, args.seq_len, "unused"))
-    args.vocab = args.vocab or len(tokenizer)
+    args = dataclasses.replace(args, vocab=args.vocab or len(tokenizer))
     if args.vocab < len(tokenizer):
         raise UsageError(f"--vocab {args.vocab} is smaller than the tokenizer's {len(tokenizer)} tokens")
     device = torch.device(args.device)
     t0 = time.time()
     work = tempfile.mkdtemp(prefix="bench-")
     try:
-        report = {"settings": {k: v for k, v in vars(args).items()},
+        report = {"settings": dataclasses.asdict(args),
                   "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                                "python": platform.python_version()},
                   "machine": machine(device),
-                  "command": "python bench.py " + " ".join(sys.argv[1:] if argv is None else argv)}
+                  "command": " ".join(["python", "bench.py", *argv])}
         report["training"] = bench_training(args, tokenizer, work)
         report["generation"] = bench_generation(args, tokenizer)
         report["quick_test"] = None if args.skip_quick_test else bench_quick_test(work)

@@ -1,13 +1,16 @@
-"""Sample-quality numbers that do not come from the generator grading itself.
+"""Numbers that judge samples and compare models, beside the diffusion bound (diffusion.py).
 
-All take token-id lists (one list per sample), so they work for any tokenizer:
+Text statistics on token-id lists (one list per sample), any tokenizer, no torch:
     distinct_n(samples, n)            unique n-grams / all n-grams, over all samples
     repeated_ngram_rate(samples, n)   share of n-grams that already occurred earlier in the same sample
     unigram_entropy(samples)          entropy (bits) of the pooled token distribution
 
-and one score that needs a model (token-id tensors in, torch imported only there):
-    pseudo_log_likelihood(model, ids, mask_id, where)   mean NLL (nats/token), one position
-                                                        masked at a time, the rest visible
+Scores that need a model (torch imported inside):
+    pseudo_log_likelihood(model, ids, mask_id, where)   mean NLL, one position masked at a time
+    causal_token_nll(model, ids)      [B, L] per-token NLL under a causal LM
+    score_texts(scorer, tok, texts)   total NLL of strings under any causal LM (generative perplexity)
+    sample_quality(tokens, texts, scorer, ...)   the table row of one generation setting
+    held_out_likelihood(model, ar, blocks, ...)  the diffusion bound and the AR NLL on the same tokens
 """
 
 import math
@@ -73,3 +76,95 @@ def pseudo_log_likelihood(model, ids, mask_id: int, where=None, batch_size: int 
             logits = masked_logits(model, inputs.to(device), None, target.to(device))  # [n, V]
             total += F.cross_entropy(logits.float(), ids[r, c].to(device), reduction="sum").item()
     return total / len(rows)
+
+
+def causal_token_nll(model, ids, attention_mask=None):
+    """[B, L] -log p(ids[:, j] | ids[:, <j]) under a causal LM; column 0 (nothing predicts it) is 0."""
+    import torch
+    import torch.nn.functional as F
+
+    device = next(model.parameters()).device
+    am = attention_mask.to(device) if attention_mask is not None else None
+    with torch.no_grad():
+        logits = model(input_ids=ids.to(device), attention_mask=am).logits.float()  # [B, L, V]
+    ce = F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:].to(device), reduction="none")  # [B, L-1]
+    return F.pad(ce, (1, 0)).cpu()  # [B, L]
+
+
+def score_texts(scorer, scorer_tok, texts: list[str], batch_size: int) -> tuple[float, int]:
+    """(total nats, tokens) of texts under a causal LM, each text tokenised by the scorer's own
+    tokenizer and scored after its begin-of-text token (so any scorer judges the same strings)."""
+    import torch
+
+    bos = scorer_tok.bos_token_id if scorer_tok.bos_token_id is not None else scorer_tok.eos_token_id
+    limit = getattr(scorer.config, "n_positions", None) or getattr(scorer.config, "max_position_embeddings", 1024)
+    rows = [[bos] + scorer_tok(t, add_special_tokens=False)["input_ids"][:limit - 1] for t in texts]
+    nats, count = 0.0, 0
+    for i in range(0, len(rows), batch_size):
+        chunk = rows[i:i + batch_size]
+        width = max(len(r) for r in chunk)
+        ids = torch.tensor([r + [bos] * (width - len(r)) for r in chunk])  # [b, W] right-padded
+        am = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in chunk])  # [b, W]
+        nll = causal_token_nll(scorer, ids, am)  # [b, W]
+        keep = am.bool()
+        keep[:, 0] = False  # the begin-of-text token is given, not scored
+        nats += float(nll[keep].sum())
+        count += int(keep.sum())
+    return nats, count
+
+
+def sample_quality(token_lists: list[list[int]], texts: list[str], scorer, seconds: float | None,
+                   batch_size: int) -> dict:
+    """Unigram entropy, distinct-1/2, repeated 4-grams, seconds per sample and, with a scorer
+    (model, tokenizer), generative perplexity of one setting's samples."""
+    row = {"samples": len(texts), "unigram_entropy": max(0.0, unigram_entropy(token_lists)),  # not -0.0
+           "distinct_1": distinct_n(token_lists, 1), "distinct_2": distinct_n(token_lists, 2),
+           "repeated_4gram": repeated_ngram_rate(token_lists, 4),
+           "seconds_per_sample": None if seconds is None else seconds / len(texts), "gen_ppl": None}
+    if scorer is not None:
+        nats, count = score_texts(scorer[0], scorer[1], texts, batch_size)
+        row["gen_ppl"] = math.exp(min(nats / count, 50))
+    return row
+
+
+def reference_blocks(val_blocks, n: int):
+    """n held-out blocks spread evenly over the held-out set (it is the tail of a few articles)."""
+    import torch
+
+    idx = torch.linspace(0, len(val_blocks) - 1, min(n, len(val_blocks))).round().long()
+    return val_blocks[idx]
+
+
+def likelihood_summary(nats_per_token: float, tokens: int, n_bytes: int) -> dict:
+    return {"nats_per_token": nats_per_token, "perplexity": math.exp(min(nats_per_token, 50)),
+            "bits_per_byte": nats_per_token * tokens / math.log(2) / n_bytes}
+
+
+def held_out_likelihood(model, ar, blocks, tokenizer, prefix: int, draws: int, batch_size: int, g,
+                        precision: str = "auto") -> dict:
+    """The diffusion model's ELBO bound (diffusion.elbo_estimate) and the AR model's exact NLL
+    (ar None = skip) on the same scored positions of blocks [M, L]: every content token after
+    `prefix`; special tokens are conditioned on, not scored. Bits per byte of the scored text too."""
+    import torch
+
+    from diffusion import elbo_estimate, protected_positions, special_token_ids
+
+    bound = elbo_estimate(model, blocks, tokenizer, prefix, draws, batch_size, g, precision, progress=True)
+    protected = protected_positions(blocks, special_token_ids(tokenizer),
+                                    torch.full((len(blocks),), prefix, dtype=torch.long))  # [M, L]
+    n_tok = int((~protected).sum())
+    n_bytes = sum(len(tokenizer.decode(row[~p].tolist()).encode("utf-8")) for row, p in zip(blocks, protected))
+    out = {"blocks": len(blocks), "prefix": prefix, "draws": draws, "scored_tokens": n_tok, "scored_bytes": n_bytes,
+           "diffusion": likelihood_summary(bound["nats_per_token"], n_tok, n_bytes)
+           | {"nats_stderr": bound["nats_stderr"]}}
+    if ar is not None:
+        ar_nats, all_nats, all_count = 0.0, 0.0, 0
+        for i in range(0, len(blocks), batch_size):
+            nll = causal_token_nll(ar, blocks[i:i + batch_size])  # [b, L]
+            ar_nats += float(nll[~protected[i:i + batch_size]].sum())
+            all_nats += float(nll[:, 1:].sum())  # the usual LM number: every token after <s>
+            all_count += nll[:, 1:].numel()
+        out["ar"] = likelihood_summary(ar_nats / n_tok, n_tok, n_bytes)
+        out["ar_all_tokens_after_bos"] = {"nats_per_token": all_nats / all_count, "tokens": all_count,
+                                          "perplexity": math.exp(all_nats / all_count)}
+    return out

@@ -1,10 +1,12 @@
-"""Models: build or load a masked LM, and run its LM head only where it is needed.
+"""Models: build or load a masked LM (and its AR baseline), run the LM head only where needed.
 
     load_pretrained(cls, name)       from_pretrained with a one-line error when offline / missing
     build_model(cfg, tokenizer)      from-scratch model (cfg.model == "scratch") or a pretrained one
+    load_checkpoint(path)            (model, tokenizer, TrainConfig) of a train.py checkpoint
     masked_logits(model, ids, attn, where)   logits [N, V] at the N positions where `where` is True
     masked_lm_loss(model, batch, ...)        per-token CE at masked positions, the training loss
     compile_model(model)                     torch.compile in place, keeping the masked-only head
+    build_ar_model / ar_shape / load_baseline   the GPT-2-shaped AR baseline of equal size
 
 The vocabulary projection (hidden -> V logits) is the single largest matmul of a small MLM, and
 only masked positions carry loss; `masked_logits` runs the encoder on every position but the
@@ -132,3 +134,115 @@ def masked_lm_loss(model, input_ids, attention_mask, labels, mask_rate=None, wei
     else:
         loss = ce.mean()
     return loss, ce, rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading a train.py checkpoint
+# ---------------------------------------------------------------------------------------------
+
+
+def load_checkpoint(path: str, device: str | None = None):
+    """(model, tokenizer, train_config) from a train.py checkpoint, or a UsageError that says
+    how to make one."""
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    from config import load_train_config
+
+    if not os.path.isdir(path):
+        raise UsageError(f"no checkpoint at {path}; make one with: python train.py --quick-test")
+    missing = [f for f in ("config.json", "diffusion_config.json") if not os.path.isfile(os.path.join(path, f))]
+    if not any(f.endswith((".safetensors", ".bin")) for f in os.listdir(path)):
+        missing.append("model weights")
+    if not any(os.path.isfile(os.path.join(path, f)) for f in ("tokenizer.json", "vocab.json", "vocab.txt")):
+        missing.append("tokenizer")
+    if missing:
+        raise UsageError(f"incomplete checkpoint {path}: missing {', '.join(missing)} "
+                         f"(was training interrupted? rerun python train.py --quick-test)")
+    cfg = load_train_config(path)
+    tokenizer = load_pretrained(AutoTokenizer, path)
+    model = load_pretrained(AutoModelForMaskedLM, path)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return model.to(device).eval(), tokenizer, cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# The AR baseline: a GPT-2 of the diffusion model's size
+# ---------------------------------------------------------------------------------------------
+
+
+def gpt2_param_count(vocab: int, n_positions: int, n_embd: int, n_layer: int, n_inner: int) -> int:
+    """Parameters of GPT2LMHeadModel with tied embeddings (the LM head adds none)."""
+    d = n_embd
+    # per block: ln_1 + c_attn + attn c_proj + ln_2 = 4d^2 + 9d; c_fc + mlp c_proj = n_inner(2d + 1) + ...
+    per_layer = 4 * d * d + 9 * d + n_inner * (2 * d + 1)
+    return vocab * d + n_positions * d + n_layer * per_layer + 2 * d  # + ln_f
+
+
+def ar_shape(target: int, vocab: int, n_positions: int, n_embd: int, n_layer: int,
+             fixed_layers: bool = False, multiple: int = 32) -> tuple[int, int]:
+    """(n_layer, n_inner) of a GPT-2 whose parameter count is nearest `target`: the given depth
+    if an MLP between 1x and 8x the width fits (GPT-2 uses 4x), else the nearest depth that does."""
+    depths = [n_layer] if fixed_layers else sorted(range(1, 4 * n_layer + 3), key=lambda L: (abs(L - n_layer), L))
+    for L in depths:
+        rest = target - gpt2_param_count(vocab, n_positions, n_embd, L, 0)
+        inner = round(rest / (L * (2 * n_embd + 1)) / multiple) * multiple
+        if n_embd <= inner <= 8 * n_embd:
+            return L, inner
+    raise UsageError(f"no GPT-2 of width {n_embd} with {'/'.join(map(str, depths[:3]))}... layers has "
+                     f"~{target:,} parameters; set --n-layer and --n-inner")
+
+
+def width_heads_depth(config) -> tuple[int, int, int]:
+    """(hidden size, heads, layers) of an encoder config (BERT/RoBERTa/ModernBERT or DistilBERT names)."""
+    get = lambda *names: next(getattr(config, n) for n in names if hasattr(config, n))  # noqa: E731
+    return get("hidden_size", "dim"), get("num_attention_heads", "n_heads"), get("num_hidden_layers", "n_layers")
+
+
+def build_ar_model(tokenizer, n_positions: int, n_embd: int, n_head: int, n_layer: int, n_inner: int, seed: int,
+                   vocab_size: int | None = None):
+    from transformers import AutoModelForCausalLM, GPT2Config
+
+    from data import bos_eos
+
+    bos, eos = bos_eos(tokenizer)
+    # no dropout, as the from-scratch diffusion models have none
+    cfg = GPT2Config(vocab_size=vocab_size or len(tokenizer), n_positions=n_positions, n_embd=n_embd,
+                     n_layer=n_layer, n_head=n_head, n_inner=n_inner, resid_pdrop=0.0, embd_pdrop=0.0,
+                     attn_pdrop=0.0, bos_token_id=bos, eos_token_id=eos,
+                     pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos,
+                     tie_word_embeddings=True)
+    torch.manual_seed(seed)  # weight init is the one place transformers uses the global RNG
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa")
+    model.loss_type = "ForCausalLM"  # shifted CE, what it falls back to anyway, minus a warning
+    return model
+
+
+def load_baseline(path: str, tokenizer, checkpoint: str, window: int):
+    """(model, its ar_config.json as a dict) from baseline_ar.py's --output-dir (or its final-model)."""
+    import json
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = os.path.join(path, "final-model") if os.path.isdir(os.path.join(path, "final-model")) else path
+    if not os.path.isfile(os.path.join(folder, "ar_config.json")):
+        raise UsageError(f"no AR baseline at {path}; train one with: python baseline_ar.py --checkpoint "
+                         f"{checkpoint} --output-dir {path}   (or pass --baseline none)")
+    if load_pretrained(AutoTokenizer, folder).get_vocab() != tokenizer.get_vocab():
+        raise UsageError(f"the AR baseline at {path} uses a different tokenizer than {checkpoint}; "
+                         f"retrain it with: python baseline_ar.py --checkpoint {checkpoint} --output-dir {path}")
+    model = load_pretrained(AutoModelForCausalLM, folder)
+    if model.config.n_positions < window:
+        raise UsageError(f"the AR baseline at {path} has {model.config.n_positions} positions; the window is {window}")
+    with open(os.path.join(folder, "ar_config.json")) as f:
+        return model.eval(), json.load(f)
+
+
+def load_scorer(name: str):
+    """(causal LM, tokenizer) that judges samples for generative perplexity (hub id or folder)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        return load_pretrained(AutoModelForCausalLM, name).eval(), load_pretrained(AutoTokenizer, name)
+    except UsageError as e:  # load_pretrained's hint is about training; say what helps here
+        cause = str(e).split("; without network")[0]
+        raise UsageError(f"--scorer: {cause}; omit --scorer to judge samples with the AR baseline")

@@ -4,7 +4,7 @@
     python experiments/layer_analysis.py --checkpoint results/final-model --batches 4
 
 Held-out blocks are masked exactly as train.py's held-out evaluation masks them
-(train.level_losses: same batches, same seed per level, same prompt-prefix rule), then:
+(diffusion.level_losses: same batches, same seed per level, same prompt-prefix rule), then:
 
     logit lens     each layer's hidden state at the masked positions goes through the LM head;
                    accuracy (top-1) and cross-entropy per layer x masking level. Layer 0 is the
@@ -30,48 +30,20 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # the repo's modules live one folder up
 
-import argparse  # noqa: E402
 import csv  # noqa: E402
 import math  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from config import UsageError, add_args, cli, given, save_config  # noqa: E402
-
-
-@dataclass
-class LayerConfig:
-    checkpoint: str = "results/final-model"  # train.py checkpoint (any checkpoint-N or final-model)
-    levels: str = ""  # comma-separated masking rates; "" = the levels train.py reports losses at
-    batches: int = 8  # held-out batches (the first ones, as train.py's evaluation takes them)
-    batch_size: int = 0  # blocks per batch; 0 = the checkpoint's --batch-size
-    cka_levels: str = "0.1,0.5,1.0"  # masking rates with a CKA panel each
-    bins: int = 10  # equal-width confidence bins for the reliability diagram and ECE
-    seed: int = -1  # masks; -1 = the checkpoint's seed, i.e. the masks of train.py's held-out eval
-    threads: int = 1  # torch CPU threads (0 = torch's default); one avoids thread contention on shared cores
-    out_dir: str = "results/figures"  # PNGs, CSV and the settings JSON go here
+from config import LayerConfig, UsageError, cli, parse, parse_floats, save_config  # noqa: E402
 
 
 def parse_rates(text: str, flag: str) -> list[float]:
-    try:
-        rates = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise UsageError(f"--{flag} must be comma-separated numbers, got {text!r}")
+    rates = parse_floats(text, flag)
     if not rates or any(not 0.0 < t <= 1.0 for t in rates):
         raise UsageError(f"--{flag} must be rates in (0, 1], got {text!r}")
     return sorted(set(rates))
-
-
-def validate(lc: LayerConfig) -> None:
-    if lc.levels:
-        parse_rates(lc.levels, "levels")
-    parse_rates(lc.cka_levels, "cka-levels")
-    if lc.batches < 1 or lc.bins < 1:
-        raise UsageError("--batches and --bins must be at least 1")
-    if lc.batch_size < 0 or lc.threads < 0:
-        raise UsageError("--batch-size and --threads must be >= 0 (0 = default)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,7 +108,7 @@ def lens_reader(model):
 def analyse_level(model, batches, tokenizer, cfg, level: float, g: torch.Generator, keep_reps: bool) -> dict:
     """At one masking level: lens accuracy/CE per layer, attention entropy per layer x head,
     final-layer confidences and correctness, and (keep_reps) every layer's representations."""
-    from data_collator import mask_tokens, prefix_lengths, protected_positions, special_token_ids
+    from diffusion import mask_tokens, prefix_lengths, protected_positions, special_token_ids
 
     encoder, head, norm = lens_reader(model)
     device = next(model.parameters()).device
@@ -146,7 +118,7 @@ def analyse_level(model, batches, tokenizer, cfg, level: float, g: torch.Generat
     ent_sum = torch.zeros(n_layers, model.config.num_attention_heads)
     count, conf, correct, reps = 0, [], [], []
     for ids in batches:
-        # 1. mask exactly as train.level_losses does (same calls, same generator order)
+        # 1. mask exactly as diffusion.level_losses does (same calls, same generator order)
         prefix = prefix_lengths(len(ids), cfg.prefix_mode, cfg.prefix_len, g)  # [B]
         inputs, labels = mask_tokens(ids, torch.full((len(ids),), level),
                                      protected_positions(ids, special, prefix), tokenizer.mask_token_id, g)
@@ -410,16 +382,16 @@ def write_csv(path, res, cal, cka, losses, levels) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_args(parser, LayerConfig)
-    lc = LayerConfig(**given(parser.parse_args(argv), LayerConfig))
-    validate(lc)
+    lc, _ = parse(LayerConfig, argv, __doc__)
+    if lc.levels:
+        parse_rates(lc.levels, "levels")
+    parse_rates(lc.cka_levels, "cka-levels")
     from tqdm import tqdm
     from transformers.utils import logging as hf_logging
 
     from data import build_datasets
-    from generate import load_checkpoint
-    from train import eval_batches, level_losses, report_levels
+    from diffusion import eval_batches, level_losses, report_levels
+    from modeling import load_checkpoint
 
     hf_logging.disable_progress_bar()
     if lc.threads:
@@ -440,7 +412,7 @@ def main(argv=None) -> int:
     # 1. the same masks as train.py's held-out evaluation, one level at a time
     res = {}
     for i, t in enumerate(tqdm(levels, desc="masking levels", leave=False)):
-        g = torch.Generator().manual_seed(seed + i)  # level i's masks, as in train.level_losses
+        g = torch.Generator().manual_seed(seed + i)  # level i's masks, as in diffusion.level_losses
         res[t] = analyse_level(model, batches, tokenizer, cfg, t, g, keep_reps=t in cka_levels)
     losses = level_losses(model, batches, tokenizer, cfg, levels, seed=seed)
     drift = max(abs(losses[t] - res[t]["ce"][-1]) for t in levels)
@@ -451,10 +423,10 @@ def main(argv=None) -> int:
     blocks = sum(len(b) for b in batches)
     print(f"{lc.checkpoint}: {type(model).__name__}, {len(res[levels[0]]['acc']) - 1} layers; {blocks} held-out "
           f"blocks of {cfg.max_len} tokens, masks seeded as train.py's evaluation (seed {seed})")
-    print("CE = train.level_losses (final layer, nats/token); acc = logit-lens top-1 accuracy per layer; "
+    print("CE = diffusion.level_losses (final layer, nats/token); acc = logit-lens top-1 accuracy per layer; "
           "conf/ECE = final layer; H = attention entropy of masked queries (bits)")
     print(format_table(res, cal, losses, levels))
-    print(f"(final-layer lens CE agrees with train.level_losses to {drift:.1e} nats)")
+    print(f"(final-layer lens CE agrees with diffusion.level_losses to {drift:.1e} nats)")
     print()
     for line in findings(res, cal, cka, levels, cfg.max_len):
         print("- " + line)

@@ -5,16 +5,17 @@
 
 1. Terminal: one held-out block of the corpus masked at 10%, 20%, ... 100% (masks drawn as █).
    The masks are nested: every token hidden at 30% is also hidden at 40%, as one sentence fades.
-2. masking_schedules.png: the generation schedules of generate.py, fraction of the canvas still
-   masked after each step, and how many tokens each step commits.
-3. masking_rate_distributions.png: the training masking-rate distributions of data_collator.py
-   (histograms of drawn rates), and the share of each block's content actually masked once the
-   prompt prefix is protected.
+2. masking_schedules.png: the noise schedules (diffusion.SCHEDULES), fraction of the canvas still
+   masked after each generation step, and how many tokens each step commits.
+3. masking_rate_distributions.png: the training masking-rate distributions (the seed's levels, and
+   each schedule drawn at uniform progress), and the share of each block's content actually masked
+   once the prompt prefix is protected.
 
 Without --checkpoint the quick-test preset's settings are used (window 64, its tokenizer and
 held-out split), which are what `python train.py --quick-test` trains with. Everything comes from
-the repo's own functions: data_collator.mask_tokens / MASK_DISTRIBUTIONS, generate.SCHEDULES /
-mask_counts / render. Settings are saved as masking_viz.json beside the figures.
+the repo's own functions: diffusion.mask_tokens / sample_rates / SCHEDULES / mask_counts (the one
+schedule registry training and generation share) and visualize.render. Settings are saved as
+masking_viz.json beside the figures.
 """
 
 import os
@@ -23,47 +24,12 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # the repo's modules live one folder up
 
-import argparse  # noqa: E402
 import dataclasses  # noqa: E402
 import textwrap  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
 
 import torch  # noqa: E402
 
-from config import QUICK_TEST, TrainConfig, UsageError, add_args, cli, given, save_config  # noqa: E402
-
-
-@dataclass
-class VizConfig:
-    checkpoint: str = ""  # train.py checkpoint whose tokenizer and settings to use; "" = quick-test preset
-    levels: str = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0"  # masking rates shown in the terminal
-    block: int = 0  # which held-out block to show
-    prefix: int = 0  # leading content tokens kept visible in the terminal view (a prompt)
-    steps: int = 10  # denoising steps for the tokens-per-step panel
-    draws: int = 20000  # masking rates drawn per distribution for the histograms
-    width: int = 100  # terminal line width for the masked text
-    seed: int = 0  # fixes the masks and the drawn rates
-    out_dir: str = "results/figures"  # PNGs and the settings JSON go here
-
-
-def parse_levels(text: str, flag: str) -> list[float]:
-    try:
-        levels = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise UsageError(f"--{flag} must be comma-separated numbers, got {text!r}")
-    if not levels or any(not 0.0 < t <= 1.0 for t in levels):
-        raise UsageError(f"--{flag} must be rates in (0, 1], got {text!r}")
-    return levels
-
-
-def validate(vc: VizConfig) -> list[float]:
-    levels = parse_levels(vc.levels, "levels")
-    for name in ("steps", "draws", "width"):
-        if getattr(vc, name) < 1:
-            raise UsageError(f"--{name} must be at least 1, got {getattr(vc, name)}")
-    if vc.block < 0 or vc.prefix < 0:
-        raise UsageError("--block and --prefix must be >= 0")
-    return levels
+from config import QUICK_TEST, TrainConfig, UsageError, VizConfig, cli, parse, parse_floats, save_config  # noqa: E402
 
 
 def load_setting(vc: VizConfig):
@@ -71,7 +37,7 @@ def load_setting(vc: VizConfig):
     from data import build_datasets, get_tokenizer
 
     if vc.checkpoint:
-        from generate import load_checkpoint
+        from modeling import load_checkpoint
 
         _, tokenizer, cfg = load_checkpoint(vc.checkpoint, device="cpu")
     else:
@@ -89,7 +55,7 @@ def load_setting(vc: VizConfig):
 def masked_views(ids: torch.Tensor, levels: list[float], prefix: int, tokenizer, seed: int):
     """[(level, masked block [L], masked count, maskable count)] for one block [L]. The generator
     is reseeded per level, so mask_tokens ranks positions identically and the masks are nested."""
-    from data_collator import mask_tokens, protected_positions, special_token_ids
+    from diffusion import mask_tokens, protected_positions, special_token_ids
 
     protected = protected_positions(ids[None], special_token_ids(tokenizer), torch.tensor([prefix]))  # [1, L]
     views = []
@@ -101,8 +67,9 @@ def masked_views(ids: torch.Tensor, levels: list[float], prefix: int, tokenizer,
 
 
 def format_views(views, tokenizer, width: int) -> str:
-    """Each view as text with every mask drawn as █ (generate.render), wrapped to width."""
-    from generate import banned_ids, render
+    """Each view as text with every mask drawn as █ (visualize.render), wrapped to width."""
+    from decoding import banned_ids
+    from visualize import render
 
     skip = set(banned_ids(tokenizer)) - {tokenizer.mask_token_id}
     lines = []
@@ -124,14 +91,14 @@ def plot_schedules(n_tokens: int, steps: int, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from generate import SCHEDULES, mask_counts
+    from diffusion import SCHEDULES, mask_counts
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
     fine = 200
     x = [s / fine for s in range(fine + 1)]
     colors = dict(zip(SCHEDULES, plt.get_cmap("tab10").colors))
     for name, f in SCHEDULES.items():
-        left.plot(x, [f(s, fine) for s in range(fine + 1)], color=colors[name], lw=2, label=name)
+        left.plot(x, [f(r) for r in x], color=colors[name], lw=2, label=name)
         counts = mask_counts(name, n_tokens, steps)
         left.plot([s / steps for s in range(steps + 1)], [c / n_tokens for c in counts], "o",
                   color=colors[name], ms=5)
@@ -166,7 +133,7 @@ def realised_fractions(blocks: torch.Tensor, cfg: TrainConfig, tokenizer, g: tor
     """(drawn rates [N], share of each block's content tokens masked [N]) under the training
     recipe of cfg: the rate applies to the positions left after the protected prompt prefix, so
     the share of the whole block is lower than t."""
-    from data_collator import mask_tokens, prefix_lengths, protected_positions, sample_rates, special_token_ids
+    from diffusion import mask_tokens, prefix_lengths, protected_positions, sample_rates, special_token_ids
 
     special = special_token_ids(tokenizer)
     content = ~torch.isin(blocks, torch.tensor(special))  # [N, L]
@@ -182,13 +149,17 @@ def plot_distributions(cfg: TrainConfig, draws: int, realised: torch.Tensor, pat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from data_collator import MASK_DISTRIBUTIONS
+    from diffusion import SCHEDULES, sample_rates
 
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
+    names = ("levels",) + tuple(SCHEDULES)
+    fig, axes = plt.subplots(2, 3, figsize=(16, 8.5))
     axes = axes.ravel()
+    for ax in axes[len(names) + 1:]:
+        ax.axis("off")
     bins = [i / 40 for i in range(41)]
-    for ax, (name, draw) in zip(axes, MASK_DISTRIBUTIONS.items()):
-        rates = draw(draws, cfg, torch.Generator().manual_seed(seed))  # [draws]
+    for ax, name in zip(axes, names):
+        one = dataclasses.replace(cfg, mask_distribution=name, per_sample_rate=True)
+        rates = sample_rates(draws, one, torch.Generator().manual_seed(seed))  # [draws]
         color = "tab:blue" if name == cfg.mask_distribution else "tab:gray"
         values, counts = rates.unique(return_counts=True)
         if len(values) <= 50:  # a discrete set of levels: one bar per level, not histogram bins
@@ -199,7 +170,7 @@ def plot_distributions(cfg: TrainConfig, draws: int, realised: torch.Tensor, pat
         ax.set(title=f"--mask-distribution {name}{used}", xlabel="masking rate t", ylabel="draws",
                xlim=(0, 1.04))
         ax.grid(alpha=0.3, axis="y")
-    ax = axes[-1]
+    ax = axes[len(names)]
     n = cfg.max_len - 2  # content tokens in a block: shares are k / n, so bins hold 2 values each
     ax.hist(realised.numpy(), bins=[(k - 0.5) / n for k in range(0, n + 3, 2)], color="tab:orange",
             edgecolor="white")
@@ -222,10 +193,8 @@ def plot_distributions(cfg: TrainConfig, draws: int, realised: torch.Tensor, pat
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_args(parser, VizConfig)
-    vc = VizConfig(**given(parser.parse_args(argv), VizConfig))
-    levels = validate(vc)
+    vc, _ = parse(VizConfig, argv, __doc__)
+    levels = parse_floats(vc.levels, "levels")
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()

@@ -30,78 +30,35 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # the repo's modules live one folder up
 
-import argparse  # noqa: E402
 import csv  # noqa: E402
 import time  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
 
 import torch  # noqa: E402
 
-from config import UsageError, add_args, cli, given, save_config  # noqa: E402
-from generate import GenConfig  # noqa: E402
-
-
-@dataclass
-class CompareConfig:
-    checkpoint: str = "results/final-model"  # train.py checkpoint that generates
-    schedules: str = "linear,cosine,exponential"  # comma-separated names from generate.SCHEDULES
-    steps: str = "4,8,16"  # comma-separated denoising step counts
-    samplers: str = "greedy,topk,nucleus"  # comma-separated names from generate.SAMPLERS
-    remask: str = "low-confidence,random"  # comma-separated names from generate.REMASK
-    prompts: int = 16  # held-out blocks to take prompts from (one sample each, one batch)
-    prompt_len: int = -1  # prompt tokens; -1 = the checkpoint's --prefix-len
-    temperature: float = GenConfig.temperature  # sampling temperature (greedy ignores it)
-    k: int = GenConfig.k  # top-k size
-    p: float = GenConfig.p  # nucleus mass
-    judge: str = ""  # checkpoint that scores PLL; "" = the generating model itself (self-graded)
-    plot_remask: str = "low-confidence"  # remasking rule shown in the two figures
-    heatmap_sampler: str = "topk"  # sampler shown in the decoding-order heatmap
-    heatmap_steps: int = 16  # step count shown in the decoding-order heatmap
-    seed: int = 0  # one generator seeded with this per configuration: same draws for all
-    threads: int = 1  # torch CPU threads (0 = torch's default); one avoids thread contention on shared cores
-    out_dir: str = "results/figures"  # CSV, PNGs and the settings JSON go here
-
-
-def parse_list(text: str, flag: str, options=None, cast=str) -> list:
-    try:
-        items = [cast(x.strip()) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise UsageError(f"--{flag} must be a comma-separated list of numbers, got {text!r}")
-    if not items:
-        raise UsageError(f"--{flag} is empty")
-    if options is not None:
-        bad = [x for x in items if x not in options]
-        if bad:
-            raise UsageError(f"--{flag}: unknown {', '.join(map(str, bad))} (choose from {', '.join(options)})")
-    return list(dict.fromkeys(items))  # drop repeats, keep order
+from config import CompareConfig, GenConfig, UsageError, cli, parse, parse_ints, parse_names, save_config  # noqa: E402
 
 
 def resolve_grid(cc: CompareConfig) -> dict:
-    from generate import REMASK, SAMPLERS, SCHEDULES
+    from decoding import REMASK, SAMPLERS
+    from diffusion import SCHEDULES
 
-    grid = {"schedules": parse_list(cc.schedules, "schedules", tuple(SCHEDULES)),
-            "steps": parse_list(cc.steps, "steps", cast=int),
-            "samplers": parse_list(cc.samplers, "samplers", tuple(SAMPLERS)),
-            "remask": parse_list(cc.remask, "remask", tuple(REMASK))}
-    if any(s < 1 for s in grid["steps"]):
+    grid = {"schedules": parse_names(cc.schedules, "schedules", tuple(SCHEDULES)),
+            "steps": list(dict.fromkeys(parse_ints(cc.steps, "steps"))),
+            "samplers": parse_names(cc.samplers, "samplers", tuple(SAMPLERS)),
+            "remask": parse_names(cc.remask, "remask", tuple(REMASK))}
+    if not grid["steps"] or any(s < 1 for s in grid["steps"]):
         raise UsageError(f"--steps must all be at least 1, got {cc.steps!r}")
     for flag, value, key in (("plot-remask", cc.plot_remask, "remask"),
                              ("heatmap-sampler", cc.heatmap_sampler, "samplers"),
                              ("heatmap-steps", cc.heatmap_steps, "steps")):
         if value not in grid[key]:
             raise UsageError(f"--{flag} {value} is not among --{key} ({', '.join(map(str, grid[key]))})")
-    if cc.prompts < 1:
-        raise UsageError(f"--prompts must be at least 1, got {cc.prompts}")
     return grid
 
 
 def gen_config(cc: CompareConfig, schedule: str, steps: int, sampler: str, remask: str) -> GenConfig:
-    from generate import validate_gen
-
-    gc = GenConfig(checkpoint=cc.checkpoint, steps=steps, schedule=schedule, sampling=sampler, remask=remask,
-                   temperature=cc.temperature, k=cc.k, p=cc.p, seed=cc.seed, out="")
-    validate_gen(gc)
-    return gc
+    return GenConfig(checkpoint=cc.checkpoint, steps=steps, schedule=schedule, sampling=sampler, remask=remask,
+                     temperature=cc.temperature, k=cc.k, p=cc.p, seed=cc.seed, out="")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -252,12 +209,8 @@ def format_table(ref: dict, rows: list[dict], judge_name: str) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_args(parser, CompareConfig)
-    cc = CompareConfig(**given(parser.parse_args(argv), CompareConfig))
+    cc, _ = parse(CompareConfig, argv, __doc__)
     grid = resolve_grid(cc)
-    if cc.threads < 0:
-        raise UsageError(f"--threads must be >= 0 (0 = torch's default), got {cc.threads}")
     for sched in grid["schedules"]:  # every GenConfig of the grid is valid before any work starts
         for steps in grid["steps"]:
             for sampler in grid["samplers"]:
@@ -267,9 +220,9 @@ def main(argv=None) -> int:
     from tqdm import tqdm
     from transformers.utils import logging as hf_logging
 
-    from data import build_datasets
-    from data import bos_eos
-    from generate import banned_ids, denoise, load_checkpoint
+    from data import bos_eos, build_datasets
+    from decoding import banned_ids, denoise
+    from modeling import load_checkpoint
     from metrics import unigram_entropy
 
     hf_logging.disable_progress_bar()

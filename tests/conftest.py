@@ -42,6 +42,6 @@ def tiny_run(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_model(tiny_run):
     """(model, tokenizer, train_config) loaded from the tiny run's final-model."""
-    from generate import load_checkpoint
+    from modeling import load_checkpoint
 
     return load_checkpoint(tiny_run[1], device="cpu")

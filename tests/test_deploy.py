@@ -155,8 +155,8 @@ def test_deploy_monitor_success_and_checkpoint_loads(box, live_run):
     assert res.returncode == 0, res.stdout + res.stderr
     out = res.stdout
     assert out.splitlines()[-1] == "status: succeeded"
-    assert "step 4/4" in out and "held-out ELBO bound" in out and "final-model" in out
-    assert "latest loss per masking level" in out
+    assert "step 4/4 | loss" in out and "held-out ELBO bound" in out and "final-model" in out
+    assert "held-out loss by masking level" in out
     again = subprocess.run(["bash", "-c", printed[0][len("monitor: "):]], cwd=ROOT,
                            env={k: v for k, v in os.environ.items() if not k.startswith(("SSH_", "REMOTE_"))},
                            capture_output=True, text=True, timeout=60)
@@ -203,9 +203,9 @@ def test_dry_run_prints_the_commands_and_does_nothing(tmp_path):
                                    remote="dry", RUN_NAME="d", REMOTE_PYTHON="")
     assert res.returncode == 0, res.stderr
     out = res.stdout
-    for expected in ("rsync -az --exclude=/results/ --exclude=.git/", "-m venv .venv",
-                     ".venv/bin/pip install -q --disable-pip-version-check -r requirements.txt",
-                     ".venv/bin/python train.py --quick-test --output-dir $run", "run=results/d",
+    for expected in ("git ls-files | rsync -az -s --from0 --files-from=- --chmod=D700,F600", '-m venv "$VENV"',
+                     '"$VENV/bin/pip" install -q --disable-pip-version-check -r requirements.txt',
+                     ".venv/bin/python train.py --quick-test --output-dir", "RUN_NAME=d\n", "VENV=.venv\n",
                      "dry run: nothing was done"):
         assert expected in out
     assert not (tmp_path / "dry").exists()
@@ -232,5 +232,6 @@ def test_two_process_cpu_run_over_deploy(box):
 
 @pytest.mark.skipif(not shutil.which("shellcheck"), reason="needs shellcheck (apt-get install shellcheck)")
 def test_shellcheck_clean():
-    res = subprocess.run(["shellcheck", "deploy.sh", "monitor_training.sh"], cwd=ROOT, capture_output=True, text=True)
+    res = subprocess.run(["shellcheck", "-x", "deploy.sh", "monitor_training.sh", "remote.sh"], cwd=ROOT,
+                         capture_output=True, text=True)
     assert res.returncode == 0, res.stdout

@@ -112,7 +112,7 @@ def test_named_files_links_and_functions_exist(doc):
     for name in re.findall(r"`(?:\w+\.)?([A-Za-z_]\w*)\(", text):
         assert name in names, f"{doc}: function {name}() is not defined anywhere"
     for module, name in re.findall(r"`([a-z_]+)\.([A-Za-z_]\w*)", text):
-        if name not in ("py", "sh", "md", "json", "jsonl", "csv", "png", "gif", "txt") and \
+        if name not in ("py", "sh", "md", "json", "jsonl", "csv", "png", "gif", "txt", "log", "lock") and \
                 os.path.exists(os.path.join(ROOT, module + ".py")):
             src = read(module + ".py")
             assert re.search(rf"^(?:\s*def|\s*class)\s+{name}\b|^{name}\s*=", src, re.M), \

@@ -1,5 +1,5 @@
-"""evaluate.py and baseline_ar.py: the ELBO estimate against brute force, the AR baseline's shape,
-same-token scoring, and both scripts end to end on the tiny run."""
+"""The ELBO estimator (diffusion.py) against brute force, same-token scoring (metrics.py), the AR
+baseline's shape (modeling.py), and evaluate.py / report.py / baseline_ar.py end to end."""
 
 import itertools
 import json
@@ -12,7 +12,11 @@ import torch
 
 import baseline_ar
 import evaluate as E
-from data_collator import protected_positions, special_token_ids
+import modeling
+import report
+from config import UsageError
+from diffusion import elbo_terms, protected_positions, special_token_ids, stratified_ks
+from metrics import causal_token_nll, held_out_likelihood
 
 # ---------------------------------------------------------------------------------------------
 # The ELBO estimator
@@ -22,11 +26,11 @@ from data_collator import protected_positions, special_token_ids
 def test_stratified_ks_cover_every_k_evenly():
     g = torch.Generator().manual_seed(0)
     n = torch.tensor([4, 7, 1, 62])
-    ks = E.stratified_ks(n, 4, g)  # [4, 4]
+    ks = stratified_ks(n, 4, g)  # [4, 4]
     assert ks[0].tolist() == [1, 2, 3, 4]  # draws == n: each k exactly once
     assert ks[2].tolist() == [1, 1, 1, 1]
     assert ((ks >= 1) & (ks <= n[:, None])).all()
-    many = E.stratified_ks(torch.tensor([7]), 7000, g)[0]
+    many = stratified_ks(torch.tensor([7]), 7000, g)[0]
     assert torch.bincount(many, minlength=8)[1:].tolist() == [1000] * 7  # uniform on 1..7
 
 
@@ -49,7 +53,7 @@ def test_bound_is_exact_for_a_context_free_uniform_model():
     ids[:, 0], ids[:, -1] = 0, 2
     prefix = torch.tensor([0, 3, 9])
     protected = protected_positions(ids, [0, 1, 2], prefix)
-    terms = E.elbo_terms(UniformMLM(V), ids, protected, 4, 6, g)  # [3, 6]
+    terms = elbo_terms(UniformMLM(V), ids, protected, 4, 6, g)  # [3, 6]
     n = (~protected).sum(1).float()  # [3] = 10, 7, 1
     assert n.tolist() == [10, 7, 1]
     assert torch.allclose(terms, (n * math.log(V))[:, None].expand(3, 6), rtol=1e-5)
@@ -57,7 +61,7 @@ def test_bound_is_exact_for_a_context_free_uniform_model():
 
 def brute_force_bound(model, ids, maskable, mask_id):
     """sum_k (1/k) * mean over every k-subset M of sum_{j in M} CE_j: the exact expectation of
-    (n/k) * sum CE with k ~ U{1..n}, written independently of evaluate.py."""
+    (n/k) * sum CE with k ~ U{1..n}, written independently of diffusion.py."""
     n, total = len(maskable), 0.0
     with torch.no_grad():
         for k in range(1, n + 1):
@@ -94,7 +98,7 @@ def test_monte_carlo_bound_matches_brute_force_when_context_matters():
     model = LeftNeighbourMLM(V, mask_id)
     exact = brute_force_bound(model, ids, list(range(1, n + 1)), mask_id)
     protected = protected_positions(ids[None], [0, 1, 2], torch.zeros(1, dtype=torch.long))
-    terms = E.elbo_terms(model, ids[None], protected, mask_id, 5000, torch.Generator().manual_seed(0))[0]
+    terms = elbo_terms(model, ids[None], protected, mask_id, 5000, torch.Generator().manual_seed(0))[0]
     mc, stderr = terms.mean().item(), terms.std().item() / math.sqrt(len(terms))
     assert abs(mc - exact) < 4 * stderr and stderr < 0.02 * exact
     # more than the pseudo-likelihood (each token masked alone): the bound pays for hidden context
@@ -110,7 +114,7 @@ def test_monte_carlo_bound_matches_brute_force(tiny_model, n):
     assert len(words) == n
     exact = brute_force_bound(model, ids, list(range(1, n + 1)), tok.mask_token_id)
     protected = protected_positions(ids[None], special_token_ids(tok), torch.zeros(1, dtype=torch.long))
-    terms = E.elbo_terms(model, ids[None], protected, tok.mask_token_id, 4000, torch.Generator().manual_seed(0))[0]
+    terms = elbo_terms(model, ids[None], protected, tok.mask_token_id, 4000, torch.Generator().manual_seed(0))[0]
     mc, stderr = terms.mean().item(), terms.std().item() / math.sqrt(len(terms))
     if n == 1:  # one token, one mask: no randomness left
         assert mc == pytest.approx(exact, rel=1e-5)
@@ -129,7 +133,7 @@ def test_causal_token_nll_matches_the_models_own_loss():
 
     model = AutoModelForCausalLM.from_config(GPT2Config(vocab_size=40, n_positions=16, n_embd=16, n_layer=1, n_head=2))
     ids = torch.randint(3, 40, (2, 10))
-    nll = E.causal_token_nll(model.eval(), ids)  # [2, 10]
+    nll = causal_token_nll(model.eval(), ids)  # [2, 10]
     assert (nll[:, 0] == 0).all()
     assert nll[:, 1:].mean().item() == pytest.approx(model(input_ids=ids, labels=ids).loss.item(), rel=1e-5)
 
@@ -151,7 +155,7 @@ def test_held_out_scores_the_same_tokens_for_both_models(tiny_model):
 
     blocks = build_datasets(cfg, tok)[1][:6]["input_ids"]  # [6, L]
     assert tok.eos_token_id == 2
-    out = E.held_out_likelihood(UniformMLM(V), EosLM(V), blocks, tok, prefix=5, draws=3, batch_size=8,
+    out = held_out_likelihood(UniformMLM(V), EosLM(V), blocks, tok, prefix=5, draws=3, batch_size=8,
                                 g=torch.Generator().manual_seed(0))
     scored = ~protected_positions(blocks, special_token_ids(tok), torch.full((6,), 5))
     assert out["scored_tokens"] == int(scored.sum()) <= 6 * (cfg.max_len - 2 - 5)
@@ -175,21 +179,21 @@ def test_held_out_scores_the_same_tokens_for_both_models(tiny_model):
 def test_ar_shape_matches_parameter_count(target, d, layers):
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    n_layer, n_inner = baseline_ar.ar_shape(target, 4096, 64, d, layers)
+    n_layer, n_inner = modeling.ar_shape(target, 4096, 64, d, layers)
     assert d <= n_inner <= 8 * d
     cfg = GPT2Config(vocab_size=4096, n_positions=64, n_embd=d, n_layer=n_layer, n_head=2, n_inner=n_inner,
                      tie_word_embeddings=True)
-    count = baseline_ar.n_params(GPT2LMHeadModel(cfg))
-    assert count == baseline_ar.gpt2_param_count(4096, 64, d, n_layer, n_inner)
+    count = modeling.n_params(GPT2LMHeadModel(cfg))
+    assert count == modeling.gpt2_param_count(4096, 64, d, n_layer, n_inner)
     assert abs(count / target - 1) <= 0.10
 
 
 def test_ar_shape_changes_depth_only_when_needed():
-    assert baseline_ar.ar_shape(873_216, 4096, 64, 128, 2)[0] == 2
+    assert modeling.ar_shape(873_216, 4096, 64, 128, 2)[0] == 2
     # 6 layers of width 32 would need an MLP narrower than the width: fewer layers instead
-    assert baseline_ar.ar_shape(140_000, 4096, 64, 32, 6)[0] < 6
-    with pytest.raises(E.UsageError):
-        baseline_ar.ar_shape(140_000, 4096, 64, 32, 6, fixed_layers=True)
+    assert modeling.ar_shape(140_000, 4096, 64, 32, 6)[0] < 6
+    with pytest.raises(UsageError):
+        modeling.ar_shape(140_000, 4096, 64, 32, 6, fixed_layers=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -218,35 +222,51 @@ def test_baseline_trains_and_saves(tiny_baseline, tiny_run):
     assert any("loss" in r for r in rows) and any("eval_loss" in r for r in rows)
 
 
-def test_evaluate_end_to_end(tiny_run, tiny_baseline, tmp_path, capsys):
-    out, report = tmp_path / "eval", tmp_path / "GV.md"
+def test_evaluate_end_to_end_and_report(tiny_run, tiny_baseline, tmp_path, capsys):
+    out, md = tmp_path / "eval", tmp_path / "GV.md"
     args = ["--checkpoint", tiny_run[1], "--baseline", tiny_baseline, "--elbo-blocks", "6", "--elbo-draws", "2",
             "--num-samples", "2", "--settings", "linear-topk-10,linear-greedy-10,linear-topk-32,random-remask-topk-10",
-            "--out-dir", str(out), "--report", str(report)]
+            "--out-dir", str(out)]
     assert E.main(args) == 0
     printed = capsys.readouterr().out
     assert "diffusion ELBO bound" in printed and "AR baseline" in printed and "linear-greedy-10" in printed
     result = json.load(open(out / "evaluation.json"))
     h = result["held_out"]
     from data import build_datasets
-    from generate import load_checkpoint
 
-    _, tok, cfg = load_checkpoint(tiny_run[1], device="cpu")
+    _, tok, cfg = modeling.load_checkpoint(tiny_run[1], device="cpu")
     blocks = build_datasets(cfg, tok)[1][:6]["input_ids"]  # the first 6 held-out blocks, prefix 0
     assert h["blocks"] == 6 and h["prefix"] == 0
     assert h["scored_tokens"] == int((~torch.isin(blocks, torch.tensor(special_token_ids(tok)))).sum())
-    assert 0 < h["diffusion"]["nats_per_token"] < 20 and 0 < h["ar"]["nats_per_token"] < 20
     names = [r["name"] for r in result["samples"]]
     assert names == ["held-out text", "linear-topk-10", "linear-greedy-10", "linear-topk-32",
                      "random-remask-topk-10", "ar-topk", "ar-sample"]
     greedy = result["samples"][2]
     assert len(set(greedy["texts"])) == 1  # greedy from an empty canvas: one sample, twice
-    assert all(r["gen_ppl"] > 1 for r in result["samples"])
+    assert result["samples"][1]["settings"] == result["default_settings"]  # recorded, so the report can find it
     assert json.load(open(out / "eval_config.json"))["num_samples"] == 2
-    text = report.read_text()
+    assert report.main(["--evaluation", str(out / "evaluation.json"), "--out", str(md)]) == 0
+    text = md.read_text()
     for part in ("## Commands and config", "python baseline_ar.py", "## Held-out likelihood", "| linear-topk-10 |",
-                 "### Prompted", "### Infill", "⟦", "## Assessment", "## Known limits", "**Repetition.**"):
+                 "### Prompted", "### Infill", "⟦", "## Assessment", "## Known limits", "**Repetition.**",
+                 "**Remasking**", "**Steps.**", "**Verdict.**"):
         assert part in text, part
+
+
+def test_train_eval_and_evaluate_report_one_estimator(tiny_run, tmp_path):
+    """train.py's held-out bound and evaluate.py's, on the same blocks with the same draws and
+    seed, are the same number: one estimator (diffusion.elbo_estimate) behind both."""
+    from trainer import read_metrics
+
+    out, final = tiny_run
+    last = [r for r in read_metrics(out) if "eval_elbo_nats" in r][-1]
+    cfg = modeling.load_checkpoint(final, device="cpu")[2]
+    assert E.main(["--checkpoint", final, "--baseline", "none", "--elbo-blocks", str(last["eval_elbo_blocks"]),
+                   "--elbo-draws", str(cfg.elbo_draws), "--seed", str(cfg.seed), "--num-samples", "1",
+                   "--settings", "linear-greedy-10", "--out-dir", str(tmp_path)]) == 0
+    d = json.load(open(tmp_path / "evaluation.json"))["held_out"]["diffusion"]
+    assert d["nats_per_token"] == pytest.approx(last["eval_elbo_nats"], rel=1e-6)
+    assert d["nats_stderr"] == pytest.approx(last["eval_elbo_stderr"], rel=1e-6)
 
 
 @pytest.mark.parametrize("extra,message", [

@@ -6,36 +6,39 @@ import math
 import pytest
 import torch
 
+import decoding as D
+import diffusion
 import generate as G
-from config import UsageError
+import visualize
+from config import GenConfig, UsageError
 
 # ---------------------------------------------------------------------------------------------
 # Schedules
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", sorted(G.SCHEDULES))
+@pytest.mark.parametrize("name", sorted(diffusion.SCHEDULES))
 def test_schedule_boundaries_and_monotone(name):
-    f = G.SCHEDULES[name]
+    f = diffusion.SCHEDULES[name]
     for total in (1, 2, 7, 10, 64):
-        vals = [f(s, total) for s in range(total + 1)]
+        vals = [f(s / total) for s in range(total + 1)]
         assert math.isclose(vals[0], 1.0) and math.isclose(vals[-1], 0.0, abs_tol=1e-12)
         assert all(a >= b for a, b in zip(vals, vals[1:]))
 
 
-@pytest.mark.parametrize("name", sorted(G.SCHEDULES))
+@pytest.mark.parametrize("name", sorted(diffusion.SCHEDULES))
 @pytest.mark.parametrize("n,steps", [(1, 1), (1, 10), (10, 10), (62, 10), (62, 1), (62, 3), (200, 64), (5, 20)])
 def test_mask_counts(name, n, steps):
-    counts = G.mask_counts(name, n, steps)
+    counts = diffusion.mask_counts(name, n, steps)
     assert len(counts) == steps + 1 and counts[0] == n and counts[-1] == 0
     assert all(a >= b for a, b in zip(counts, counts[1:]))
     for s in range(1, steps):  # the count follows the schedule wherever it can
-        assert counts[s] <= round(n * G.SCHEDULES[name](s, steps))
+        assert counts[s] <= round(n * diffusion.SCHEDULES[name](s / steps))
 
 
 def test_schedule_shapes_differ():
     n, steps = 100, 10
-    lin, cos, exp = (G.mask_counts(s, n, steps) for s in ("linear", "cosine", "exponential"))
+    lin, cos, exp = (diffusion.mask_counts(s, n, steps) for s in ("linear", "cosine", "exponential"))
     assert lin[1] == 90
     assert cos[1] > lin[1]  # cosine commits few tokens first
     assert exp[1] < lin[1]  # exponential commits many first
@@ -46,6 +49,13 @@ def test_schedule_shapes_differ():
 # ---------------------------------------------------------------------------------------------
 
 
+def test_registries_are_the_flag_choices():
+    import config
+
+    assert tuple(D.SAMPLERS) == config.SAMPLER_NAMES == config.CHOICES["GenConfig"]["sampling"]
+    assert tuple(D.REMASK) == config.REMASK_NAMES == config.CHOICES["GenConfig"]["remask"]
+
+
 def logits_fixture(N=64, V=30, seed=0):
     return torch.randn(N, V, generator=torch.Generator().manual_seed(seed)) * 3
 
@@ -53,26 +63,26 @@ def logits_fixture(N=64, V=30, seed=0):
 def test_greedy_is_argmax_and_temperature_zero_is_greedy():
     lg = logits_fixture()
     g = torch.Generator().manual_seed(0)
-    assert torch.equal(G.greedy(lg, g), lg.argmax(-1))
+    assert torch.equal(D.greedy(lg, g), lg.argmax(-1))
     for name in ("topk", "nucleus"):
-        assert torch.equal(G.SAMPLERS[name](lg, g, temperature=0.0, k=5, p=0.5), lg.argmax(-1))
+        assert torch.equal(D.SAMPLERS[name](lg, g, temperature=0.0, k=5, p=0.5), lg.argmax(-1))
 
 
 def test_topk_never_outside_top_k():
     lg = logits_fixture(N=500)
     g = torch.Generator().manual_seed(1)
     for k in (1, 3, 10):
-        tok = G.topk(lg, g, temperature=2.0, k=k)
+        tok = D.topk(lg, g, temperature=2.0, k=k)
         top = lg.topk(k, -1).indices
         assert (top == tok[:, None]).any(-1).all()
-    assert torch.equal(G.topk(lg, g, temperature=1.0, k=1), lg.argmax(-1))
+    assert torch.equal(D.topk(lg, g, temperature=1.0, k=1), lg.argmax(-1))
 
 
 @pytest.mark.parametrize("p", [0.05, 0.5, 0.9, 1.0])
 def test_nucleus_never_outside_smallest_set(p):
     lg = logits_fixture(N=500, seed=2)
     g = torch.Generator().manual_seed(2)
-    tok = G.nucleus(lg, g, temperature=1.0, p=p)
+    tok = D.nucleus(lg, g, temperature=1.0, p=p)
     probs, order = torch.softmax(lg, -1).sort(-1, descending=True)
     size = (probs.cumsum(-1) < p).sum(-1) + 1  # smallest prefix with mass >= p
     rank = (order == tok[:, None]).float().argmax(-1)
@@ -83,16 +93,16 @@ def test_temperature_sharpens():
     lg = logits_fixture(N=2000, V=10, seed=3) / 3
     agree = {}
     for t in (0.2, 1.0, 3.0):
-        tok = G.topk(lg, torch.Generator().manual_seed(4), temperature=t, k=10)
+        tok = D.topk(lg, torch.Generator().manual_seed(4), temperature=t, k=10)
         agree[t] = (tok == lg.argmax(-1)).float().mean().item()
     assert agree[0.2] > agree[1.0] > agree[3.0]
 
 
 def test_samplers_are_seeded():
     lg = logits_fixture()
-    a = G.nucleus(lg, torch.Generator().manual_seed(9), p=0.9)
-    b = G.nucleus(lg, torch.Generator().manual_seed(9), p=0.9)
-    c = G.nucleus(lg, torch.Generator().manual_seed(10), p=0.9)
+    a = D.nucleus(lg, torch.Generator().manual_seed(9), p=0.9)
+    b = D.nucleus(lg, torch.Generator().manual_seed(9), p=0.9)
+    c = D.nucleus(lg, torch.Generator().manual_seed(10), p=0.9)
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
@@ -104,21 +114,21 @@ def test_samplers_are_seeded():
 def test_low_confidence_keeps_most_confident():
     conf = torch.tensor([[0.9, 0.1, 0.5, 0.7, 0.3]])
     masked = torch.tensor([[True, True, True, False, True]])
-    commit = G.remask_low_confidence(conf, masked, 2, torch.Generator())
+    commit = D.remask_low_confidence(conf, masked, 2, torch.Generator())
     assert commit.tolist() == [[True, False, True, False, False]]  # 0.7 is not masked
 
 
 def test_random_commits_exactly_n_masked():
     masked = torch.rand(4, 50, generator=torch.Generator().manual_seed(0)) < 0.6
     n = int(masked.sum(1).min())
-    commit = G.remask_random(torch.rand(4, 50), masked, n // 2, torch.Generator().manual_seed(1))
+    commit = D.remask_random(torch.rand(4, 50), masked, n // 2, torch.Generator().manual_seed(1))
     assert (commit.sum(1) == n // 2).all() and not (commit & ~masked).any()
 
 
 def test_threshold_commits_confident_and_at_least_one():
     conf = torch.tensor([[0.95, 0.2, 0.91, 0.3], [0.1, 0.2, 0.3, 0.4]])
     masked = torch.tensor([[True, True, True, False], [True, True, True, True]])
-    commit = G.commit_threshold(conf, masked, 0.9)
+    commit = D.commit_threshold(conf, masked, 0.9)
     assert commit.tolist() == [[True, False, True, False], [False, False, False, True]]
 
 
@@ -154,14 +164,14 @@ def canvas(B=2, L=20, prompt=3):
     return c
 
 
-@pytest.mark.parametrize("schedule", sorted(G.SCHEDULES))
+@pytest.mark.parametrize("schedule", sorted(diffusion.SCHEDULES))
 @pytest.mark.parametrize("steps", [1, 4, 10, 30])
 def test_loop_follows_schedule_counts_and_fills_everything(schedule, steps):
     c = canvas()
-    gc = G.GenConfig(steps=steps, schedule=schedule, sampling="greedy")
-    final, hist = G.denoise(MockMLM(), c, MASK, gc, torch.Generator().manual_seed(0))
+    gc = GenConfig(steps=steps, schedule=schedule, sampling="greedy")
+    final, hist = D.denoise(MockMLM(), c, MASK, gc, torch.Generator().manual_seed(0))
     n = int((c[0] == MASK).sum())
-    counts = G.mask_counts(schedule, n, steps)
+    counts = diffusion.mask_counts(schedule, n, steps)
     assert [h.masked_left for h in hist] == [x for x, prev in zip(counts[1:], counts) if x < prev]
     assert not (final == MASK).any()  # no mask survives
     keep = c != MASK
@@ -172,8 +182,8 @@ def test_loop_follows_schedule_counts_and_fills_everything(schedule, steps):
 
 def test_low_confidence_fills_left_to_right_and_history_records_commits():
     c = canvas(B=1)
-    gc = G.GenConfig(steps=16, schedule="linear", sampling="greedy", remask="low-confidence")
-    _, hist = G.denoise(MockMLM(), c, MASK, gc, torch.Generator())
+    gc = GenConfig(steps=16, schedule="linear", sampling="greedy", remask="low-confidence")
+    _, hist = D.denoise(MockMLM(), c, MASK, gc, torch.Generator())
     order = [h.committed[0].nonzero().flatten().tolist() for h in hist]
     assert [p for step in order for p in step] == list(range(4, 19))
     for h in hist:
@@ -182,21 +192,21 @@ def test_low_confidence_fills_left_to_right_and_history_records_commits():
 
 def test_threshold_decoding_terminates_with_progress_each_step():
     c = canvas(B=3)
-    gc = G.GenConfig(decode="threshold", threshold=0.999999, sampling="greedy")
-    final, hist = G.denoise(MockMLM(), c, MASK, gc, torch.Generator())
+    gc = GenConfig(decode="threshold", threshold=0.999999, sampling="greedy")
+    final, hist = D.denoise(MockMLM(), c, MASK, gc, torch.Generator())
     assert not (final == MASK).any()
     assert all(h.committed.sum(1).min() >= 1 for h in hist)
     left = [h.masked_left for h in hist]
     assert all(a > b for a, b in zip(left, left[1:]))
-    gc_easy = G.GenConfig(decode="threshold", threshold=0.5, sampling="greedy")
-    _, hist_easy = G.denoise(MockMLM(), c, MASK, gc_easy, torch.Generator())
+    gc_easy = GenConfig(decode="threshold", threshold=0.5, sampling="greedy")
+    _, hist_easy = D.denoise(MockMLM(), c, MASK, gc_easy, torch.Generator())
     assert len(hist_easy) == 1  # all confident: one parallel step
 
 
 def test_banned_tokens_never_sampled():
     c = canvas(B=1)
-    gc = G.GenConfig(steps=4, sampling="greedy")
-    final, _ = G.denoise(MockMLM(), c, MASK, gc, torch.Generator(), banned=list(range(14, 20)))
+    gc = GenConfig(steps=4, sampling="greedy")
+    final, _ = D.denoise(MockMLM(), c, MASK, gc, torch.Generator(), banned=list(range(14, 20)))
     assert not torch.isin(final[0, 1:-1], torch.arange(14, 20)).any()
 
 
@@ -207,9 +217,8 @@ def test_banned_tokens_never_sampled():
 
 def run(tiny_model, **kw):
     model, tok, cfg = tiny_model
-    gc = G.GenConfig(**kw)
-    G.validate_gen(gc)
-    return G.generate(model, tok, gc, cfg.max_len, torch.Generator().manual_seed(gc.seed))
+    gc = GenConfig(**kw)
+    return D.generate(model, tok, gc, cfg.max_len, torch.Generator().manual_seed(gc.seed))
 
 
 def test_prompt_is_prefix_and_fills_window(tiny_model):
@@ -240,7 +249,7 @@ def test_blocks_write_past_the_window(tiny_model):
 def test_infill_keeps_fixed_text(tiny_model):
     model, tok, cfg = tiny_model
     template = "The city [MASK:3] is on the [MASK] river."
-    ids, fixed = G.parse_template(template, tok)
+    ids, fixed = D.parse_template(template, tok)
     assert ids.count(tok.mask_token_id) == 4 and fixed.count(False) == 4
     out, _, _ = run(tiny_model, template=template, steps=2)
     keep = torch.tensor(fixed)
@@ -253,7 +262,7 @@ def test_infill_keeps_fixed_text(tiny_model):
                                 dict(num_samples=0), dict(prompt="a", template="b [MASK]")])
 def test_bad_generation_flags(kw):
     with pytest.raises(UsageError):
-        G.validate_gen(G.GenConfig(**kw))
+        GenConfig(**kw)
 
 
 def test_canvas_errors(tiny_model):
@@ -266,7 +275,6 @@ def test_canvas_errors(tiny_model):
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
-    assert G.main.__module__ == "generate"
     from config import cli
 
     assert cli(G.main, ["--checkpoint", str(tmp_path / "nope")]) == 2
@@ -285,9 +293,9 @@ def test_cli_end_to_end_show_steps_and_animation(tiny_run, tmp_path, capsys):
                    "--out", str(out), "--seed", "3"]) == 0
     text = capsys.readouterr().out
     steps = [line for line in text.splitlines() if line.startswith("[block")]
-    assert len(steps) == 5 and G.MASK_GLYPH in steps[0] and G.MASK_GLYPH not in steps[-1]
+    assert len(steps) == 5 and visualize.MASK_GLYPH in steps[0] and visualize.MASK_GLYPH not in steps[-1]
     counts = [int(line.split("]")[1].split("masked")[0]) for line in steps]
-    assert counts == G.mask_counts("linear", 30, 5)[1:]
+    assert counts == diffusion.mask_counts("linear", 30, 5)[1:]
     from PIL import Image
 
     assert Image.open(gif).n_frames == 5

@@ -5,9 +5,10 @@ import dataclasses
 import pytest
 import torch
 
-from config import TrainConfig, UsageError
-from data_collator import (IGNORE, MASK_DISTRIBUTIONS, DiffusionCollator, mask_tokens, prefix_lengths,
-                           protected_positions, sample_rates)
+import diffusion
+from config import CHOICES, SCHEDULE_NAMES, TrainConfig, UsageError
+from data_collator import DiffusionCollator
+from diffusion import IGNORE, SCHEDULES, mask_tokens, prefix_lengths, protected_positions, sample_rates
 
 MASK, PAD, BOS, EOS = 4, 1, 0, 2
 SPECIAL = [BOS, PAD, EOS]
@@ -39,7 +40,7 @@ def test_mask_count_is_exact_and_labels_line_up(rate):
 
 
 def test_observed_fraction_tracks_rate_over_many_batches():
-    cfg = TrainConfig(model="scratch", per_sample_rate=True, mask_distribution="uniform", prefix_mode="none")
+    cfg = TrainConfig(model="scratch", per_sample_rate=True, mask_distribution="linear", prefix_mode="none")
     col = DiffusionCollator(FakeTok(), cfg, seed=3)
     rates, fracs = [], []
     for s in range(20):
@@ -77,7 +78,7 @@ def test_prefix_modes():
     assert v.min() == 0 and v.max() == 16
 
 
-@pytest.mark.parametrize("dist", sorted(MASK_DISTRIBUTIONS))
+@pytest.mark.parametrize("dist", ("levels",) + tuple(SCHEDULES))
 def test_rate_distributions_stay_in_range(dist):
     cfg = TrainConfig(model="scratch", mask_distribution=dist, mask_min=0.2, per_sample_rate=True)
     r = sample_rates(2000, cfg, torch.Generator().manual_seed(0))
@@ -88,6 +89,51 @@ def test_rate_distributions_stay_in_range(dist):
         assert set(torch.round(r * 10).long().tolist()) == set(range(1, 11))  # 0.1..1.0, mask_min unused
     if dist == "cosine":  # cos(pi/2 u) puts more mass on heavy masking
         assert (r > 0.6).float().mean() > 0.5
+    if dist == "linear":  # uniform on [0.2, 1]: mean 0.6
+        assert abs(float(r.mean()) - 0.6) < 0.02
+
+
+def test_one_schedule_registry_feeds_training_and_generation(monkeypatch):
+    """Swap the curve behind a schedule name: the collator's rate draws and generation's per-step
+    mask counts both follow it, because both read diffusion.SCHEDULES."""
+    assert tuple(SCHEDULES) == SCHEDULE_NAMES == CHOICES["GenConfig"]["schedule"]
+    monkeypatch.setitem(diffusion.SCHEDULES, "linear", lambda r: 0.5)  # always half masked
+    cfg = TrainConfig(model="scratch", mask_distribution="linear", mask_min=0.0001, per_sample_rate=True)
+    out = DiffusionCollator(FakeTok(), dataclasses.replace(cfg, prefix_mode="none"), seed=0)(
+        [{"input_ids": row} for row in batch()])
+    assert torch.allclose(out["mask_rate"], torch.full((8,), 0.0001 + 0.9999 * 0.5))
+    assert ((out["input_ids"] == MASK).sum(1) == 31).all()  # round(0.5 * 62)
+    assert diffusion.mask_counts("linear", 40, 4) == [40, 20, 20, 20, 0]
+
+
+def test_dataloader_workers_never_repeat_masks_and_replay_their_own():
+    """Two workers draw different masks for identical rows; a restarted loader replays them."""
+    cfg = TrainConfig(model="scratch", per_sample_rate=True, prefix_mode="none")
+    rows = [{"input_ids": batch(B=1, seed=0)[0]} for _ in range(16)]  # every row the same block
+
+    def masks():
+        loader = torch.utils.data.DataLoader(rows, batch_size=4, num_workers=2,
+                                             collate_fn=DiffusionCollator(FakeTok(), cfg, seed=7))
+        return [b["input_ids"] for b in loader]  # batches alternate worker 0, 1, 0, 1
+
+    first = masks()
+    assert not torch.equal(first[0], first[1]) and not torch.equal(first[2], first[3])
+    assert all(not torch.equal(a, b) for a in first for b in first if a is not b)
+    again = masks()
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+
+
+def test_collator_state_resumes_the_mask_stream():
+    cfg = TrainConfig(model="scratch", per_sample_rate=True)
+    feats = [{"input_ids": row} for row in batch()]
+    col = DiffusionCollator(FakeTok(), cfg, seed=5)
+    col(feats)
+    state = col.state_dict()
+    expected = col(feats)["input_ids"]
+    fresh = DiffusionCollator(FakeTok(), cfg, seed=5)
+    assert not torch.equal(fresh(feats)["input_ids"], expected)  # without the state: the seed's first masks
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh(feats)["input_ids"], expected)
 
 
 def test_one_rate_per_batch_by_default():

@@ -13,6 +13,7 @@ import pytest
 
 import config
 import train
+import trainer
 from conftest import ROOT, tiny_overrides
 from config import TrainConfig, UsageError
 
@@ -109,7 +110,7 @@ def test_run_writes_loadable_checkpoints_logs_and_plot(tiny_run):
         AutoTokenizer.from_pretrained(folder)
         saved = config.load_train_config(folder)
         assert saved.max_len == 32 and saved.prefix_len == TrainConfig.prefix_len
-    rows = train.read_metrics(out)
+    rows = trainer.read_metrics(out)
     evals = [r for r in rows if "eval_elbo_nats" in r]
     assert evals[0]["step"] == 0 and evals[-1]["step"] == 6  # baseline at step 0, then every 3 steps
     assert all(f"eval_mask_{lv}" in evals[-1] for lv in [0.1, 0.5, 1.0])
@@ -118,17 +119,28 @@ def test_run_writes_loadable_checkpoints_logs_and_plot(tiny_run):
     assert open(os.path.join(out, "loss_by_level.csv")).readline().strip() == "step,split,mask_level,loss"
 
 
-def test_elbo_bound_is_area_under_curve():
-    assert train.elbo_bound({lv / 10: 2.0 for lv in range(1, 11)}) == pytest.approx(2.0)
-    # linear loss t -> 10 t: area = 5, with the flat start [0, 0.1] at loss(0.1) = 1 adding 0.05
-    assert train.elbo_bound({lv / 10: float(lv) for lv in range(1, 11)}) == pytest.approx(5.0 + 0.05)
+def test_model_card_numbers_equal_the_log(tiny_run):
+    out, final = tiny_run
+    card = open(os.path.join(final, "README.md")).read()
+    last = [r for r in trainer.read_metrics(out) if "eval_elbo_nats" in r][-1]
+    assert f"ELBO bound: {last['eval_elbo_nats']:.4f} ± {last['eval_elbo_stderr']:.4f} nats/token" in card
+    row = next(line for line in card.splitlines() if line.startswith("| loss"))
+    assert row == "| loss (nats/token) | " + " | ".join(f"{last[f'eval_mask_{lv}']:.3f}" for lv in
+                                                       [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]) + " |"
+    assert f"python generate.py --checkpoint {final}" in card and ".tmp" not in card
 
 
-def test_log_block_format():
-    block = train.level_block("eval", {0.1: 4.1234, 1.0: 8.234, 0.5: 6.0})
-    assert block.splitlines() == ["  eval mask_0.1: 4.123  (10% masked - easiest)",
-                                  "  eval mask_0.5: 6.000  (50% masked)",
-                                  "  eval mask_1.0: 8.234  (100% masked - hardest)"]
+def test_one_line_per_logging_interval(tiny_run):
+    """Each training log prints one fixed-format line, built from the metrics.jsonl row."""
+    row = {"step": 250, "max_steps": 3000, "loss": 6.12345, "learning_rate": 0.001, "steps_per_s": 12.5,
+           "tokens_per_s": 12800.0, "eta_s": 220.0, "train_mask_0.1": 5.5, "train_mask_0.5": 6.04, "train_mask_1.0": 7.0}
+    assert trainer.log_line(row) == ("step 250/3000 | loss 6.1235 | masked 10%/50%/100% 5.50/6.04/7.00 | lr 1.0e-03 | "
+                                     "12.5 it/s | 12,800 tok/s | eta 3m40s")
+    out, _ = tiny_run
+    progress = open(os.path.join(out, "progress.txt")).read().splitlines()
+    assert progress[0].startswith("step 6/6 | loss ") and progress[1].startswith("eval step 6 | held-out ELBO bound")
+    rows = [r for r in trainer.read_metrics(out) if "loss" in r]
+    assert [r["step"] for r in rows] == [2, 4, 6] and all(r["steps_per_s"] > 0 and "eta_s" in r for r in rows)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,7 +161,7 @@ def test_killed_run_resumes_from_last_checkpoint(tmp_path):
     deadline = time.time() + 120
 
     def newest():
-        last = train.last_complete_checkpoint(str(out)) if out.exists() else None
+        last = trainer.last_complete_checkpoint(str(out)) if out.exists() else None
         return int(last.rsplit("-", 1)[1]) if last else 0
 
     while newest() < 10:  # at least two checkpoints, so the resumed run has history to keep
@@ -158,14 +170,14 @@ def test_killed_run_resumes_from_last_checkpoint(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (out / "final-model").exists()
-    last = int(train.last_complete_checkpoint(str(out)).rsplit("-", 1)[1])
+    last = int(trainer.last_complete_checkpoint(str(out)).rsplit("-", 1)[1])
     resumed = run_train(["--resume", "--output-dir", str(out), "--max-steps", str(last + 5)])
     log, _ = resumed.communicate(timeout=180)
     assert resumed.returncode == 0, log
     state = json.load(open(out / "final-model" / ".." / f"checkpoint-{last + 5}" / "trainer_state.json"))
     assert state["global_step"] == last + 5
     assert config.load_train_config(str(out / "final-model")).scratch_hidden == 32  # settings came from the checkpoint
-    steps = [r["step"] for r in train.read_metrics(str(out)) if "loss" in r]
+    steps = [r["step"] for r in trainer.read_metrics(str(out)) if "loss" in r]
     assert steps[-1] == last + 5 and min(steps) <= last  # one log: before and after the kill
 
 
@@ -175,8 +187,8 @@ def test_resume_skips_a_half_written_checkpoint(tmp_path):
         folder.mkdir()
         for f in files:
             (folder / f).write_text("{}")
-    assert train.last_complete_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-5")
-    assert train.last_complete_checkpoint(str(tmp_path / "missing")) is None
+    assert trainer.last_complete_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-5")
+    assert trainer.last_complete_checkpoint(str(tmp_path / "missing")) is None
 
 
 def test_resume_without_checkpoint_is_an_error(tmp_path, capsys):
@@ -229,13 +241,17 @@ def test_bad_input_exit_code_from_the_shell(tmp_path):
 
 
 def test_recipe_probe_runs_and_reports(tmp_path, capsys):
+    """A probe that trains for (almost) no time reports the untrained model's loss: about ln V."""
+    import math
+
     sys.path.insert(0, os.path.join(ROOT, "experiments"))
     import recipe_probe
 
-    out = tmp_path / "probe.json"
-    recipe = '{"scratch_layers": 1, "scratch_hidden": 32, "scratch_heads": 2, "scratch_intermediate": 64, "max_len": 32}'
-    assert recipe_probe.main(["--seconds", "1", "--recipe", recipe, "--out", str(out)]) == 0
-    row = json.load(open(out))["results"][0]
-    assert row["steps"] >= 1 and set(row["heldout_loss"]) == {"0.1", "0.5", "1.0"}
-    assert all(0 < v < 20 for v in row["heldout_loss"].values())
-    assert config.cli(recipe_probe.main, ["--recipe", "{bad json"]) == 2
+    out = tmp_path / "probe.jsonl"
+    flags = ["--scratch-layers", "1", "--scratch-hidden", "32", "--scratch-heads", "2", "--scratch-intermediate", "64",
+             "--max-len", "32", "--cache-dir", os.path.join(ROOT, ".cache")]
+    assert recipe_probe.main(["--seconds", "0.01", *flags, "--out", str(out)]) == 0
+    row = json.loads(out.read_text().splitlines()[-1])
+    assert row["recipe"]["scratch_hidden"] == 32 and set(row["heldout_loss"]) == {"0.1", "0.5", "1.0"}
+    assert all(abs(v - math.log(4096)) < 0.5 for v in row["heldout_loss"].values()), row
+    assert config.cli(recipe_probe.main, ["--seconds", "-1"]) == 2

@@ -1,0 +1,343 @@
+"""GENERATION_VALIDATION.md from evaluate.py's evaluation.json, and nothing else.
+
+    python report.py                                            # results/eval/evaluation.json
+    python report.py --evaluation docs/evaluation.json --out GENERATION_VALIDATION.md
+
+No torch, no model: it renders in well under a second, so the report can be re-rendered (and
+tested against its JSON) without rerunning the evaluation. Every sentence of the assessment is
+computed from recorded fields (each row's settings, the machine, the parameter counts); none
+depends on what a setting is called. evaluate.py uses the table functions for its stdout.
+"""
+
+import json
+import os
+import sys
+
+from config import ReportConfig, UsageError, cli, parse
+
+ENTROPY_SLACK = 1.0  # bits below held-out text's unigram entropy that count as degenerate
+SAMPLER_FIELDS = ("sampling", "k", "p", "temperature")  # what makes two rows "the same sampler"
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables (also evaluate.py's stdout)
+# ---------------------------------------------------------------------------------------------
+
+COLUMNS = (("gen_ppl", "gen ppl", "{:.1f}"), ("unigram_entropy", "entropy (bits)", "{:.2f}"),
+           ("distinct_1", "distinct-1", "{:.3f}"), ("distinct_2", "distinct-2", "{:.3f}"),
+           ("repeated_4gram", "rep-4gram", "{:.3f}"), ("seconds_per_sample", "s/sample", "{:.4f}"))
+
+
+def table_rows(result: dict) -> list[list[str]]:
+    rows = []
+    for r in result["samples"]:
+        cells = [r["name"], r["model"]]
+        cells += ["-" if r[key] is None else fmt.format(r[key]) for key, _, fmt in COLUMNS]
+        rows.append(cells)
+    return rows
+
+
+def format_table(result: dict) -> str:
+    head = ["setting", "model"] + [title for _, title, _ in COLUMNS]
+    rows = [head] + table_rows(result)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+                     for r in rows)
+
+
+def likelihood_lines(result: dict) -> list[str]:
+    h = result["held_out"]
+    d = h["diffusion"]
+    lines = [f"held-out likelihood: {h['scored_tokens']:,} scored tokens ({h['scored_bytes']:,} bytes) in "
+             f"{h['blocks']} blocks, prefix {h['prefix']}, {h['draws']} Monte Carlo draws per block",
+             f"  diffusion ELBO bound  {d['nats_per_token']:.4f} +- {d['nats_stderr']:.4f} nats/token  "
+             f"perplexity <= {d['perplexity']:.1f}  {d['bits_per_byte']:.3f} bits/byte"]
+    if "ar" in h:
+        a = h["ar"]
+        lines.append(f"  AR baseline           {a['nats_per_token']:.4f} nats/token            "
+                     f"perplexity    {a['perplexity']:.1f}  {a['bits_per_byte']:.3f} bits/byte")
+        lines.append(f"  gap: bound / AR perplexity = {d['perplexity'] / a['perplexity']:.2f}x "
+                     f"({d['nats_per_token'] - a['nats_per_token']:+.3f} nats/token)")
+    return lines
+
+
+def md_table(head: list[str], rows: list[list[str]]) -> str:
+    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] +
+                     ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def write_json(result: dict, path: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(result, f, indent=2)
+        f.write("\n")
+    os.replace(path + ".tmp", path)  # never a half-written file
+
+
+# ---------------------------------------------------------------------------------------------
+# The assessment: sentences computed from recorded fields
+# ---------------------------------------------------------------------------------------------
+
+
+def differs_only_in(a: dict, b: dict, keys: set) -> bool:
+    """True if settings a and b differ in at least one of `keys` and in nothing else."""
+    diff = {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
+    return bool(diff) and diff <= keys
+
+
+def describe(settings: dict) -> str:
+    """A setting in words, from its fields (never from its name)."""
+    s = settings
+    if s.get("sampling") == "greedy":
+        sampler = "greedy"
+    elif s.get("sampling") == "topk":
+        sampler = f"top-k {s['k']}, T {s['temperature']}" if s.get("k", 0) < 10**6 else f"ancestral, T {s['temperature']}"
+    else:
+        sampler = f"nucleus p {s.get('p')}, T {s.get('temperature')}"
+    if "decode" not in s:  # an AR row: sampler only
+        return sampler
+    how = (f"threshold {s['threshold']}" if s["decode"] == "threshold"
+           else f"{s['schedule']}, {s['steps']} steps, {s['remask']} remasking")
+    return f"{sampler}; {how}"
+
+
+def assessment(result: dict) -> list[str]:
+    h, rows = result["held_out"], result["samples"]
+    ref = next(r for r in rows if r["model"] == "reference")
+    diff = [r for r in rows if r["model"] == "diffusion"]
+    default = next((r for r in diff if r["settings"] == result["default_settings"]), None)
+    same_sampler = lambda r: all(r["settings"].get(k) == default["settings"].get(k) for k in SAMPLER_FIELDS)  # noqa: E731
+    art = next((r for r in rows if r["model"] == "AR" and default and same_sampler(r)), None)
+    d, lines, lik, gen = h["diffusion"], [], None, None
+    if "ar" in h:
+        a = h["ar"]
+        lik = d["perplexity"] / a["perplexity"]
+        lines.append(f"**Likelihood.** On the same {h['scored_tokens']:,} held-out tokens the diffusion model's ELBO "
+                     f"bound is perplexity <= {d['perplexity']:.1f} ({d['bits_per_byte']:.3f} bits/byte) and the AR "
+                     f"baseline's perplexity is {a['perplexity']:.1f} ({a['bits_per_byte']:.3f} bits/byte): the bound "
+                     f"is {lik:.2f}x the AR perplexity, {d['nats_per_token'] - a['nats_per_token']:+.3f} nats/token "
+                     f"(Monte Carlo standard error {d['nats_stderr']:.3f}).")
+    if ref["gen_ppl"] is not None and diff:
+        text = (f"**Generative perplexity** (scorer: {result['scorer']}; held-out text scores {ref['gen_ppl']:.1f}, "
+                f"unigram entropy {ref['unigram_entropy']:.2f} bits).")
+        if default and art:
+            gen = default["gen_ppl"] / art["gen_ppl"]
+            text += (f" With the same sampler ({describe(art['settings'])}) the diffusion model at generate.py's "
+                     f"defaults ({default['name']}) scores {default['gen_ppl']:.1f} "
+                     f"({default['unigram_entropy']:.2f} bits) and the AR baseline {art['gen_ppl']:.1f} "
+                     f"({art['unigram_entropy']:.2f} bits): {gen:.2f}x the AR samples' generative perplexity.")
+            if result["scorer"] == "AR baseline":
+                text += " The scorer wrote the AR samples itself, which favours them."
+        best = min(diff, key=lambda r: r["gen_ppl"])
+        text += f" The lowest diffusion value is {best['gen_ppl']:.1f} ({best['name']}, {best['unigram_entropy']:.2f} bits)."
+        near = min(diff, key=lambda r: abs(r["unigram_entropy"] - ref["unigram_entropy"]))
+        text += (f" Closest to held-out text's entropy is {near['name']} ({near['unigram_entropy']:.2f} bits, "
+                 f"generative perplexity {near['gen_ppl']:.1f}).")
+        low = [r for r in diff if r["unigram_entropy"] < ref["unigram_entropy"] - ENTROPY_SLACK]
+        under = [r for r in low if r["gen_ppl"] < ref["gen_ppl"]]
+        if low:
+            text += (f" {len(low)} of {len(diff)} diffusion settings have unigram entropy more than "
+                     f"{ENTROPY_SLACK:.0f} bit below held-out text's")
+            text += (f", and {len(under)} of those score a lower generative perplexity than held-out text itself: "
+                     f"they lean on frequent tokens, so a low value there is not better text." if under else ".")
+        lines.append(text)
+    if diff:
+        rep = sorted(diff, key=lambda r: r["repeated_4gram"])
+        text = (f"**Repetition.** The lowest repeated 4-gram rate among diffusion settings is "
+                f"{rep[0]['repeated_4gram']:.3f} ({rep[0]['name']}), the highest {rep[-1]['repeated_4gram']:.3f} "
+                f"({rep[-1]['name']}); held-out text has {ref['repeated_4gram']:.3f}")
+        lines.append(text + (f" and the AR baseline's samples with the same sampler {art['repeated_4gram']:.3f}."
+                             if art else "."))
+    greedy = [r for r in diff if r["settings"]["sampling"] == "greedy"]
+    sampled = [r for r in diff if r["settings"]["sampling"] != "greedy"]
+    if greedy and sampled:
+        mean = lambda rs, key: sum(r[key] for r in rs) / len(rs)  # noqa: E731
+        lines.append(f"**Greedy vs sampled.** {len(greedy)} greedy settings average distinct-2 "
+                     f"{mean(greedy, 'distinct_2'):.3f} and repeated 4-grams {mean(greedy, 'repeated_4gram'):.3f}; "
+                     f"{len(sampled)} sampled settings {mean(sampled, 'distinct_2'):.3f} and "
+                     f"{mean(sampled, 'repeated_4gram'):.3f}.")
+    pairs = [(a, b) for a in diff for b in diff
+             if a["settings"]["steps"] < b["settings"]["steps"] and differs_only_in(a["settings"], b["settings"], {"steps"})]
+    if pairs and ref["gen_ppl"] is not None:
+        lower = [a for a, b in pairs if b["gen_ppl"] < a["gen_ppl"]]
+        poorer = [a for a, b in pairs if b["unigram_entropy"] < a["unigram_entropy"]]
+        lines.append(f"**Steps.** More steps lowered generative perplexity in {len(lower)} of {len(pairs)} pairs of "
+                     f"settings that differ only in the step count, and lowered unigram entropy in {len(poorer)} ("
+                     + "; ".join(f"{a['name']} -> {b['name']}: {a['gen_ppl']:.1f} -> {b['gen_ppl']:.1f}, "
+                                 f"{a['unigram_entropy']:.2f} -> {b['unigram_entropy']:.2f} bits" for a, b in pairs) + ").")
+    for a in diff:
+        for b in diff:
+            if a["settings"]["remask"] < b["settings"]["remask"] and \
+                    differs_only_in(a["settings"], b["settings"], {"remask"}):
+                gp = (f"generative perplexity {a['gen_ppl']:.1f} vs {b['gen_ppl']:.1f}, "
+                      if a["gen_ppl"] is not None else "")
+                lines.append(f"**Remasking** ({describe(a['settings']).split(';')[0]}, {a['settings']['schedule']}, "
+                             f"{a['settings']['steps']} steps): {a['settings']['remask']} against "
+                             f"{b['settings']['remask']} remasking: {gp}unigram entropy {a['unigram_entropy']:.2f} vs "
+                             f"{b['unigram_entropy']:.2f} bits, repeated 4-grams {a['repeated_4gram']:.3f} vs "
+                             f"{b['repeated_4gram']:.3f}.")
+    n = result["sample_length"]
+    for t in (r for r in diff if r["settings"]["decode"] == "threshold"):
+        why = (": about one pass per token, so at this model size it saved no forward passes"
+               if t["forward_passes"] >= 0.9 * n else "")
+        vs = f", vs {default['seconds_per_sample']:.4f} at the defaults" if default else ""
+        lines.append(f"**Threshold decoding** ({describe(t['settings'])}) took {t['forward_passes']} forward passes "
+                     f"for the batch of {t['samples']} to write {n} tokens per sample{why} "
+                     f"({t['seconds_per_sample']:.4f} s/sample{vs}).")
+    if art and default:
+        lines.append(f"**Speed.** Seconds per sample: AR {art['seconds_per_sample']:.4f} ({n} forward passes with a "
+                     f"KV cache), diffusion at the defaults {default['seconds_per_sample']:.4f} "
+                     f"({default['forward_passes']} forward passes).")
+    if lik is not None:
+        side = lambda x: "behind" if x > 1.1 else "ahead of" if x < 1 / 1.1 else "on par with"  # noqa: E731
+        verdict = (f"**Verdict.** Against an AR model with the same tokenizer, data, parameter count and token budget, "
+                   f"the diffusion model is {side(lik)} it in likelihood ({lik:.2f}x perplexity, bound vs exact)")
+        if gen is not None:
+            verdict += f" and {side(gen)} it in generative perplexity with the same sampler ({gen:.2f}x)"
+            entropy_gap = art["unigram_entropy"] - default["unigram_entropy"]
+            if entropy_gap > ENTROPY_SLACK:
+                verdict += f", while its samples have {entropy_gap:.1f} bits less unigram entropy"
+        lines.insert(0, verdict + ".")
+    return lines
+
+
+def known_limits(result: dict) -> list[str]:
+    """Caveats, each stated from recorded fields."""
+    t, p, m = result["checkpoint_config"], result["parameters"], result["machine"]
+    tokens = t["max_steps"] * t["batch_size"] * t["grad_accum"] * t["max_len"]
+    lines = [f"The diffusion model has {p['diffusion']:,} parameters and saw {tokens:,} training tokens "
+             f"({'the embedded corpus' if t['dataset'] == 'embedded' else t['dataset']}); absolute numbers at this size "
+             f"say little about the method at scale."
+             + (" The comparison with the AR baseline (same tokenizer, data, packing, token budget and parameter "
+                "count) is the informative part." if p["ar"] else "")]
+    lines.append("The diffusion number is an upper bound (ELBO) estimated by Monte Carlo, with the standard error "
+                 "shown; the AR number is an exact likelihood. A bound above the AR perplexity does not prove the "
+                 "diffusion model is worse by that much.")
+    if t["mask_distribution"] == "levels":
+        low = min(float(x) for x in t["mask_levels"].split(","))
+        lines.append(f"The bound's terms with k = 1 masked token of n use a rate below this model's lowest training "
+                     f"rate ({low}), so they are slightly out of distribution.")
+    lines.append("Special tokens are not scored for either model: the diffusion model sees where document-separating "
+                 "`</s>` tokens are, the AR model neither predicts them nor is charged for them.")
+    scorer = result["scorer"]
+    if scorer:
+        lines.append(f"Generative perplexity is judged by {scorer}" +
+                     (", trained on the same corpus as the models," if scorer == "AR baseline" else "") +
+                     " and it rewards dull text: a low value means little without unigram entropy close to "
+                     "held-out text's.")
+    load = m.get("load_average_1min")
+    lines.append(f"Seconds per sample are for a batch of {result['config']['num_samples']} samples on {m['cpu']} "
+                 f"({m['device']}, {m['torch_threads']} torch threads"
+                 + (f", 1-minute load average {load} when the evaluation started" if load is not None else "")
+                 + "): compare rows of one run, not runs on different machines.")
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# The markdown
+# ---------------------------------------------------------------------------------------------
+
+
+def render(result: dict, json_path: str) -> str:
+    h, p, t, v = result["held_out"], result["parameters"], result["checkpoint_config"], result["versions"]
+    lik = [["diffusion (ELBO bound)", f"{h['diffusion']['nats_per_token']:.4f} ± {h['diffusion']['nats_stderr']:.4f}",
+            f"<= {h['diffusion']['perplexity']:.1f}", f"{h['diffusion']['bits_per_byte']:.3f}"]]
+    if "ar" in h:
+        lik.append(["AR baseline (exact)", f"{h['ar']['nats_per_token']:.4f}", f"{h['ar']['perplexity']:.1f}",
+                    f"{h['ar']['bits_per_byte']:.3f}"])
+    tokens = t["max_steps"] * t["batch_size"] * t["grad_accum"] * t["max_len"]
+    m = result["machine"]
+    parts = [
+        "# Generation validation",
+        "",
+        f"How good is the generator? Rendered by `report.py` from `{json_path}` (written by `evaluate.py`); every "
+        "number and sample below comes from that one evaluation. Regenerate both whenever defaults change "
+        "(commands below, in order).",
+        "",
+        "## Commands and config",
+        "",
+        "```bash\n" + "\n".join(result["commands"]) + "\n```",
+        "",
+        f"- Diffusion model: `{t['model']}` ({t['scratch_arch'] if t['model'] == 'scratch' else 'pretrained'}), "
+        f"{p['diffusion']:,} parameters, window {t['max_len']}, {t['max_steps']} steps x {t['batch_size']} x "
+        f"{t['grad_accum']} x {t['max_len']} = {tokens:,} training tokens.",
+        (f"- AR baseline: GPT-2 shape, {p['ar']:,} parameters ({p['ar'] / p['diffusion'] - 1:+.1%}), same tokenizer, "
+         f"packed blocks, held-out split and token budget." if p["ar"] else "- AR baseline: none (`--baseline none`)."),
+        f"- Evaluation (numbers and table): {result['seconds']:.0f} s wall on {m['cpu']} ({m['device']}, "
+        f"{m['torch_threads']} torch threads), torch {v['torch']}, transformers {v['transformers']}, "
+        f"Python {v['python']}.",
+        "",
+        "<details><summary>Resolved configs (evaluation, diffusion checkpoint, AR baseline)</summary>",
+        "",
+        "```json\n" + json.dumps({"evaluation": result["config"], "diffusion": result["checkpoint_config"],
+                                  "ar_baseline": result["baseline_config"]}, indent=2) + "\n```",
+        "",
+        "</details>",
+        "",
+        "## Held-out likelihood, same tokens for both models",
+        "",
+        f"{h['scored_tokens']:,} tokens ({h['scored_bytes']:,} UTF-8 bytes) of {h['blocks']} held-out blocks: every "
+        f"content token after a prefix of {h['prefix']}; `<s>` and every `</s>` (block end, document separators) "
+        f"are conditioned on, not scored. The diffusion model's bound uses {h['draws']} Monte Carlo draws per "
+        f"block of k ~ U{{1..n}} masked tokens (stratified), weighted n/k; the AR model scores each of the same "
+        f"tokens from its left context.",
+        "",
+        md_table(["model", "nats/token", "perplexity", "bits/byte"], lik),
+        "",
+    ]
+    if "ar_all_tokens_after_bos" in h:
+        usual = h["ar_all_tokens_after_bos"]["perplexity"]
+        parts += [f"The AR model's usual number, over every token after `<s>` including the `</s>` that always ends a "
+                  f"block, is perplexity {usual:.1f} ({'lower' if usual < h['ar']['perplexity'] else 'higher'}); it "
+                  f"is not comparable with the bound, which never scores special tokens.", ""]
+    parts += [
+        "## Sample quality",
+        "",
+        f"{result['config']['num_samples']} unprompted samples of {result['sample_length']} tokens per setting, "
+        f"all settings from seed {result['config']['seed']}; generative perplexity under "
+        f"{result['scorer'] or '(no scorer)'}; n-gram statistics on token ids; held-out text of the same length "
+        f"is the reference row. Each setting in full:",
+        "",
+        md_table(["setting", "model"] + [t for _, t, _ in COLUMNS], table_rows(result)),
+        "",
+    ]
+    parts += [f"- `{r['name']}`: {describe(r['settings'])}" for r in result["samples"] if r["settings"]]
+    parts += ["", "## Samples", "",
+              f"Two samples per setting, seed {result['config']['seed']}; infill spans filled by the model in ⟦ ⟧."]
+    section = None
+    for s in result["report_samples"]:
+        if s["section"] != section:
+            parts += ["", f"### {s['section']}"]
+            section = s["section"]
+        given = f" Prompt `{s['prompt']}`." if s["prompt"] else f" Template `{s['template']}`." if s["template"] else ""
+        same = " (both samples identical)" if len(set(s["texts"])) == 1 and len(s["texts"]) > 1 else ""
+        parts += ["", f"*{s['caption']}: {describe(s['settings'])}.{given}*{same}", "",
+                  "```text\n" + "\n".join(x.replace("\n", " ") for x in s["texts"]) + "\n```"]
+    parts += ["", "## Assessment", "", "Computed from the recorded numbers and settings by `report.assessment`.", ""]
+    parts += [f"- {line}" for line in assessment(result)]
+    parts += ["", "## Known limits", ""] + [f"- {line}" for line in known_limits(result)]
+    return "\n".join(parts) + "\n"
+
+
+def main(argv=None) -> int:
+    rc, _ = parse(ReportConfig, argv, __doc__)
+    try:
+        with open(rc.evaluation) as f:
+            result = json.load(f)
+    except FileNotFoundError:
+        raise UsageError(f"no {rc.evaluation}; make it with: python evaluate.py")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UsageError(f"{rc.evaluation} is not valid JSON ({str(e)[:120]}); rerun python evaluate.py")
+    try:
+        text = render(result, rc.evaluation)
+    except (KeyError, TypeError, StopIteration) as e:
+        raise UsageError(f"{rc.evaluation} is not an evaluate.py result (missing {e}); rerun python evaluate.py")
+    with open(rc.out + ".tmp", "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(rc.out + ".tmp", rc.out)
+    print(f"wrote {rc.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli(main))

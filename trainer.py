@@ -1,0 +1,378 @@
+"""Training machinery on the HF Trainer: the diffusion loss, held-out evaluation at every masking
+level, one log line per interval, metrics.jsonl and its plots, checkpoints and the model card.
+
+    DiffusionTrainer     Trainer whose loss is CE at masked positions (LM head there only), with a
+                         running training loss per masking level and an evaluate() that scores
+                         every level and the ELBO bound (diffusion.level_losses / elbo_estimate)
+    RunLog               callback: one line per logging interval, metrics.jsonl, progress.txt
+                         (baseline_ar.py's run uses it too)
+    QuietProgress        the Trainer's tqdm bar without its dict dump on every log
+    training_arguments   TrainingArguments from a TrainConfig (speed_arguments: the speed part)
+    read_metrics / write_curves / write_model_card / last_complete_checkpoint / check_writable
+"""
+
+import csv
+import json
+import os
+import sys
+import time
+
+import torch
+from tqdm.auto import tqdm
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import ProgressCallback
+
+from config import TrainConfig, UsageError, save_config
+from diffusion import (bound_prefix, elbo_estimate, eval_batches, level_losses, nearest_level, report_levels,
+                       show_predictions)
+from modeling import masked_lm_loss
+
+METRICS = "metrics.jsonl"
+PROGRESS = "progress.txt"  # what the last log printed: monitor_training.sh shows it as is
+
+
+# ---------------------------------------------------------------------------------------------
+# The Trainer
+# ---------------------------------------------------------------------------------------------
+
+
+class DiffusionTrainer(Trainer):
+    """HF Trainer whose loss is CE at masked positions (LM head on those only), which keeps a
+    running training loss per masking level, and whose evaluate() scores every level."""
+
+    def __init__(self, *a, diffusion_cfg: TrainConfig, tokenizer, **kw):
+        super().__init__(*a, **kw)
+        self.cfg = diffusion_cfg
+        self.tok = tokenizer
+        self.levels = report_levels(diffusion_cfg)
+        self.level_sums = {lv: [0.0, 0] for lv in self.levels}
+        self.eval_set = None
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        rates = inputs["mask_rate"]  # [B]
+        loss, ce, rows = masked_lm_loss(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"],
+                                        rates, self.cfg.loss_weighting, self.cfg.masked_only_head)
+        with torch.no_grad():  # running loss per level, reported at the next log
+            sums = torch.zeros(len(rates), device=ce.device).index_add_(0, rows, ce.detach())  # [B]
+            counts = torch.bincount(rows, minlength=len(rates))  # [B]
+            for rate, s, n in zip(rates.tolist(), sums.tolist(), counts.tolist()):
+                acc = self.level_sums[nearest_level(rate, self.levels)]
+                acc[0] += s
+                acc[1] += n
+        return (loss, None) if return_outputs else loss
+
+    def log(self, logs, start_time=None):
+        if "loss" in logs:  # a training log: attach and reset the per-level averages
+            for lv, (s, n) in self.level_sums.items():
+                if n:
+                    logs[f"train_mask_{lv}"] = s / n
+            self.level_sums = {lv: [0.0, 0] for lv in self.levels}
+        super().log(logs, start_time)
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+        cfg, t0 = self.cfg, time.time()
+        if self.eval_set is None:
+            self.eval_set = eval_batches(self.eval_dataset, self.args.per_device_train_batch_size, cfg.eval_batches)
+            n = len(self.eval_dataset) if not cfg.elbo_blocks else min(cfg.elbo_blocks, len(self.eval_dataset))
+            self.elbo_set = self.eval_dataset[:n]["input_ids"]  # [M, L]
+        losses = level_losses(self.model, self.eval_set, self.tok, cfg, self.levels, seed=cfg.seed)
+        bound = elbo_estimate(self.model, self.elbo_set, self.tok, bound_prefix(cfg), cfg.elbo_draws,
+                              batch_size=64, g=torch.Generator().manual_seed(cfg.seed), precision=cfg.precision)
+        metrics = {f"eval_mask_{lv}": v for lv, v in losses.items()}
+        metrics.update(eval_elbo_nats=bound["nats_per_token"], eval_elbo_stderr=bound["nats_stderr"],
+                       eval_elbo_ppl=bound["perplexity"], eval_elbo_blocks=bound["blocks"])
+        if self.is_world_process_zero():
+            fills = show_predictions(self.model, self.eval_set[0][0], self.tok, seed=cfg.seed)
+            metrics["eval_fills"] = [{"rate": f["rate"], "accuracy": round(f["accuracy"], 4), "text": f["text"][:160]}
+                                     for f in fills]
+        metrics["eval_seconds"] = round(time.time() - t0, 2)
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+    def _save(self, output_dir=None, state_dict=None):
+        super()._save(output_dir, state_dict)
+        save_config(self.cfg, output_dir or self.args.output_dir)  # every checkpoint knows its settings
+
+
+class QuietProgress(ProgressCallback):
+    """The Trainer's tqdm bar without its dict dump on every log (RunLog prints those)."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        return control
+
+
+# ---------------------------------------------------------------------------------------------
+# Logging: one line per interval, metrics.jsonl, progress.txt
+# ---------------------------------------------------------------------------------------------
+
+
+def metrics_by_level(logs: dict, prefix: str) -> dict:
+    return {float(k[len(prefix):]): v for k, v in logs.items() if k.startswith(prefix)}
+
+
+def duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def log_line(row: dict) -> str:
+    """`step 250/3000 | loss 6.123 | masked 10%/50%/100% 5.52/6.05/7.03 | lr 1.0e-03 | 12.5 it/s |
+    12,800 tok/s | eta 3m00s`: one training log, from a metrics.jsonl row."""
+    levels = metrics_by_level(row, "train_mask_")
+    parts = [f"step {row['step']}/{row['max_steps']}", f"loss {row['loss']:.4f}"]
+    if levels:
+        pick = sorted({min(levels), nearest_level(0.5, list(levels)), max(levels)})
+        parts.append("masked " + "/".join(f"{lv:.0%}" for lv in pick) + " " +
+                     "/".join(f"{levels[lv]:.2f}" for lv in pick))
+    parts += [f"lr {row.get('learning_rate', 0):.1e}", f"{row['steps_per_s']:.1f} it/s",
+              f"{row['tokens_per_s']:,.0f} tok/s", f"eta {duration(row['eta_s'])}"]
+    return " | ".join(parts)
+
+
+def eval_lines(row: dict) -> list[str]:
+    """The full held-out block of an evaluation: the bound, every level, the fills."""
+    lines = [f"eval step {row['step']} | held-out ELBO bound {row['eval_elbo_nats']:.3f} "
+             f"± {row['eval_elbo_stderr']:.3f} nats/token = perplexity <= {row['eval_elbo_ppl']:.1f} "
+             f"({row['eval_elbo_blocks']} blocks)"]
+    levels = metrics_by_level(row, "eval_mask_")
+    lines.append("  held-out loss by masking level: " +
+                 "  ".join(f"{lv:.0%} {v:.3f}" for lv, v in sorted(levels.items())))
+    for f in row.get("eval_fills", []):
+        lines.append(f"  {f['rate']:>4.0%} masked, {f['accuracy']:.0%} of fills right: {f['text']}")
+    return lines
+
+
+class RunLog(TrainerCallback):
+    """Appends every log to metrics.jsonl (with speed and ETA, so the monitor computes nothing),
+    prints one line per training log and the eval block at each evaluation, keeps progress.txt
+    (the last of each) and the loss curves up to date. Rank 0 only."""
+
+    def __init__(self, out_dir: str, cfg: TrainConfig):
+        self.out_dir, self.cfg = out_dir, cfg
+        self.mark = None  # (step, time) at the previous training log: speed is measured since then
+        self.last = {"train": [], "eval": []}
+
+    def on_train_begin(self, args, state, control, **kw):
+        self.mark = (state.global_step, time.time())
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if not state.is_world_process_zero or not logs:
+            return
+        now = time.time()
+        row = {"step": state.global_step, "time": round(now, 2), "max_steps": state.max_steps, **logs}
+        if "loss" in logs:
+            step0, t0 = self.mark
+            rate = (state.global_step - step0) / max(now - t0, 1e-9)
+            tokens = self.cfg.batch_size * self.cfg.grad_accum * self.cfg.max_len * args.world_size
+            row.update(steps_per_s=round(rate, 3), tokens_per_s=round(rate * tokens, 1),
+                       eta_s=round((state.max_steps - state.global_step) / rate, 1) if rate > 0 else 0.0)
+            self.mark = (state.global_step, now)
+        if "eval_seconds" in logs:  # training speed leaves out the time spent evaluating
+            self.mark = (self.mark[0], self.mark[1] + logs["eval_seconds"])
+        append_jsonl(os.path.join(self.out_dir, METRICS), row)
+        if "loss" in logs:
+            self.last["train"] = [log_line(row)]
+        elif "eval_elbo_nats" in logs:
+            self.last["eval"] = eval_lines(row)
+        else:
+            return
+        # tqdm.write: the line goes above the Trainer's progress bar instead of onto its end
+        tqdm.write("\n".join(self.last["train"] if "loss" in logs else self.last["eval"]), file=sys.stdout)
+        write_atomic(os.path.join(self.out_dir, PROGRESS), "\n".join(self.last["train"] + self.last["eval"]) + "\n")
+        if "eval_elbo_nats" in logs:
+            write_curves(self.out_dir)
+
+    def on_train_end(self, args, state, control, **kw):
+        if state.is_world_process_zero:
+            write_curves(self.out_dir)
+
+
+def append_jsonl(path: str, row: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def write_atomic(path: str, text: str) -> None:
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def read_metrics(out_dir: str) -> list[dict]:
+    """metrics.jsonl's rows; a torn last line (a run killed mid-write) is skipped."""
+    path = os.path.join(out_dir, METRICS)
+    if not os.path.isfile(path):
+        return []
+    rows = []
+    with open(path) as f:
+        for line in f:
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                continue
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Curves: loss_by_level.csv and loss_by_level.png from metrics.jsonl
+# ---------------------------------------------------------------------------------------------
+
+
+def write_curves(out_dir: str) -> None:
+    rows = read_metrics(out_dir)
+    table = [(r["step"], split, lv, v) for r in rows for split in ("train", "eval")
+             for lv, v in metrics_by_level(r, f"{split}_mask_").items()]
+    if not table:  # e.g. the AR baseline's log: no masking levels
+        return
+    with open(os.path.join(out_dir, "loss_by_level.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["step", "split", "mask_level", "loss"])
+        w.writerows(table)
+    plot_curves(rows, os.path.join(out_dir, "loss_by_level.png"))
+
+
+def plot_curves(rows: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+    levels = sorted({lv for r in rows for lv in metrics_by_level(r, "train_mask_")} |
+                    {lv for r in rows for lv in metrics_by_level(r, "eval_mask_")})
+    cmap = plt.get_cmap("viridis")
+    for ax, split, title in ((axes[0], "train", "Training loss (running mean)"),
+                             (axes[1], "eval", "Held-out loss")):
+        for i, lv in enumerate(levels):
+            pts = [(r["step"], r[f"{split}_mask_{lv}"]) for r in rows if f"{split}_mask_{lv}" in r]
+            if pts:
+                ax.plot(*zip(*pts), marker="o" if split == "eval" else None, ms=3,
+                        color=cmap(i / max(len(levels) - 1, 1)), label=f"{lv:.0%} masked")
+        ax.set(title=f"{title} per masking level", xlabel="step", ylabel="cross-entropy (nats/token)")
+        ax.grid(alpha=0.3)
+    (axes[0] if axes[0].lines else axes[1]).legend(fontsize=7, ncol=2)
+    pts = [(r["step"], r["eval_elbo_ppl"]) for r in rows if "eval_elbo_ppl" in r]
+    if pts:
+        axes[2].plot(*zip(*pts), marker="o", color="crimson")
+        axes[2].set_yscale("log")
+    axes[2].set(title="Held-out ELBO perplexity bound", xlabel="step", ylabel="perplexity (upper bound)")
+    axes[2].grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+# TrainingArguments, checkpoints, model card
+# ---------------------------------------------------------------------------------------------
+
+
+def precision_flags(cfg: TrainConfig) -> dict:
+    cuda = torch.cuda.is_available()
+    p = cfg.precision
+    if p == "auto":
+        p = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+    if p in ("bf16", "fp16") and not cuda:
+        raise UsageError(f"--precision {p} needs a CUDA GPU; use fp32 or auto on CPU")
+    return {"bf16": p == "bf16", "fp16": p == "fp16"}
+
+
+def speed_arguments(cfg: TrainConfig) -> dict:
+    """The TrainingArguments behind the speed fields of TrainConfig (bench.py times the Trainer
+    with exactly these). torch_compile is not among them: the Trainer would wrap the model in an
+    OptimizedModule that masked_logits cannot see through, silently computing the full LM head;
+    train.py compiles the encoder in place instead (modeling.compile_model)."""
+    cuda = torch.cuda.is_available()
+    return {
+        # persistent workers keep each worker's mask generator running across epochs (a restarted
+        # worker would replay the same masks every epoch) and skip the restart cost
+        "dataloader_num_workers": cfg.num_workers, "dataloader_persistent_workers": cfg.num_workers > 0,
+        "dataloader_pin_memory": cuda,
+        # fused AdamW runs on CPU too, where torch's default is a slow per-tensor loop
+        "optim": "adamw_torch_fused" if cfg.fused_adamw else "adamw_torch",
+        **precision_flags(cfg),
+    }
+
+
+def training_arguments(cfg: TrainConfig, evaluate_first: bool, use_cpu: bool = False, **over) -> TrainingArguments:
+    """The Trainer's settings for a TrainConfig (over: any TrainingArguments to replace)."""
+    args = dict(
+        output_dir=cfg.output_dir, max_steps=cfg.max_steps, per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.learning_rate,
+        weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps, lr_scheduler_type=cfg.lr_scheduler,
+        logging_steps=cfg.logging_steps, eval_strategy="steps", eval_steps=cfg.eval_steps,
+        eval_on_start=evaluate_first,  # held-out losses at step 0: the baseline every level falls from
+        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
+        seed=cfg.seed, data_seed=cfg.seed, report_to="none", remove_unused_columns=False,
+        disable_tqdm=int(os.environ.get("RANK", "0")) != 0, use_cpu=use_cpu, **speed_arguments(cfg))
+    return TrainingArguments(**{**args, **over})
+
+
+def check_writable(folder: str) -> None:
+    try:
+        os.makedirs(folder, exist_ok=True)
+        probe = os.path.join(folder, ".write-test")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise UsageError(f"output dir {folder} is not writable ({e.strerror})")
+
+
+def last_complete_checkpoint(out: str) -> str | None:
+    """The newest checkpoint-N in `out` that was written to the end. The Trainer writes
+    trainer_state.json last, so a run killed while saving leaves a newer folder without it;
+    resuming from that one would fail or lose the optimiser state."""
+    steps = []
+    for name in os.listdir(out) if os.path.isdir(out) else []:
+        if name.startswith("checkpoint-") and name[len("checkpoint-"):].isdigit():
+            steps.append(int(name[len("checkpoint-"):]))
+    for step in sorted(steps, reverse=True):
+        folder = os.path.join(out, f"checkpoint-{step}")
+        if all(os.path.isfile(os.path.join(folder, f)) for f in ("trainer_state.json", "diffusion_config.json")):
+            return folder
+        print(f"skipping {folder}: written only in part (the run was stopped while saving it)", flush=True)
+    return None
+
+
+def write_model_card(folder: str, cfg: TrainConfig, rows: list[dict], n_params: int, model_class: str,
+                     final: str) -> None:
+    """folder/README.md: what the model is, how it was trained, its held-out numbers (the last
+    evaluation in metrics.jsonl), and how to load it (from `final`, where folder ends up) and
+    generate with it."""
+    ev = [r for r in rows if "eval_elbo_nats" in r]
+    last = ev[-1] if ev else None
+    tokens = cfg.max_steps * cfg.batch_size * cfg.grad_accum * cfg.max_len
+    corpus = ("the embedded corpus (106 English Wikipedia articles from the gensim wheel)"
+              if cfg.dataset == "embedded" else f"`{cfg.dataset}`" + (f" ({cfg.dataset_config})" if cfg.dataset_config else ""))
+    start = f"trained from scratch ({cfg.scratch_arch}, tokenizer trained on the corpus)" if cfg.model == "scratch" \
+        else f"fine-tuned from `{cfg.model}`"
+    lines = [
+        "# Text-diffusion masked LM", "",
+        f"A {model_class} with {n_params:,} parameters, {start}, trained as a discrete text-diffusion model: "
+        f"masked-LM loss at every masking rate ({cfg.mask_distribution} rates, {cfg.loss_weighting} loss, "
+        f"prefix {cfg.prefix_mode} up to {cfg.prefix_len} tokens), so it can write text from a fully masked canvas.",
+        "",
+        f"- Data: {corpus}, packed into `<s> ... </s>` blocks of {cfg.max_len} tokens.",
+        f"- Training: {cfg.max_steps} steps x {cfg.batch_size} x {cfg.grad_accum} x {cfg.max_len} = {tokens:,} tokens, "
+        f"learning rate {cfg.learning_rate:g}, seed {cfg.seed}. Every setting is in `diffusion_config.json`.",
+    ]
+    if last is not None:
+        levels = metrics_by_level(last, "eval_mask_")
+        lines += [
+            "", f"## Held-out numbers (step {last['step']}, from metrics.jsonl)", "",
+            f"ELBO bound: {last['eval_elbo_nats']:.4f} ± {last['eval_elbo_stderr']:.4f} nats/token, "
+            f"perplexity <= {last['eval_elbo_ppl']:.1f} ({last['eval_elbo_blocks']} held-out blocks).", "",
+            "| masked | " + " | ".join(f"{lv:.0%}" for lv in sorted(levels)) + " |",
+            "|---|" + "---|" * len(levels),
+            "| loss (nats/token) | " + " | ".join(f"{levels[lv]:.3f}" for lv in sorted(levels)) + " |",
+        ]
+    lines += [
+        "", "## Use", "", "```bash", f"python generate.py --checkpoint {final} --show-steps",
+        f"python evaluate.py --checkpoint {final}", "```", "",
+        "```python", "from modeling import load_checkpoint", f"model, tokenizer, cfg = load_checkpoint({final!r})",
+        "```", "",
+    ]
+    write_atomic(os.path.join(folder, "README.md"), "\n".join(lines))
+
