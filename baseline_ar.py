@@ -21,7 +21,9 @@ import os
 import shutil
 import sys
 
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: spinning threads crawl on a shared CPU
+
+import torch  # noqa: E402
 
 from config import ARConfig, UsageError, cli, format_config, parse, save_config
 

@@ -30,7 +30,9 @@ import sys
 import tempfile
 import time
 
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: spinning threads crawl on a shared CPU
+
+import torch  # noqa: E402
 from transformers import TrainerCallback
 
 from config import BenchConfig, TrainConfig, UsageError, bench_presets, cli, parse

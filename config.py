@@ -607,6 +607,35 @@ def load_train_config(checkpoint: str) -> TrainConfig:
         raise UsageError(f"{path} is not a valid config ({e})")
 
 
+def append_jsonl(path: str, row: dict) -> None:
+    """Append one JSON line. A torn last line (a run killed mid-write, a full disk) is ended first,
+    so it never merges with the new record; readers skip it (read_jsonl)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "ab") as f:
+        if f.tell() > 0:
+            with open(path, "rb") as r:
+                r.seek(-1, os.SEEK_END)
+                if r.read(1) != b"\n":
+                    f.write(b"\n")
+        f.write((json.dumps(row) + "\n").encode())
+
+
+def read_jsonl(path: str) -> list[dict]:
+    """The rows of a JSON-lines file; lines that do not parse (a torn write) are skipped."""
+    if not os.path.isfile(path):
+        return []
+    rows = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict):
+                rows.append(row)
+    return rows
+
+
 def format_config(cfg) -> str:
     rows = dataclasses.asdict(cfg)
     width = max(len(k) for k in rows)
@@ -614,9 +643,13 @@ def format_config(cfg) -> str:
 
 
 def cli(main_fn, argv=None) -> int:
-    """Run a script's main(); a UsageError becomes one line on stderr and exit code 2."""
+    """Run a script's main(); a UsageError becomes one line on stderr and exit code 2, Ctrl-C one
+    line and exit code 130 (train.py handles Ctrl-C itself: it saves a checkpoint first)."""
     try:
         return main_fn(argv)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("error: interrupted (Ctrl-C)", file=sys.stderr)
+        return 130

@@ -78,7 +78,10 @@ def _read_file(path: str, text_column: str) -> list[str]:
                         keys = ", ".join(row) if isinstance(row, dict) else type(row).__name__
                         raise UsageError(f"{path}:{n}: no '{text_column}' field (has: {keys}); "
                                          f"set --text-column")
-                    docs.append(str(row[text_column]))
+                    if not isinstance(row[text_column], str):
+                        raise UsageError(f"{path}:{n}: '{text_column}' holds {type(row[text_column]).__name__} "
+                                         f"{json.dumps(row[text_column])[:40]}, not text")
+                    docs.append(row[text_column])
             return docs
         with open(path, encoding="utf-8") as f:
             return [f.read()]
@@ -128,7 +131,12 @@ def _hub_documents(cfg: TrainConfig) -> list[str]:
     if cfg.text_column not in ds.column_names:
         raise UsageError(f"hub dataset {cfg.dataset!r} has no column '{cfg.text_column}' "
                          f"(has: {', '.join(ds.column_names)}); set --text-column")
-    return list(ds[cfg.text_column])
+    docs = list(ds[cfg.text_column])
+    bad = next((d for d in docs if d is not None and not isinstance(d, str)), None)
+    if bad is not None:
+        raise UsageError(f"hub dataset {cfg.dataset!r}: column '{cfg.text_column}' holds {type(bad).__name__}, "
+                         f"not text; set --text-column")
+    return [d for d in docs if d is not None]
 
 
 def corpus_fingerprint(cfg: TrainConfig) -> str:

@@ -18,9 +18,13 @@ class DiffusionCollator:
 
     Randomness comes from its own generator seeded with `seed`; inside a DataLoader worker the
     generator is reseeded with seed + worker id (HF run_mlm's rule), so workers never repeat each
-    other's masks and a restarted worker replays its own. `state_dict` /
-    `load_state_dict` carry the generator across a checkpoint, so a resumed run draws the masks
-    an uninterrupted run would have drawn."""
+    other's masks and a restarted worker replays its own.
+
+    Resuming: `state_before(k)` is the generator as it was before the k-th batch (a few recent
+    ones are kept, because the DataLoader collates a batch ahead of the step that uses it);
+    train.py saves it with each checkpoint and `load_state_dict` restores it, so a resumed run
+    draws exactly the masks an uninterrupted run would have drawn. Workers cannot hand their
+    generators back: a resumed run with workers reseeds them away from the first run's masks."""
 
     def __init__(self, tokenizer, cfg, seed: int | None = None):
         self.cfg = cfg
@@ -30,22 +34,40 @@ class DiffusionCollator:
         self.seed = cfg.seed if seed is None else seed
         self.g = torch.Generator().manual_seed(self.seed)
         self._worker = None
+        self.calls = 0  # batches collated (in this process), counting those of the run resumed from
+        self.resumed_at = 0
+        self.recent = {}  # calls -> generator state before that batch (the last few)
 
     def _generator(self) -> torch.Generator:
         info = torch.utils.data.get_worker_info()
         if info is not None and self._worker != info.id:
             self._worker = info.id
-            self.g = torch.Generator().manual_seed(self.seed + info.id)
+            self.g = torch.Generator().manual_seed(self.seed + info.id + 1_000_003 * self.resumed_at)
         return self.g
 
+    def state_before(self, k: int):
+        """The generator state before batch k (0-based), or None if it is no longer known."""
+        return self.recent.get(k, self.state_dict() if k == self.calls else None)
+
     def state_dict(self) -> dict:
-        return {"seed": self.seed, "generator": self.g.get_state()}
+        return {"seed": self.seed, "calls": self.calls, "generator": self.g.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
         self.g.set_state(state["generator"])
+        self.calls = self.resumed_at = state["calls"]
+        self.recent = {}
+
+    def resume_at(self, calls: int) -> None:
+        """No saved state (workers, older checkpoints): at least draw masks apart from the first run's."""
+        self.resumed_at = self.calls = calls
+        self.g = torch.Generator().manual_seed(self.seed + 1_000_003 * calls)
 
     def __call__(self, features) -> dict:
         g = self._generator()
+        if self._worker is None:  # main process: remember where this batch started
+            self.recent[self.calls] = {"seed": self.seed, "calls": self.calls, "generator": g.get_state()}
+            self.recent.pop(self.calls - 16, None)
+        self.calls += 1
         ids = torch.stack([torch.as_tensor(f["input_ids"]) for f in features])  # [B, L]
         prefix = prefix_lengths(len(ids), self.cfg.prefix_mode, self.cfg.prefix_len, g)  # [B]
         protected = protected_positions(ids, self.special_ids, prefix)  # [B, L]

@@ -26,7 +26,9 @@ import shlex
 import sys
 import time
 
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: spinning threads crawl on a shared CPU
+
+import torch  # noqa: E402
 
 from config import EvalConfig, GenConfig, TrainConfig, UsageError, cli, parse, parse_names, save_config, train_presets
 

@@ -16,14 +16,15 @@ decoding.py; the noise schedules (shared with training) are diffusion.SCHEDULES;
 """
 
 import dataclasses
-import json
 import os
 import sys
 import time
 
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: spinning threads crawl on a shared CPU
 
-from config import GenConfig, cli, parse
+import torch  # noqa: E402
+
+from config import GenConfig, append_jsonl, cli, parse
 
 
 def main(argv=None) -> int:
@@ -53,10 +54,8 @@ def main(argv=None) -> int:
         animate(history, tokenizer, gc.animate)
         print(f"wrote {gc.animate}")
     if gc.out:
-        os.makedirs(os.path.dirname(os.path.abspath(gc.out)), exist_ok=True)
-        with open(gc.out, "a") as f:
-            f.write(json.dumps({"config": dataclasses.asdict(gc), "window": tcfg.max_len,
-                                "samples": texts, "forward_passes": len(history), "seconds": round(seconds, 3)}) + "\n")
+        append_jsonl(gc.out, {"config": dataclasses.asdict(gc), "window": tcfg.max_len, "samples": texts,
+                              "forward_passes": len(history), "seconds": round(seconds, 3)})
     return 0
 
 

@@ -159,10 +159,47 @@ def load_checkpoint(path: str, device: str | None = None):
         raise UsageError(f"incomplete checkpoint {path}: missing {', '.join(missing)} "
                          f"(was training interrupted? rerun python train.py --quick-test)")
     cfg = load_train_config(path)
-    tokenizer = load_pretrained(AutoTokenizer, path)
-    model = load_pretrained(AutoModelForMaskedLM, path)
+    damaged = f"; the checkpoint in {path} is damaged: use another checkpoint or retrain"
+    try:
+        tokenizer = load_pretrained(AutoTokenizer, path)
+        model = load_pretrained(AutoModelForMaskedLM, path)
+    except UsageError as e:
+        raise UsageError(f"{e}{damaged}")
+    except Exception as e:  # a truncated safetensors or a broken config.json: each library has its own error
+        first = str(e).strip().splitlines()[0][:120] if str(e).strip() else ""
+        raise UsageError(f"cannot load {path} ({type(e).__name__}{': ' + first if first else ''}){damaged}")
+    check_tokenizer(path, tokenizer, model)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return model.to(device).eval(), tokenizer, cfg
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """sha1 of the vocabulary: saved in run.json by train.py, checked at every load."""
+    import hashlib
+    import json
+
+    return hashlib.sha1(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()
+
+
+def check_tokenizer(path: str, tokenizer, model) -> None:
+    """The tokenizer beside the weights must be the one they were trained with: its vocabulary
+    fingerprint against run.json (written by train.py), and in any case no id beyond the
+    embedding rows. A foreign tokenizer would give silently wrong text and numbers."""
+    import json
+
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        raise UsageError(f"the tokenizer in {path} has {len(tokenizer):,} tokens but the model has {rows:,} "
+                         f"embedding rows: they do not belong together")
+    run = os.path.join(path, "run.json")
+    if os.path.isfile(run):
+        with open(run) as f:
+            want = json.load(f).get("tokenizer_sha1")
+        have = tokenizer_fingerprint(tokenizer)
+        if want and want != have:
+            raise UsageError(f"the tokenizer in {path} is not the one this model was trained with (vocabulary "
+                             f"fingerprint {have[:8]} != {want[:8]}, {len(tokenizer):,} tokens); restore the "
+                             f"checkpoint's own tokenizer files")
 
 
 # ---------------------------------------------------------------------------------------------

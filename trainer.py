@@ -12,23 +12,36 @@ level, one log line per interval, metrics.jsonl and its plots, checkpoints and t
 """
 
 import csv
+import fcntl
 import json
+import math
 import os
+import shutil
+import socket
 import sys
 import time
+import uuid
+import zipfile
 
 import torch
 from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import ProgressCallback
 
-from config import TrainConfig, UsageError, save_config
+from config import TrainConfig, UsageError, append_jsonl, read_jsonl, save_config
 from diffusion import (bound_prefix, elbo_estimate, eval_batches, level_losses, nearest_level, report_levels,
                        show_predictions)
-from modeling import masked_lm_loss
+from modeling import masked_lm_loss, tokenizer_fingerprint
 
 METRICS = "metrics.jsonl"
 PROGRESS = "progress.txt"  # what the last log printed: monitor_training.sh shows it as is
+RUN = "run.json"  # run id and tokenizer fingerprint: in the output folder and every checkpoint
+LOCK = "train.lock"  # held (flock) by the run writing the folder, for its whole life
+COLLATOR_STATE = "collator_state.pt"  # the mask generator, so a resumed run draws the same masks
+
+
+class Diverged(UsageError):
+    """The loss (or the held-out bound) stopped being a finite number."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -55,7 +68,10 @@ class DiffusionTrainer(Trainer):
         with torch.no_grad():  # running loss per level, reported at the next log
             sums = torch.zeros(len(rates), device=ce.device).index_add_(0, rows, ce.detach())  # [B]
             counts = torch.bincount(rows, minlength=len(rates))  # [B]
-            for rate, s, n in zip(rates.tolist(), sums.tolist(), counts.tolist()):
+            sums = sums.tolist()  # the host reads the values anyway: checking them costs nothing more
+            if not all(math.isfinite(x) for x in sums):
+                raise Diverged(self.diverged_message(f"the training loss is {loss.item()}"))
+            for rate, s, n in zip(rates.tolist(), sums, counts.tolist()):
                 acc = self.level_sums[nearest_level(rate, self.levels)]
                 acc[0] += s
                 acc[1] += n
@@ -78,6 +94,8 @@ class DiffusionTrainer(Trainer):
         losses = level_losses(self.model, self.eval_set, self.tok, cfg, self.levels, seed=cfg.seed)
         bound = elbo_estimate(self.model, self.elbo_set, self.tok, bound_prefix(cfg), cfg.elbo_draws,
                               batch_size=64, g=torch.Generator().manual_seed(cfg.seed), precision=cfg.precision)
+        if not math.isfinite(bound["nats_per_token"]):
+            raise Diverged(self.diverged_message(f"the held-out bound is {bound['nats_per_token']}"))
         metrics = {f"eval_mask_{lv}": v for lv, v in losses.items()}
         metrics.update(eval_elbo_nats=bound["nats_per_token"], eval_elbo_stderr=bound["nats_stderr"],
                        eval_elbo_ppl=bound["perplexity"], eval_elbo_blocks=bound["blocks"])
@@ -90,9 +108,43 @@ class DiffusionTrainer(Trainer):
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
 
+    def diverged_message(self, what: str) -> str:
+        for cb in self.callback_handler.callbacks:  # end the progress bar's line before the error line
+            if isinstance(cb, ProgressCallback) and getattr(cb, "training_bar", None) is not None:
+                cb.training_bar.close()
+        last = last_complete_checkpoint(self.args.output_dir, quiet=True)
+        keep = f"{os.path.basename(last)} is the last good checkpoint" if last else "no checkpoint was saved"
+        return (f"training diverged at step {self.state.global_step}: {what} (learning rate {self.cfg.learning_rate:g}); "
+                f"{keep}, nothing after it was saved; lower --learning-rate (or raise --warmup-steps) and train again")
+
     def _save(self, output_dir=None, state_dict=None):
-        super()._save(output_dir, state_dict)
-        save_config(self.cfg, output_dir or self.args.output_dir)  # every checkpoint knows its settings
+        out = output_dir or self.args.output_dir
+        super()._save(out, state_dict)
+        save_config(self.cfg, out)  # every checkpoint knows its settings
+        shutil.copy(os.path.join(self.args.output_dir, RUN), os.path.join(out, RUN))  # and its run
+        collator = self.data_collator
+        if hasattr(collator, "state_before"):
+            # the generator as it was before the first batch after this step: a resumed run's first batch
+            state = collator.state_before(self.state.global_step * self.args.gradient_accumulation_steps)
+            if state is not None:
+                torch.save(state, os.path.join(out, COLLATOR_STATE))
+
+    def _issue_warnings_after_load(self, load_result):
+        # tied weights (ModernBERT's decoder = its embeddings) are saved once and re-tied on load:
+        # their "missing key" is not a lost weight, so it is not worth a warning
+        shared = tied_keys(self.model)
+        if load_result.missing_keys and set(load_result.missing_keys) <= shared:
+            self.model.tie_weights()
+            load_result = type(load_result)([], list(load_result.unexpected_keys))
+        super()._issue_warnings_after_load(load_result)
+
+
+def tied_keys(model) -> set[str]:
+    """State-dict keys that share their tensor with another key (tied weights)."""
+    by_ptr = {}
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        by_ptr.setdefault(tensor.data_ptr(), []).append(name)
+    return {n for names in by_ptr.values() if len(names) > 1 for n in names}
 
 
 class QuietProgress(ProgressCallback):
@@ -188,11 +240,6 @@ class RunLog(TrainerCallback):
             write_curves(self.out_dir)
 
 
-def append_jsonl(path: str, row: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
-
-
 def write_atomic(path: str, text: str) -> None:
     with open(path + ".tmp", "w") as f:
         f.write(text)
@@ -200,18 +247,8 @@ def write_atomic(path: str, text: str) -> None:
 
 
 def read_metrics(out_dir: str) -> list[dict]:
-    """metrics.jsonl's rows; a torn last line (a run killed mid-write) is skipped."""
-    path = os.path.join(out_dir, METRICS)
-    if not os.path.isfile(path):
-        return []
-    rows = []
-    with open(path) as f:
-        for line in f:
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                continue
-    return rows
+    """metrics.jsonl's rows; a torn line (a run killed mid-write) is skipped."""
+    return read_jsonl(os.path.join(out_dir, METRICS))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -303,7 +340,8 @@ def training_arguments(cfg: TrainConfig, evaluate_first: bool, use_cpu: bool = F
         weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps, lr_scheduler_type=cfg.lr_scheduler,
         logging_steps=cfg.logging_steps, eval_strategy="steps", eval_steps=cfg.eval_steps,
         eval_on_start=evaluate_first,  # held-out losses at step 0: the baseline every level falls from
-        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
+        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=None,  # rotation: Rotate
+        logging_nan_inf_filter=False,  # a nan loss is logged as nan (and stops the run), never hidden
         seed=cfg.seed, data_seed=cfg.seed, report_to="none", remove_unused_columns=False,
         disable_tqdm=int(os.environ.get("RANK", "0")) != 0, use_cpu=use_cpu, **speed_arguments(cfg))
     return TrainingArguments(**{**args, **over})
@@ -320,20 +358,191 @@ def check_writable(folder: str) -> None:
         raise UsageError(f"output dir {folder} is not writable ({e.strerror})")
 
 
-def last_complete_checkpoint(out: str) -> str | None:
-    """The newest checkpoint-N in `out` that was written to the end. The Trainer writes
-    trainer_state.json last, so a run killed while saving leaves a newer folder without it;
-    resuming from that one would fail or lose the optimiser state."""
-    steps = []
-    for name in os.listdir(out) if os.path.isdir(out) else []:
-        if name.startswith("checkpoint-") and name[len("checkpoint-"):].isdigit():
-            steps.append(int(name[len("checkpoint-"):]))
-    for step in sorted(steps, reverse=True):
-        folder = os.path.join(out, f"checkpoint-{step}")
-        if all(os.path.isfile(os.path.join(folder, f)) for f in ("trainer_state.json", "diffusion_config.json")):
-            return folder
-        print(f"skipping {folder}: written only in part (the run was stopped while saving it)", flush=True)
+def checkpoint_steps(out: str) -> list[int]:
+    names = os.listdir(out) if os.path.isdir(out) else []
+    return sorted(int(n[len("checkpoint-"):]) for n in names if n.startswith("checkpoint-") and n[11:].isdigit())
+
+
+def checkpoint_problem(folder: str, run_id: str | None = None) -> str | None:
+    """Why `folder` cannot be resumed from (None if it can): judged by content, not by which files
+    exist. Every JSON parses, the weights load and are finite, the optimiser/scheduler/RNG files
+    are whole archives, and the checkpoint belongs to run `run_id` (when given)."""
+    for name in ("trainer_state.json", "diffusion_config.json", "config.json"):
+        try:
+            with open(os.path.join(folder, name)) as f:
+                json.load(f)
+        except (OSError, ValueError) as e:
+            return f"{name} is missing or damaged ({type(e).__name__})"
+    if run_id is not None:
+        try:
+            with open(os.path.join(folder, RUN)) as f:
+                other = json.load(f).get("run_id")
+        except (OSError, ValueError):
+            other = None
+        if other != run_id:
+            return f"it belongs to another run ({other or 'unknown'}), not this folder's run {run_id}"
+    weights = os.path.join(folder, "model.safetensors")
+    try:
+        from safetensors.torch import load_file
+
+        tensors = load_file(weights)
+    except Exception as e:  # a truncated file raises safetensors' own error type
+        return f"model.safetensors does not load ({type(e).__name__})"
+    if not all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point()):
+        return "its weights are not finite (saved after training diverged)"
+    for name in os.listdir(folder):
+        if name.endswith((".pt", ".pth")) and not zipfile.is_zipfile(os.path.join(folder, name)):
+            return f"{name} is damaged"
     return None
+
+
+def last_complete_checkpoint(out: str, run_id: str | None = None, quiet: bool = False) -> str | None:
+    """The newest checkpoint-N in `out` that a run can resume from (checkpoint_problem), saying
+    why each newer one is skipped: a run killed while saving, a full disk, a diverged run or
+    another run's checkpoint never gets resumed from."""
+    for step in reversed(checkpoint_steps(out)):
+        folder = os.path.join(out, f"checkpoint-{step}")
+        problem = checkpoint_problem(folder, run_id)
+        if problem is None:
+            return folder
+        if not quiet:
+            print(f"skipping {folder}: {problem}", flush=True)
+    return None
+
+
+def rotate_checkpoints(out: str, keep: int) -> list[str]:
+    """Keep the newest `keep` resumable checkpoints (by step, not by folder time); delete older
+    ones, and broken ones older than the newest good one. Returns what was deleted."""
+    good = [s for s in checkpoint_steps(out) if checkpoint_problem(os.path.join(out, f"checkpoint-{s}")) is None]
+    if not good:
+        return []
+    kept = set(good[-keep:])
+    gone = [os.path.join(out, f"checkpoint-{s}") for s in checkpoint_steps(out) if s not in kept and s < good[-1]]
+    for folder in gone:
+        shutil.rmtree(folder, ignore_errors=True)
+    return gone
+
+
+class Rotate(TrainerCallback):
+    """Checkpoint rotation after each save (the Trainer's own rotates by folder time and would
+    keep a broken newest folder over good older ones)."""
+
+    def __init__(self, keep: int):
+        self.keep = keep
+
+    def on_save(self, args, state, control, **kw):
+        if state.is_world_process_zero:
+            rotate_checkpoints(args.output_dir, self.keep)
+
+
+class StopOnInterrupt(TrainerCallback):
+    """Ctrl-C (SIGINT) stops at the end of the current step and saves a checkpoint there, so the
+    run can continue with --resume; a second Ctrl-C interrupts at once."""
+
+    def __init__(self):
+        import signal
+
+        self.requested = False
+        self.previous = signal.getsignal(signal.SIGINT)
+        if self.previous is not signal.SIG_IGN:  # a background job that ignores Ctrl-C keeps ignoring it
+            signal.signal(signal.SIGINT, self.request)
+
+    def request(self, signum, frame):
+        import signal
+
+        self.requested = True
+        signal.signal(signal.SIGINT, self.previous)  # the next Ctrl-C is the default: interrupt now
+        tqdm.write("Ctrl-C: stopping after this step and saving a checkpoint (Ctrl-C again to abort now)",
+                   file=sys.stdout)
+
+    def on_step_end(self, args, state, control, **kw):
+        if self.requested:
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+    def close(self) -> None:
+        import signal
+
+        if not self.requested and self.previous is not signal.SIG_IGN:
+            signal.signal(signal.SIGINT, self.previous)
+
+
+# ---------------------------------------------------------------------------------------------
+# A run owns its output folder: a lock for its life, a run id, no mixing with other runs
+# ---------------------------------------------------------------------------------------------
+
+
+class FolderLock:
+    """flock on out/train.lock for the life of the run (released by the OS even on SIGKILL). A
+    second run into the same folder fails at once, naming the holder."""
+
+    def __init__(self, out: str):
+        self.path = os.path.join(out, LOCK)
+        self.f = open(self.path, "a+")
+        try:
+            fcntl.flock(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.f.seek(0)
+            holder = self.f.read().strip() or "another process"
+            self.f.close()
+            raise UsageError(f"{out} is in use by another training run ({holder}); wait for it to finish "
+                             f"or choose another --output-dir")
+        self.f.seek(0)
+        self.f.truncate()
+        self.f.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        self.f.flush()
+
+    def release(self) -> None:
+        fcntl.flock(self.f, fcntl.LOCK_UN)
+        self.f.close()
+
+
+PREVIOUS = "previous"  # where a fresh run moves the outputs of the run that used the folder before
+
+
+def start_fresh(out: str, tokenizer) -> str:
+    """A fresh run's folder: another run's checkpoints, final-model and logs move to out/previous/
+    (replacing what an earlier fresh run moved there), so runs never mix and a finished result is
+    never deleted by the next run. Writes out/run.json with a new run id. Returns that id."""
+    leftovers = [n for n in os.listdir(out) if n.startswith("checkpoint-") or n in (
+        "final-model", "final-model.tmp", METRICS, PROGRESS, RUN, COLLATOR_STATE, "loss_by_level.csv",
+        "loss_by_level.png")]
+    if leftovers:
+        prev = os.path.join(out, PREVIOUS)
+        shutil.rmtree(prev, ignore_errors=True)
+        os.makedirs(prev)
+        for name in leftovers:
+            os.replace(os.path.join(out, name), os.path.join(prev, name))
+        print(f"moved the previous run's outputs in {out} to {prev}/ (a fresh run never mixes with another; "
+              f"use --resume to continue a run instead)", flush=True)
+    run_id = uuid.uuid4().hex[:12]
+    with open(os.path.join(out, RUN), "w") as f:
+        json.dump({"run_id": run_id, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                   "tokenizer_sha1": tokenizer_fingerprint(tokenizer), "vocab_size": len(tokenizer)}, f, indent=2)
+    return run_id
+
+
+def run_id_of(out: str) -> str | None:
+    try:
+        with open(os.path.join(out, RUN)) as f:
+            return json.load(f).get("run_id")
+    except (OSError, ValueError):
+        return None
+
+
+def truncate_log(out: str, step: int) -> None:
+    """On resume: metrics.jsonl keeps only whole rows up to the resumed step (the killed run's
+    later rows, and any torn line, go), rewritten in one atomic replace."""
+    path = os.path.join(out, METRICS)
+    rows = [r for r in read_jsonl(path) if r.get("step", 0) <= step]
+    write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def no_space(e: OSError, out: str) -> UsageError:
+    last = last_complete_checkpoint(out, quiet=True)
+    return UsageError(f"no space left on the device holding {out} ({e.filename or 'while saving'}); free some space "
+                      f"and continue with --resume" + (f" (from {os.path.basename(last)})" if last else ""))
 
 
 def write_model_card(folder: str, cfg: TrainConfig, rows: list[dict], n_params: int, model_class: str,

@@ -33,6 +33,8 @@ sys.path.insert(0, ROOT)  # the repo's modules live one folder up
 import csv  # noqa: E402
 import math  # noqa: E402
 
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: spinning threads crawl on a shared CPU
+
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 

@@ -27,6 +27,8 @@ sys.path.insert(0, ROOT)  # the repo's modules live one folder up
 import dataclasses  # noqa: E402
 import textwrap  # noqa: E402
 
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: spinning threads crawl on a shared CPU
+
 import torch  # noqa: E402
 
 from config import QUICK_TEST, TrainConfig, UsageError, VizConfig, cli, parse, parse_floats, save_config  # noqa: E402

@@ -18,6 +18,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: spinning threads crawl on a shared CPU
+
 import torch  # noqa: E402
 
 from config import QUICK_TEST, ProbeConfig, TrainConfig, add_args, cli, given, parse  # noqa: E402

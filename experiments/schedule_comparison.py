@@ -33,6 +33,8 @@ sys.path.insert(0, ROOT)  # the repo's modules live one folder up
 import csv  # noqa: E402
 import time  # noqa: E402
 
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: spinning threads crawl on a shared CPU
+
 import torch  # noqa: E402
 
 from config import CompareConfig, GenConfig, UsageError, cli, parse, parse_ints, parse_names, save_config  # noqa: E402

@@ -11,6 +11,7 @@ os.environ.setdefault("HF_DATASETS_CACHE", os.path.join(CACHE, "hf", "datasets")
 os.environ.setdefault("MPLCONFIGDIR", os.path.join(CACHE, "mpl"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the scripts set it: the CI box is shared
 sys.path.insert(0, ROOT)
 
 import pytest  # noqa: E402

@@ -235,3 +235,110 @@ def test_shellcheck_clean():
     res = subprocess.run(["shellcheck", "-x", "deploy.sh", "monitor_training.sh", "remote.sh"], cwd=ROOT,
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile names, untracked files, modes, reruns
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("env", [
+    {"REMOTE_DIR": "runs/x`touch CANARY`"},
+    {"REMOTE_DIR": "runs/x$(touch CANARY)"},
+    {"REMOTE_DIR": "runs/x\t$(touch CANARY)"},
+    {"REMOTE_DIR": "runs/x'y"},
+    {"REMOTE_DIR": "../../etc"},
+    {"SESSION": "x'; touch CANARY; echo '"},
+    {"RUN_NAME": "..", "SESSION": "s"},
+    {"RUN_NAME": ".", "SESSION": "s"},
+    {"RUN_NAME": "a;touch CANARY"},
+    {"VENV": ".venv;touch CANARY"},
+])
+def test_hostile_names_are_refused_before_anything_runs(box, env):
+    remote = env.get("REMOTE_DIR", "hostile")
+    env = {k: v.replace("CANARY", str(box.dir / "canary")) for k, v in env.items()}
+    res = subprocess.run(["./deploy.sh", box.host, "--", *tiny_flags()], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60, env={**box.env, "RUN_NAME": "t", **env,
+                                          "REMOTE_DIR": env.get("REMOTE_DIR", str(box.dir / remote))})
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert res.stderr.startswith("error: ") and res.stderr.count("\n") == 1
+    assert not (box.dir / "canary").exists() and not (box.dir / "hostile").exists()
+    mon = subprocess.run(["./monitor_training.sh", box.host, "--run", env.get("RUN_NAME", "t")], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60,
+                         env={**box.env, "REMOTE_DIR": env.get("REMOTE_DIR", str(box.dir / remote))})
+    if "REMOTE_DIR" in env or "RUN_NAME" in env:
+        assert mon.returncode == 2 and mon.stderr.startswith("error: ")
+    assert not (box.dir / "canary").exists()
+
+
+def test_train_flags_reach_the_box_as_plain_words(box):
+    canary = box.dir / "flag-canary"
+    res = box.deploy("words", tiny_flags() + ["--dataset", f"$(touch {canary})`touch {canary}`"], DETACH="nohup")
+    assert res.returncode == 0, res.stderr
+    res = box.wait("words", timeout=120)
+    assert res.stdout.splitlines()[-1] == "status: crashed (exit 2)"  # train.py was given that odd path, literally
+    assert f"$(touch {canary})`touch {canary}`" in res.stdout and not canary.exists()  # in train.py's error line
+
+
+def test_only_tracked_files_ship_and_only_the_owner_reads_them(box):
+    secret = Path(ROOT) / ".env-deploy-test"  # untracked, not ignored: the .env a user keeps beside the repo
+    secret.write_text("HF_TOKEN=hf_secret\n")
+    try:
+        res = box.deploy("modes", tiny_flags(), DETACH="nohup")
+        assert res.returncode == 0, res.stderr
+        assert box.wait("modes").returncode == 0
+    finally:
+        secret.unlink()
+    there = box.dir / "modes"
+    assert (there / "train.py").exists() and not (there / ".env-deploy-test").exists()
+    tracked = set(subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split())
+    shipped = {str(p.relative_to(there)) for p in there.rglob("*")  # minus what running there created
+               if p.is_file() and "results" not in p.parts and "__pycache__" not in p.parts}
+    assert shipped <= tracked
+    run = there / "results" / "t"
+    for p in [there, there / "train.py", run, run / "train.log", run / "final-model" / "model.safetensors"]:
+        assert p.stat().st_mode & 0o077 == 0, f"{p} is readable by others: {oct(p.stat().st_mode)}"
+
+
+def test_rerunning_a_finished_run_name_is_refused_unless_resuming(box):
+    res = box.deploy("again", tiny_flags(), DETACH="nohup")
+    assert res.returncode == 0, res.stderr
+    assert box.wait("again").returncode == 0
+    res = box.deploy("again", tiny_flags(), DETACH="nohup")
+    assert res.returncode == 1 and "run t already exists" in res.stderr and "--resume" in res.stderr
+    res = box.deploy("again", tiny_flags() + ["--resume", "--max-steps", "6"], DETACH="nohup")
+    assert res.returncode == 0, res.stderr
+    assert box.wait("again").returncode == 0
+
+
+def test_flag_order_papercuts(tmp_path):
+    box = offline_box(tmp_path)
+    res = box.sh("./deploy.sh", "--dry-run", "root@127.0.0.1", remote="dry", RUN_NAME="d")
+    assert res.returncode == 0 and "dry run: nothing was done" in res.stdout
+    res = box.sh("./deploy.sh", "root@127.0.0.1", "--", "--dry-run", remote="dry", RUN_NAME="d")
+    assert res.returncode == 2 and "--dry-run is deploy.sh's own flag" in res.stderr
+
+
+def test_monitor_reads_a_local_run_without_python(tiny_run, tmp_path):
+    """A local run (no deploy.sh): succeeded from progress.txt's last line; stopped when it ended
+    without its final-model; running while train.py holds its lock. The monitor computes nothing."""
+    out, _ = tiny_run
+    res = subprocess.run(["./monitor_training.sh", "--dir", out], cwd=ROOT, capture_output=True, text=True, timeout=30,
+                         env={**os.environ, "PATH": "/usr/bin:/bin"})  # no python on PATH
+    assert res.returncode == 0 and res.stdout.splitlines()[-1] == "status: succeeded", res.stdout + res.stderr
+    assert open(os.path.join(out, "progress.txt")).read().splitlines()[0] in res.stdout
+    stopped = tmp_path / "stopped"
+    shutil.copytree(out, stopped)
+    shutil.rmtree(stopped / "final-model")
+    lines = (stopped / "progress.txt").read_text().splitlines()
+    (stopped / "progress.txt").write_text("\n".join(lines[:-1]) + "\n")  # no "saved ... final-model" line
+    res = subprocess.run(["./monitor_training.sh", "--dir", str(stopped)], cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 1 and res.stdout.splitlines()[-1].startswith("status: stopped")
+    import trainer
+
+    lock = trainer.FolderLock(str(stopped))
+    try:
+        res = subprocess.run(["./monitor_training.sh", "--dir", str(stopped)], cwd=ROOT, capture_output=True, text=True)
+        assert res.returncode == 3 and res.stdout.splitlines()[-1].startswith("status: running")
+    finally:
+        lock.release()
