@@ -167,7 +167,14 @@ class GenConfig:
     k: int = 50  # top-k size
     p: float = 0.9  # nucleus mass
     temperature: float = 0.8  # softmax temperature; 0 = greedy argmax for any sampler
-    remask: str = "low-confidence"  # which predictions to keep each step (decoding.REMASK); random = the seed's
+    order: str = "low-confidence"  # which predictions are committed first (decoding.ORDERS); random = the seed's rule
+    order_noise: float = 0.0  # Gumbel noise on the order's scores, annealed to 0 over the steps (MaskGIT)
+    remdm: str = "none"  # ReMDM: send committed tokens back to <mask> each step (cap | rescale | conf)
+    remdm_eta: float = 0.02  # ReMDM's eta: how many committed tokens go back (a probability scale)
+    cfg: float = 0.0  # classifier-free guidance weight w: logits = u + (w+1)(c - u), u = prompt masked
+    stop_at_eos: bool = False  # let the model write </s> and cut each sample there (and stop writing blocks)
+    min_length: int = 0  # with --stop-at-eos: no </s> before this many generated tokens
+    canvas: str = "full"  # full: always the whole window, masks beyond the text stay masked | fit: </s> right after
     decode: str = "schedule"  # schedule (counts from --schedule) | threshold (commit confident ones)
     threshold: float = 0.9  # confidence needed to commit with --decode threshold
     block_size: int = 0  # >0: semi-autoregressive, denoise this many tokens at a time, left to right
@@ -301,14 +308,14 @@ class CompareConfig:
     schedules: str = "linear,cosine,exponential"  # comma-separated names from diffusion.SCHEDULES
     steps: str = "4,8,16"  # comma-separated denoising step counts
     samplers: str = "greedy,topk,nucleus"  # comma-separated names from decoding.SAMPLERS
-    remask: str = "low-confidence,random"  # comma-separated names from decoding.REMASK
+    orders: str = "low-confidence,random"  # comma-separated names from decoding.ORDERS
     prompts: int = 16  # held-out blocks to take prompts from (one sample each, one batch)
     prompt_len: int = -1  # prompt tokens; -1 = the checkpoint's --prefix-len
     temperature: float = GenConfig.temperature  # sampling temperature (greedy ignores it)
     k: int = GenConfig.k  # top-k size
     p: float = GenConfig.p  # nucleus mass
     judge: str = ""  # checkpoint that scores PLL; "" = the generating model itself (self-graded)
-    plot_remask: str = "low-confidence"  # remasking rule shown in the two figures
+    plot_order: str = "low-confidence"  # order shown in the two figures
     heatmap_sampler: str = "topk"  # sampler shown in the decoding-order heatmap
     heatmap_steps: int = 16  # step count shown in the decoding-order heatmap
     seed: int = 0  # one generator seeded with this per configuration: same draws for all
@@ -350,7 +357,8 @@ class ProbeConfig:
 
 SCHEDULE_NAMES = ("linear", "cosine", "exponential")  # diffusion.SCHEDULES (a test keeps them equal)
 SAMPLER_NAMES = ("greedy", "topk", "nucleus")  # decoding.SAMPLERS
-REMASK_NAMES = ("random", "low-confidence")  # decoding.REMASK
+ORDER_NAMES = ("random", "low-confidence", "margin", "entropy")  # decoding.ORDERS
+REMDM_NAMES = ("none", "cap", "rescale", "conf")  # decoding.REMDM
 ARCHS = ("modernbert", "roberta", "bert")
 # class -> field -> allowed values. Per class, because one name can mean different things in two
 # programs (CompareConfig.remask is a comma-separated list of GenConfig.remask values).
@@ -362,10 +370,10 @@ CHOICES = {
         "lr_scheduler": ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts",
                          "polynomial", "inverse_sqrt"),
     },
-    "GenConfig": {"schedule": SCHEDULE_NAMES, "sampling": SAMPLER_NAMES, "remask": REMASK_NAMES,
-                  "decode": ("schedule", "threshold")},
+    "GenConfig": {"schedule": SCHEDULE_NAMES, "sampling": SAMPLER_NAMES, "order": ORDER_NAMES,
+                  "remdm": REMDM_NAMES, "canvas": ("full", "fit"), "decode": ("schedule", "threshold")},
     "BenchConfig": {"device": ("auto", "cpu", "cuda"), "arch": ARCHS},
-    "CompareConfig": {"plot_remask": REMASK_NAMES, "heatmap_sampler": SAMPLER_NAMES},
+    "CompareConfig": {"plot_order": ORDER_NAMES, "heatmap_sampler": SAMPLER_NAMES},
 }
 
 # field -> interval. "[1, inf)" = at least 1; "(0, 1]" = above 0, at most 1. Per class, because
@@ -382,7 +390,8 @@ BOUNDS = {
     },
     "GenConfig": {
         "length": "[0, inf)", "steps": "[1, inf)", "k": "[1, inf)", "p": "(0, 1]", "temperature": "[0, inf)",
-        "threshold": "(0, 1]", "block_size": "[0, inf)", "num_samples": "[1, inf)",
+        "threshold": "(0, 1]", "block_size": "[0, inf)", "num_samples": "[1, inf)", "order_noise": "[0, inf)",
+        "remdm_eta": "[0, 1]", "cfg": "[0, inf)", "min_length": "[0, inf)",
     },
     "EvalConfig": {"prefix": "[-1, inf)", "elbo_blocks": "[0, inf)", "elbo_draws": "[2, inf)",
                    "num_samples": "[1, inf)", "batch_size": "[1, inf)"},
@@ -440,6 +449,12 @@ def _train_rules(cfg: TrainConfig) -> None:
 def _gen_rules(gc: GenConfig) -> None:
     if gc.template and gc.prompt:
         raise UsageError("--template and --prompt cannot be combined: put the prompt text in the template")
+    if gc.remdm != "none" and gc.decode != "schedule":
+        raise UsageError("--remdm needs --decode schedule (it re-masks a scheduled number of tokens each step)")
+    if gc.remdm != "none" and gc.remdm_eta == 0:
+        raise UsageError(f"--remdm {gc.remdm} needs --remdm-eta above 0")
+    if gc.min_length and not gc.stop_at_eos:
+        raise UsageError("--min-length only applies with --stop-at-eos")
 
 
 def _bench_rules(bc: BenchConfig) -> None:

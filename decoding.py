@@ -2,13 +2,17 @@
 
 Pure pieces, each in a dict registry and tested on its own:
     SAMPLERS[name](logits, g, temperature, k, p) -> sampled token ids
-    REMASK[name](conf, masked, n, g)             -> which masked positions to commit this step
+    ORDERS[name](probs, tokens, g)               -> which predictions are committed first
+                                                    (+ annealed Gumbel noise: order_noise)
+    remdm_sigma / remask_choice                  -> ReMDM: committed tokens sent back to <mask>
+    guided(cond, uncond, w)                      -> classifier-free guidance
     commit_threshold(conf, masked, threshold)    -> confidence-aware parallel decoding
 How many masks each step removes comes from the noise schedule shared with training
 (diffusion.SCHEDULES / mask_counts).
 
 The loop:
-    denoise_steps(model, canvas, ...)   yields one Step per forward pass (canvas, commits, confidence)
+    denoise_steps(model, canvas, ...)   yields one Step per forward pass (canvas, commits,
+                                        confidence, re-masked positions)
     generation_steps(model, tok, gc, window, g)   builds the canvas (prompt, blocks, template) and
                                         yields Steps whose `text` is the whole output so far
     generate(...)                       runs it to the end: (ids, history, prompt length)
@@ -67,41 +71,109 @@ SAMPLERS = {"greedy": greedy, "topk": topk, "nucleus": nucleus}
 
 
 # ---------------------------------------------------------------------------------------------
-# Remasking: which masked positions to commit this step
-#   (confidence [B, L], masked [B, L] bool, n_commit, generator) -> commit [B, L] bool
+# Orders: which masked positions to commit this step. Each scores the sampled predictions,
+#   (probs [N, V], tokens [N], generator) -> score [N], higher = committed sooner;
+# the n best of each row are committed, the rest stay masked (the seed's word: "re-masked").
 # ---------------------------------------------------------------------------------------------
 
 
-def remask_random(conf, masked, n_commit, g):
-    """The seed's rule: commit a random n_commit of the predictions, re-mask the others."""
-    scores = torch.rand(conf.shape, generator=g).to(conf.device)
-    return _top_n(scores, masked, n_commit)
+def order_random(probs, tokens, g):
+    """The seed's rule: a uniformly random subset."""
+    return torch.rand(len(tokens), generator=g, dtype=torch.float64).to(probs.device)
 
 
-def remask_low_confidence(conf, masked, n_commit, g):
-    """Commit the n_commit most confident predictions, re-mask the least confident."""
-    return _top_n(conf, masked, n_commit)
+def order_confidence(probs, tokens, g):
+    """Most probable prediction first (MaskGIT, LLaDA's low-confidence remasking): log p(token)."""
+    return probs.gather(-1, tokens[:, None]).squeeze(-1).double().clamp_min(1e-300).log()
 
 
-def _top_n(scores, masked, n):
-    scores = scores.masked_fill(~masked, float("-inf"))  # [B, L]
+def order_margin(probs, tokens, g):
+    """Largest gap between the two most probable tokens first (Dream's topk_margin)."""
+    top = probs.topk(2, -1).values.double()  # [N, 2]
+    return (top[:, 0] - top[:, 1]).clamp_min(1e-300).log()
+
+
+def order_entropy(probs, tokens, g):
+    """Most certain distribution first: negative entropy (Dream's entropy order)."""
+    p = probs.double()
+    return (p * p.clamp_min(1e-300).log()).sum(-1)
+
+
+ORDERS = {"random": order_random, "low-confidence": order_confidence, "margin": order_margin,
+          "entropy": order_entropy}
+
+
+def gumbel(shape, g: torch.Generator) -> torch.Tensor:
+    """Standard Gumbel noise in float64 (low-precision Gumbel lowers diversity, as LLaDA notes)."""
+    u = torch.rand(shape, generator=g, dtype=torch.float64).clamp(1e-300, 1 - 1e-16)
+    return -torch.log(-torch.log(u))
+
+
+def order_noise(tau: float, step: int, steps: int) -> float:
+    """MaskGIT's choice temperature: tau at the first step, annealed linearly to 0 at the last."""
+    return tau * (1.0 - (step - 1) / (steps - 1)) if steps > 1 else 0.0
+
+
+def top_n(scores, allowed, n):
+    """[B, L] bool: the n highest scores of each row among `allowed` positions."""
+    scores = scores.masked_fill(~allowed, float("-inf"))  # [B, L]
     idx = scores.topk(n, -1).indices  # [B, n]
-    return torch.zeros_like(masked).scatter(-1, idx, True) & masked
+    return torch.zeros_like(allowed).scatter(-1, idx, True) & allowed
 
 
 def commit_threshold(conf, masked, threshold):
     """Confidence-aware parallel decoding: every masked position whose confidence >= threshold,
     and always each row's most confident one, so every step makes progress."""
-    best = _top_n(conf, masked, 1) & masked.any(-1, keepdim=True)  # [B, L]
+    best = top_n(conf, masked, 1) & masked.any(-1, keepdim=True)  # [B, L]
     return ((conf >= threshold) & masked) | best
 
 
-REMASK = {"random": remask_random, "low-confidence": remask_low_confidence}
+# ---------------------------------------------------------------------------------------------
+# Re-masking committed tokens (ReMDM, Wang et al. 2025): how many, and which
+# ---------------------------------------------------------------------------------------------
+
+
+def remdm_sigma(strategy: str, eta: float, left_before: int, left_after: int, n: int) -> float:
+    """Probability that a committed token goes back to <mask> in a step that takes the masks left
+    from left_before to left_after (of n). alpha = fraction unmasked; the largest sigma that keeps
+    the reverse process valid is (1 - alpha_s) / alpha_t. "cap": min(eta, that); "rescale" and
+    "conf": eta * that (conf then picks low-confidence tokens more often)."""
+    if strategy == "none" or left_before == n:
+        return 0.0
+    alpha_t, alpha_s = 1 - left_before / n, 1 - left_after / n
+    sigma_max = min(1.0, (1 - alpha_s) / alpha_t)
+    return min(eta, sigma_max) if strategy == "cap" else eta * sigma_max
+
+
+def remask_choice(strategy: str, conf_at_commit, committed, r: int, g):
+    """[B, L] bool: r committed positions per row to send back to <mask>: uniformly at random
+    ("cap", "rescale"), or drawn in proportion to exp(-confidence when committed) ("conf", by the
+    Gumbel top-k trick)."""
+    if strategy == "conf":
+        scores = -conf_at_commit.double() + gumbel(committed.shape, g)
+    else:
+        scores = torch.rand(committed.shape, generator=g, dtype=torch.float64)
+    return top_n(scores, committed, r)
+
+
+REMDM = ("none", "cap", "rescale", "conf")
 
 
 # ---------------------------------------------------------------------------------------------
 # The denoising loop
 # ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Canvas:
+    """What one denoising run starts from: tokens [B, L] (<mask> where text will go), which
+    positions to fill (active [B, L]; other masks stay masked, like the future in training's
+    blocks), which tokens are the user's condition (fixed [B, L]: prompt or template text, what
+    guidance masks), and where the generated text starts (for --min-length)."""
+    tokens: torch.Tensor
+    active: torch.Tensor
+    fixed: torch.Tensor
+    start: int
 
 
 @dataclass
@@ -112,57 +184,85 @@ class Step:
     tokens: torch.Tensor  # [B, L] canvas after this step
     committed: torch.Tensor  # [B, L] bool, positions committed at this step
     confidence: torch.Tensor  # [B, L] probability of the committed token (nan elsewhere)
-    masked_left: int  # masks left in row 0 after this step
+    masked_left: int  # masks left to fill in row 0 after this step
+    remasked: torch.Tensor | None = None  # [B, L] bool, committed tokens sent back to <mask> (ReMDM)
     text: torch.Tensor | None = None  # [B, T] the whole output so far (set by generation_steps)
 
 
+def guided(cond: torch.Tensor, uncond: torch.Tensor, w: float) -> torch.Tensor:
+    """Classifier-free guidance on logits: u + (w + 1)(c - u); w = 0 is the conditional model."""
+    return uncond + (w + 1.0) * (cond - uncond)
+
+
 @torch.no_grad()
-def denoise_steps(model, canvas: torch.Tensor, mask_id: int, gc, g: torch.Generator,
-                  banned: list[int] = (), block: int = 0) -> Iterator[Step]:
-    """Fill every <mask> of canvas [B, L] (every row holds the same number of masks), yielding
-    one Step per forward pass; the last Step's tokens are the filled canvas. gc: a GenConfig."""
+def denoise_steps(model, canvas: Canvas, ids: dict, gc, g: torch.Generator, block: int = 0) -> Iterator[Step]:
+    """Fill the active <mask>s of a Canvas (every row holds the same number), yielding one Step
+    per forward pass; the last Step's tokens are the filled canvas. gc: a GenConfig; ids: the
+    tokenizer's mask, eos and banned ids (special_ids)."""
     from modeling import autocast, masked_logits
 
-    canvas = canvas.clone()
-    masked = canvas == mask_id  # [B, L]
-    n = int(masked[0].sum())
+    tokens, mask_id = canvas.tokens.clone(), ids["mask"]
+    todo = canvas.active & (tokens == mask_id)  # [B, L] masks this run fills
+    gen = todo.clone()  # [B, L] the positions being generated (committed or not)
+    n = int(todo[0].sum())
     counts = mask_counts(gc.schedule, n, gc.steps)
+    conf_at_commit = torch.full(tokens.shape, float("nan"))  # [B, L]
     device = next(model.parameters()).device
+    banned = torch.tensor(ids["banned"], dtype=torch.long)
+    pos = torch.arange(tokens.shape[1]).expand_as(tokens)  # [B, L]
+    eos_allowed = gc.stop_at_eos & (pos - canvas.start >= gc.min_length)  # [B, L]
     step = 0
-    while masked.any():
+    while todo.any():
+        r = 0
         if gc.decode == "schedule":
-            n_commit = counts[step] - counts[step + 1]
+            left = counts[step] - counts[step + 1]
+            committed = gen & ~todo
+            r = round(remdm_sigma(gc.remdm, gc.remdm_eta, counts[step], counts[step + 1], n) * int(committed[0].sum()))
+            n_commit = left + r
             step += 1
             if n_commit == 0:  # the schedule keeps every mask this step: skip the forward pass
                 continue
         else:
             step += 1
+        # 1. predict every position still to fill: [N, V], N = rows x masks, row-major
         with autocast(device):
-            logits = masked_logits(model, canvas.to(device), None, masked.to(device))  # [N, V]
-        logits = logits.float()
-        if banned:
-            logits[:, list(banned)] = float("-inf")  # no <mask>, <s>, </s>, <pad> in the text
-        tokens = SAMPLERS[gc.sampling](logits, g, temperature=gc.temperature, k=gc.k, p=gc.p)  # [N]
-        conf_n = torch.softmax(logits, -1).gather(-1, tokens[:, None]).squeeze(-1)  # [N]
-        proposal = canvas.clone()
-        proposal[masked] = tokens.cpu()
-        conf = torch.full(canvas.shape, float("-inf"))
-        conf[masked] = conf_n.cpu()
+            logits = masked_logits(model, tokens.to(device), None, todo.to(device)).float()  # [N, V]
+            if gc.cfg > 0:
+                uncond = tokens.masked_fill(canvas.fixed, mask_id)  # the condition hidden
+                logits = guided(logits, masked_logits(model, uncond.to(device), None, todo.to(device)).float(), gc.cfg)
+        logits = logits.cpu()
+        logits[:, banned] = float("-inf")  # no <mask>, <s>, <pad>; </s> only with --stop-at-eos
+        logits[:, ids["eos"]] = torch.where(eos_allowed[todo], logits[:, ids["eos"]], float("-inf"))
+        pred = SAMPLERS[gc.sampling](logits, g, temperature=gc.temperature, k=gc.k, p=gc.p)  # [N]
+        probs = torch.softmax(logits, -1)  # [N, V]
+        conf = torch.full(tokens.shape, float("-inf"))  # [B, L]
+        conf[todo] = probs.gather(-1, pred[:, None]).squeeze(-1)
+        # 2. which predictions to keep this step
         if gc.decode == "threshold":
-            commit = commit_threshold(conf, masked, gc.threshold)
+            commit = commit_threshold(conf, todo, gc.threshold)
         else:
-            commit = REMASK[gc.remask](conf, masked, n_commit, g)
-        canvas[commit] = proposal[commit]
-        masked &= ~commit
-        yield Step(block, step, canvas.clone(), commit,
-                   torch.where(commit, conf, torch.full_like(conf, float("nan"))), int(masked[0].sum()))
+            score = torch.full(tokens.shape, float("-inf"), dtype=torch.float64)  # [B, L]
+            score[todo] = ORDERS[gc.order](probs, pred, g)
+            if gc.order_noise > 0 and gc.order != "random":
+                score[todo] += order_noise(gc.order_noise, step, gc.steps) * gumbel(int(todo.sum()), g)
+            commit = top_n(score, todo, n_commit)
+        # 3. ReMDM: send r committed tokens back to <mask> (they get a new prediction next step)
+        remask = remask_choice(gc.remdm, conf_at_commit, gen & ~todo, r, g) if r else torch.zeros_like(todo)
+        proposal = tokens.clone()
+        proposal[todo] = pred
+        tokens[commit] = proposal[commit]
+        conf_at_commit[commit] = conf[commit]
+        tokens[remask] = mask_id
+        conf_at_commit[remask] = float("nan")
+        todo = (todo & ~commit) | remask
+        yield Step(block, step, tokens.clone(), commit, torch.where(commit, conf, torch.full_like(conf, float("nan"))),
+                   int(todo[0].sum()), remask)
 
 
-def denoise(model, canvas: torch.Tensor, mask_id: int, gc, g: torch.Generator,
-            banned: list[int] = (), block: int = 0) -> tuple[torch.Tensor, list[Step]]:
-    """denoise_steps run to the end: (the filled canvas [B, L], the per-step history)."""
-    history = list(denoise_steps(model, canvas, mask_id, gc, g, banned, block))
-    return (history[-1].tokens if history else canvas.clone()), history
+def denoise(model, canvas: Canvas, ids: dict, gc, g: torch.Generator, block: int = 0):
+    """denoise_steps run to the end: (the filled tokens [B, L], the per-step history)."""
+    history = list(denoise_steps(model, canvas, ids, gc, g, block))
+    return (history[-1].tokens if history else canvas.tokens.clone()), history
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,37 +303,69 @@ def banned_ids(tokenizer) -> list[int]:
     return sorted(set(tokenizer.all_special_ids))
 
 
+def token_ids(tokenizer) -> dict:
+    """The ids the loop needs: mask, eos, and those never sampled (</s> is handled by --stop-at-eos)."""
+    _, eos = bos_eos(tokenizer)
+    return {"mask": tokenizer.mask_token_id, "eos": eos, "banned": [t for t in banned_ids(tokenizer) if t != eos]}
+
+
+def window_canvas(context: torch.Tensor, n: int, window: int, ids: dict, bos: int, n_fixed: int, fit: bool) -> Canvas:
+    """<s> context <mask>... </s> for B rows of context [B, T]: n masks to fill right after the
+    context. "full" (the default) always spans the whole window -- the masks beyond the n stay
+    masked, as unseen text does in training's full-window blocks; "fit" stops at </s> right after
+    the n masks (an input shorter than any training block). The first n_fixed context tokens are
+    the user's condition (for guidance)."""
+    B, T = context.shape
+    tail = n if fit else window - 2 - T
+    tokens = torch.cat([torch.full((B, 1), bos), context, torch.full((B, tail), ids["mask"]),
+                        torch.full((B, 1), ids["eos"])], 1)  # [B, L]
+    pos = torch.arange(tokens.shape[1]).expand(B, -1)  # [B, L]
+    active = (pos > T) & (pos <= T + n)
+    fixed = (pos >= 1) & (pos <= n_fixed)
+    return Canvas(tokens, active, fixed, start=1 + T)
+
+
 def generation_steps(model, tokenizer, gc, window: int, g: torch.Generator) -> Iterator[Step]:
     """Every denoising step of a whole generation (gc: a GenConfig), each Step's `text` [B, T]
     holding the output so far: prompt, finished blocks, and the current block (masks included).
-    The last Step's `text` is the result. Bad prompt/length/template: UsageError before any step."""
+    The last Step's `text` is the result. Bad prompt/length/template: UsageError before any step.
+    With --stop-at-eos, block writing stops once every row has written </s>."""
     bos, eos = bos_eos(tokenizer)
-    B, mask_id, banned = gc.num_samples, tokenizer.mask_token_id, banned_ids(tokenizer)
+    ids = token_ids(tokenizer)
+    B = gc.num_samples
     if gc.template:
-        ids, _ = parse_template(gc.template, tokenizer)
-        if len(ids) + 2 > window:
-            raise UsageError(f"template is {len(ids)} tokens; the window holds {window - 2}")
-        canvas = torch.tensor([[bos] + ids + [eos]] * B)  # [B, L]
-        for s in denoise_steps(model, canvas, mask_id, gc, g, banned):
+        if gc.stop_at_eos:
+            raise UsageError("--stop-at-eos does not apply to --template (the template fixes the length)")
+        tmpl, fixed = parse_template(gc.template, tokenizer)
+        if len(tmpl) + 2 > window:
+            raise UsageError(f"template is {len(tmpl)} tokens; the window holds {window - 2}")
+        tokens = torch.tensor([[bos] + tmpl + [eos]] * B)  # [B, L]
+        fixed_t = torch.tensor([False] + fixed + [False]).expand(B, -1)
+        canvas = Canvas(tokens, tokens == ids["mask"], fixed_t, start=1)
+        for s in denoise_steps(model, canvas, ids, gc, g):
             s.text = s.tokens[:, 1:-1]
             yield s
         return
     prompt = prompt_ids(gc, tokenizer, window)
+    if gc.cfg > 0 and not prompt:
+        raise UsageError("--cfg needs something to condition on: a --prompt or a --template")
     length, block = lengths(gc, len(prompt), window)
     text = torch.tensor([prompt] * B, dtype=torch.long).reshape(B, len(prompt))  # [B, T]
     b = 0
     while text.shape[1] - len(prompt) < length:
         n = min(block, length - (text.shape[1] - len(prompt)))
-        context = text[:, max(0, text.shape[1] - (window - 2 - n)):]  # [B, <= window-2-n]
-        canvas = torch.cat([torch.full((B, 1), bos), context, torch.full((B, n), mask_id),
-                            torch.full((B, 1), eos)], 1)  # [B, L]
+        cut = max(0, text.shape[1] - (window - 2 - n))  # the context that fits beside n masks
+        context = text[:, cut:]  # [B, <= window-2-n]
+        canvas = window_canvas(context, n, window, ids, bos, max(0, len(prompt) - cut), gc.canvas == "fit")
         last = None
-        for s in denoise_steps(model, canvas, mask_id, gc, g, banned, block=b):
-            s.text = torch.cat([text, s.tokens[:, -1 - n:-1]], 1)
+        for s in denoise_steps(model, canvas, ids, gc, g, block=b):
+            s.text = torch.cat([text, s.tokens[:, canvas.start:canvas.start + n]], 1)
             last = s
             yield s
         text = last.text
         b += 1
+        if gc.stop_at_eos and (text[:, len(prompt):] == eos).any(1).all():
+            break
 
 
 def prompt_ids(gc, tokenizer, window: int) -> list[int]:
@@ -253,6 +385,8 @@ def lengths(gc, n_prompt: int, window: int) -> tuple[int, int]:
     block = min(gc.block_size, length) if gc.block_size else length
     if gc.block_size and block > window - 3:
         raise UsageError(f"--block-size {block} must leave room for context in the window of {window - 2}")
+    if gc.min_length > length:
+        raise UsageError(f"--min-length {gc.min_length} is longer than the {length} tokens to generate")
     return length, block
 
 
@@ -261,6 +395,15 @@ def generate(model, tokenizer, gc, window: int, g: torch.Generator):
     history = list(generation_steps(model, tokenizer, gc, window, g))
     n_prompt = 0 if gc.template else len(prompt_ids(gc, tokenizer, window))
     return history[-1].text, history, n_prompt
+
+
+def cut_at_eos(ids: torch.Tensor, eos: int, n_prompt: int) -> list[list[int]]:
+    """Each row of ids [B, T] up to (not including) its first </s> after the prompt."""
+    out = []
+    for row in ids.tolist():
+        gen = row[n_prompt:]
+        out.append(row[:n_prompt] + (gen[:gen.index(eos)] if eos in gen else gen))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

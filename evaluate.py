@@ -43,7 +43,7 @@ SETTINGS = {
     "cosine-topk-32": dict(schedule="cosine", sampling="topk", steps=32),
     "linear-greedy-32": dict(schedule="linear", sampling="greedy", steps=32),
     "cosine-greedy-32": dict(schedule="cosine", sampling="greedy", steps=32),
-    "random-remask-topk-10": dict(schedule="linear", sampling="topk", steps=10, remask="random"),
+    "random-remask-topk-10": dict(schedule="linear", sampling="topk", steps=10, order="random"),
     "threshold-0.9-topk": dict(sampling="topk", decode="threshold", threshold=0.9),
 }
 # The AR baseline's own samples: the same samplers (decoding.SAMPLERS), left to right.
@@ -52,7 +52,8 @@ AR_SETTINGS = {
     "ar-sample": dict(sampling="topk", temperature=1.0, k=10**9),  # plain ancestral sampling
 }
 # Fields of GenConfig that describe a sampling setting (recorded per row; the report compares them)
-SETTING_FIELDS = ("schedule", "sampling", "k", "p", "temperature", "remask", "decode", "threshold", "steps")
+SETTING_FIELDS = ("schedule", "sampling", "k", "p", "temperature", "order", "order_noise", "remdm", "remdm_eta",
+                  "cfg", "canvas", "decode", "threshold", "steps")
 SAMPLER_FIELDS = ("sampling", "k", "p", "temperature")  # all an AR row's setting has
 
 
@@ -68,7 +69,7 @@ REPORT_SAMPLES = [
     ("Unprompted", "nucleus (p 0.9), 32 steps", dict(sampling="nucleus", steps=32)),
     ("Unprompted", "greedy", dict(sampling="greedy")),
     ("Unprompted", "threshold decoding: commit every prediction with confidence >= 0.9", dict(decode="threshold")),
-    ("Unprompted", "the seed's rule: random remasking", dict(remask="random")),
+    ("Unprompted", "the seed's rule: random order", dict(order="random")),
     ("Prompted", "generate.py defaults", dict(prompt=REPORT_PROMPT)),
     ("Prompted", "cosine schedule, 32 steps", dict(prompt=REPORT_PROMPT, schedule="cosine", steps=32)),
     ("Infill", "generate.py defaults", dict(template=REPORT_TEMPLATE)),

@@ -31,7 +31,7 @@ def main(argv=None) -> int:
     gc, _ = parse(GenConfig, argv, __doc__)
     from transformers.utils import logging as hf_logging
 
-    from decoding import generate
+    from decoding import cut_at_eos, generate, token_ids
     from modeling import load_checkpoint
     from visualize import animate, format_steps
 
@@ -40,21 +40,24 @@ def main(argv=None) -> int:
     g = torch.Generator().manual_seed(gc.seed)
 
     t0 = time.time()
-    ids, history, _ = generate(model, tokenizer, gc, tcfg.max_len, g)
+    ids, history, n_prompt = generate(model, tokenizer, gc, tcfg.max_len, g)
     seconds = time.time() - t0
-    texts = [tokenizer.decode(row, skip_special_tokens=True) for row in ids.tolist()]
+    rows = cut_at_eos(ids, token_ids(tokenizer)["eos"], n_prompt) if gc.stop_at_eos else ids.tolist()
+    texts = [tokenizer.decode(row, skip_special_tokens=True) for row in rows]
 
     if gc.show_steps:
         print(format_steps(history, tokenizer))
         print()
-    for i, text in enumerate(texts):
-        print(f"--- sample {i + 1}/{len(texts)} ---\n{text}")
+    for i, (text, row) in enumerate(zip(texts, rows)):
+        kept = f" (kept {len(row) - n_prompt} of {ids.shape[1] - n_prompt} tokens: cut at </s>)" if gc.stop_at_eos else ""
+        print(f"--- sample {i + 1}/{len(texts)}{kept} ---\n{text}")
     print(f"({len(history)} forward passes, {seconds:.2f}s for {len(texts)} sample(s))")
     if gc.animate:
         animate(history, tokenizer, gc.animate)
         print(f"wrote {gc.animate}")
     if gc.out:
         append_jsonl(gc.out, {"config": dataclasses.asdict(gc), "window": tcfg.max_len, "samples": texts,
+                              "kept_tokens": [len(r) - n_prompt for r in rows],
                               "forward_passes": len(history), "seconds": round(seconds, 3)})
     return 0
 

@@ -97,7 +97,15 @@ def describe(settings: dict) -> str:
     if "decode" not in s:  # an AR row: sampler only
         return sampler
     how = (f"threshold {s['threshold']}" if s["decode"] == "threshold"
-           else f"{s['schedule']}, {s['steps']} steps, {s['remask']} remasking")
+           else f"{s['schedule']}, {s['steps']} steps, {s['order']} order")
+    if s.get("order_noise"):
+        how += f" + Gumbel noise {s['order_noise']}"
+    if s.get("remdm", "none") != "none":
+        how += f", ReMDM {s['remdm']} eta {s['remdm_eta']}"
+    if s.get("cfg"):
+        how += f", guidance {s['cfg']}"
+    if s.get("canvas", "full") != "full":
+        how += f", {s['canvas']} canvas"
     return f"{sampler}; {how}"
 
 
@@ -167,13 +175,13 @@ def assessment(result: dict) -> list[str]:
                                  f"{a['unigram_entropy']:.2f} -> {b['unigram_entropy']:.2f} bits" for a, b in pairs) + ").")
     for a in diff:
         for b in diff:
-            if a["settings"]["remask"] < b["settings"]["remask"] and \
-                    differs_only_in(a["settings"], b["settings"], {"remask"}):
+            if a["settings"]["order"] < b["settings"]["order"] and \
+                    differs_only_in(a["settings"], b["settings"], {"order"}):
                 gp = (f"generative perplexity {a['gen_ppl']:.1f} vs {b['gen_ppl']:.1f}, "
                       if a["gen_ppl"] is not None else "")
-                lines.append(f"**Remasking** ({describe(a['settings']).split(';')[0]}, {a['settings']['schedule']}, "
-                             f"{a['settings']['steps']} steps): {a['settings']['remask']} against "
-                             f"{b['settings']['remask']} remasking: {gp}unigram entropy {a['unigram_entropy']:.2f} vs "
+                lines.append(f"**Order** ({describe(a['settings']).split(';')[0]}, {a['settings']['schedule']}, "
+                             f"{a['settings']['steps']} steps): {a['settings']['order']} against "
+                             f"{b['settings']['order']} order: {gp}unigram entropy {a['unigram_entropy']:.2f} vs "
                              f"{b['unigram_entropy']:.2f} bits, repeated 4-grams {a['repeated_4gram']:.3f} vs "
                              f"{b['repeated_4gram']:.3f}.")
     n = result["sample_length"]

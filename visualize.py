@@ -36,14 +36,16 @@ def format_steps(history: list[Step], tokenizer) -> str:
     lines = []
     for h in history:
         text = render(h.tokens[0].tolist(), tokenizer, tokenizer.mask_token_id, skip)
-        lines.append(f"[block {h.block} step {h.step:>2}] {h.masked_left:>3} masked | {text}")
+        back = int(h.remasked[0].sum()) if h.remasked is not None else 0
+        again = f" ({back} re-masked)" if back else ""
+        lines.append(f"[block {h.block} step {h.step:>2}] {h.masked_left:>3} masked{again} | {text}")
     return "\n".join(lines)
 
 
 def animate(history: list[Step], tokenizer, path: str, cols: int = 16) -> None:
     """GIF of row 0's canvas: one frame per step, a grid of token cells (prompt/fixed text green,
-    masks dark, committed this step orange, earlier commits blue). With several blocks each frame
-    shows its own block's canvas."""
+    masks dark, committed this step orange, earlier commits blue, sent back to <mask> this step
+    red). With several blocks each frame shows its own block's canvas."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -69,7 +71,9 @@ def animate(history: list[Step], tokenizer, path: str, cols: int = 16) -> None:
         fixed = (start.tokens[0] != mask_id) & ~start.committed[0]  # [L]
         for pos, t in enumerate(h.tokens[0].tolist()):
             r, c = divmod(pos, cols)
-            if t == mask_id:
+            if t == mask_id and h.remasked is not None and h.remasked[0, pos]:
+                color, label, fg = "#c0392b", "↺", "white"
+            elif t == mask_id:
                 color, label, fg = "#3b3b3b", MASK_GLYPH, "#9a9a9a"
             elif h.committed[0, pos]:
                 color, label, fg = "#ff9f43", tokenizer.decode([t]), "black"
@@ -80,7 +84,7 @@ def animate(history: list[Step], tokenizer, path: str, cols: int = 16) -> None:
             ax.add_patch(plt.Rectangle((c + 0.03, r + 0.06), 0.94, 0.88, color=color))
             ax.text(c + 0.5, r + 0.5, label.strip()[:10] or "␣", ha="center", va="center", fontsize=7, color=fg)
         ax.set_title(f"block {h.block}, step {h.step}: {h.masked_left} masks left   "
-                     f"(green: prompt/fixed, orange: committed now, blue: earlier)", fontsize=10)
+                     f"(green: prompt/fixed, orange: committed now, blue: earlier, red: re-masked)", fontsize=10)
 
     anim = FuncAnimation(fig, draw, frames=len(history), interval=700)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

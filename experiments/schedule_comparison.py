@@ -1,7 +1,7 @@
-"""Compare denoising schedules, step counts, samplers and remasking rules on held-out prompts.
+"""Compare denoising schedules, step counts, samplers and orders on held-out prompts.
 
     python experiments/schedule_comparison.py --checkpoint results/final-model
-    python experiments/schedule_comparison.py --steps 8,32 --samplers topk --remask low-confidence
+    python experiments/schedule_comparison.py --steps 8,32 --samplers topk --orders low-confidence
 
 Every configuration continues the same prompts: the first --prompt-len tokens of --prompts
 held-out blocks (spread over the held-out split), filling the rest of the window. Scores:
@@ -41,16 +41,16 @@ from config import CompareConfig, GenConfig, UsageError, cli, parse, parse_ints,
 
 
 def resolve_grid(cc: CompareConfig) -> dict:
-    from decoding import REMASK, SAMPLERS
+    from decoding import ORDERS, SAMPLERS
     from diffusion import SCHEDULES
 
     grid = {"schedules": parse_names(cc.schedules, "schedules", tuple(SCHEDULES)),
             "steps": list(dict.fromkeys(parse_ints(cc.steps, "steps"))),
             "samplers": parse_names(cc.samplers, "samplers", tuple(SAMPLERS)),
-            "remask": parse_names(cc.remask, "remask", tuple(REMASK))}
+            "orders": parse_names(cc.orders, "orders", tuple(ORDERS))}
     if not grid["steps"] or any(s < 1 for s in grid["steps"]):
         raise UsageError(f"--steps must all be at least 1, got {cc.steps!r}")
-    for flag, value, key in (("plot-remask", cc.plot_remask, "remask"),
+    for flag, value, key in (("plot-order", cc.plot_order, "orders"),
                              ("heatmap-sampler", cc.heatmap_sampler, "samplers"),
                              ("heatmap-steps", cc.heatmap_steps, "steps")):
         if value not in grid[key]:
@@ -58,8 +58,8 @@ def resolve_grid(cc: CompareConfig) -> dict:
     return grid
 
 
-def gen_config(cc: CompareConfig, schedule: str, steps: int, sampler: str, remask: str) -> GenConfig:
-    return GenConfig(checkpoint=cc.checkpoint, steps=steps, schedule=schedule, sampling=sampler, remask=remask,
+def gen_config(cc: CompareConfig, schedule: str, steps: int, sampler: str, order: str) -> GenConfig:
+    return GenConfig(checkpoint=cc.checkpoint, steps=steps, schedule=schedule, sampling=sampler, order=order,
                      temperature=cc.temperature, k=cc.k, p=cc.p, seed=cc.seed, out="")
 
 
@@ -120,7 +120,7 @@ METRICS = [("pll_nats", "PLL, nats/token (lower = likelier)"),
            ("seconds_per_sample", "seconds per sample (shared CPU: noisy)")]
 
 
-def plot_quality(rows: list[dict], ref: dict, grid: dict, remask: str, judge_name: str, judge_short: str,
+def plot_quality(rows: list[dict], ref: dict, grid: dict, order: str, judge_name: str, judge_short: str,
                  path: str) -> None:
     import matplotlib
 
@@ -136,7 +136,7 @@ def plot_quality(rows: list[dict], ref: dict, grid: dict, remask: str, judge_nam
         for sched in grid["schedules"]:
             for sampler in grid["samplers"]:
                 pts = sorted((r["steps"], r[key]) for r in rows
-                             if r["schedule"] == sched and r["sampler"] == sampler and r["remask"] == remask)
+                             if r["schedule"] == sched and r["sampler"] == sampler and r["order"] == order)
                 ax.plot(*zip(*pts), marker="o", ms=4, color=colors[sched], ls=styles[sampler], lw=1.6)
         if key in ref and key != "seconds_per_sample":
             ax.axhline(ref[key], color="black", lw=1, alpha=0.6)
@@ -154,7 +154,7 @@ def plot_quality(rows: list[dict], ref: dict, grid: dict, remask: str, judge_nam
     legend_ax.add_artist(first)
     handles = [Line2D([], [], color="gray", ls=styles[s], lw=2, label=s) for s in grid["samplers"]]
     legend_ax.legend(handles=handles, title="sampler (line style)", loc="center left", fontsize=11)
-    legend_ax.text(0.0, 0.0, f"remasking: {remask}\nblack line: the held-out continuations\nof the same prompts\n"
+    legend_ax.text(0.0, 0.0, f"order: {order}\nblack line: the held-out continuations\nof the same prompts\n"
                    f"PLL: each token masked alone, scored by\n{judge_name}",
                    transform=legend_ax.transAxes, fontsize=11, va="bottom")
     fig.suptitle("Sample quality vs denoising steps on held-out prompts", fontsize=14)
@@ -190,17 +190,17 @@ def plot_orders(orders: dict, plen: int, title: str, path: str) -> None:
 # Main
 # ---------------------------------------------------------------------------------------------
 
-COLUMNS = ["kind", "schedule", "steps", "sampler", "remask", "distinct_1", "distinct_2", "rep_4",
+COLUMNS = ["kind", "schedule", "steps", "sampler", "order", "distinct_1", "distinct_2", "rep_4",
            "entropy_bits", "entropy_ratio", "pll_nats", "seconds_per_sample", "forward_passes"]
 
 
 def format_table(ref: dict, rows: list[dict], judge_name: str) -> str:
-    head = (f"{'schedule':<12}{'steps':>6}  {'sampler':<8}{'remask':<15}{'dist-1':>7}{'dist-2':>7}{'rep-4':>7}"
+    head = (f"{'schedule':<12}{'steps':>6}  {'sampler':<8}{'order':<15}{'dist-1':>7}{'dist-2':>7}{'rep-4':>7}"
             f"{'H ratio':>8}{'PLL':>7}{'s/sample':>9}{'passes':>7}")
     lines = [f"PLL = pseudo-log-likelihood under {judge_name}, nats/token", head, "-" * len(head)]
 
     def line(r):
-        return (f"{r['schedule']:<12}{r['steps']:>6}  {r['sampler']:<8}{r['remask']:<15}{r['distinct_1']:>7.3f}"
+        return (f"{r['schedule']:<12}{r['steps']:>6}  {r['sampler']:<8}{r['order']:<15}{r['distinct_1']:>7.3f}"
                 f"{r['distinct_2']:>7.3f}{r['rep_4']:>7.3f}{r['entropy_ratio']:>8.3f}{r['pll_nats']:>7.2f}"
                 f"{r['seconds_per_sample']:>9.3f}{r['forward_passes']:>7}")
 
@@ -216,14 +216,14 @@ def main(argv=None) -> int:
     for sched in grid["schedules"]:  # every GenConfig of the grid is valid before any work starts
         for steps in grid["steps"]:
             for sampler in grid["samplers"]:
-                for remask in grid["remask"]:
-                    gen_config(cc, sched, steps, sampler, remask)
+                for order in grid["orders"]:
+                    gen_config(cc, sched, steps, sampler, order)
 
     from tqdm import tqdm
     from transformers.utils import logging as hf_logging
 
     from data import bos_eos, build_datasets
-    from decoding import banned_ids, denoise
+    from decoding import Canvas, denoise, token_ids
     from modeling import load_checkpoint
     from metrics import unigram_entropy
 
@@ -250,9 +250,10 @@ def main(argv=None) -> int:
         ("quality", "schedule_quality", "png"), ("order", "schedule_decoding_order", "png"))}
 
     # 1. the reference: the true continuations of the same prompts
-    mask_id, banned = tokenizer.mask_token_id, banned_ids(tokenizer)
+    ids = token_ids(tokenizer)
+    mask_id = ids["mask"]
     ref_entropy = unigram_entropy(blocks[:, 1 + plen:-1].tolist())
-    ref = {"kind": "held-out", "schedule": "(held-out)", "steps": 0, "sampler": "-", "remask": "-",
+    ref = {"kind": "held-out", "schedule": "(held-out)", "steps": 0, "sampler": "-", "order": "-",
            **score(blocks, plen, judge, mask_id, ref_entropy), "seconds_per_sample": 0.0, "forward_passes": 0}
 
     # 2. every configuration continues the same prompts
@@ -260,19 +261,21 @@ def main(argv=None) -> int:
     n_gen = cfg.max_len - 2 - plen
     canvas = torch.cat([torch.full((len(blocks), 1), bos), blocks[:, 1:1 + plen],
                         torch.full((len(blocks), n_gen), mask_id), torch.full((len(blocks), 1), eos)], 1)  # [P, L]
-    configs = [(s, n, sm, rm) for s in grid["schedules"] for sm in grid["samplers"] for rm in grid["remask"]
+    pos = torch.arange(canvas.shape[1]).expand_as(canvas)  # [P, L]
+    start = Canvas(canvas, canvas == mask_id, (pos >= 1) & (pos <= plen), start=1 + plen)
+    configs = [(s, n, sm, rm) for s in grid["schedules"] for sm in grid["samplers"] for rm in grid["orders"]
                for n in grid["steps"]]
     rows, orders = [], {}
-    for sched, steps, sampler, remask in tqdm(configs, desc="configurations", leave=False):
-        gc = gen_config(cc, sched, steps, sampler, remask)
+    for sched, steps, sampler, order in tqdm(configs, desc="configurations", leave=False):
+        gc = gen_config(cc, sched, steps, sampler, order)
         g = torch.Generator().manual_seed(cc.seed)
         t0 = time.perf_counter()
-        final, history = denoise(model, canvas, mask_id, gc, g, banned)
+        final, history = denoise(model, start, ids, gc, g)
         seconds = time.perf_counter() - t0
-        rows.append({"kind": "sample", "schedule": sched, "steps": steps, "sampler": sampler, "remask": remask,
+        rows.append({"kind": "sample", "schedule": sched, "steps": steps, "sampler": sampler, "order": order,
                      **score(final, plen, judge, mask_id, ref_entropy),
                      "seconds_per_sample": seconds / len(blocks), "forward_passes": len(history)})
-        if (sampler, remask, steps) == (cc.heatmap_sampler, cc.plot_remask, cc.heatmap_steps):
+        if (sampler, order, steps) == (cc.heatmap_sampler, cc.plot_order, cc.heatmap_steps):
             order = commit_steps(history, final.shape)
             orders[sched] = (order, left_to_right(order))
 
@@ -287,14 +290,14 @@ def main(argv=None) -> int:
         for r in [ref] + rows:
             w.writerow({k: (round(v, 5) if isinstance(v, float) else v) for k, v in r.items()})
     save_config(cc, cc.out_dir, os.path.basename(paths["json"]))
-    plot_quality(rows, ref, grid, cc.plot_remask, judge_name, f"judge: {judge_name}" if cc.judge else "self-graded",
+    plot_quality(rows, ref, grid, cc.plot_order, judge_name, f"judge: {judge_name}" if cc.judge else "self-graded",
                  paths["quality"])
-    plot_orders(orders, plen, f"Decoding order: {cc.heatmap_sampler}, {cc.plot_remask} remasking, "
+    plot_orders(orders, plen, f"Decoding order: {cc.heatmap_sampler}, {cc.plot_order} order, "
                               f"{cc.heatmap_steps} steps ({tag})", paths["order"])
 
-    print("\nper schedule (" + cc.plot_remask + " remasking, mean over samplers and step counts):")
+    print("\nper schedule (" + cc.plot_order + " order, mean over samplers and step counts):")
     for sched in grid["schedules"]:
-        sel = [r for r in rows if r["schedule"] == sched and r["remask"] == cc.plot_remask]
+        sel = [r for r in rows if r["schedule"] == sched and r["order"] == cc.plot_order]
         mean = {k: sum(r[k] for r in sel) / len(sel) for k in ("pll_nats", "distinct_2", "rep_4")}
         r = orders[sched][1]
         print(f"  {sched:<12} PLL {mean['pll_nats']:.2f} (held-out {ref['pll_nats']:.2f})  distinct-2 "

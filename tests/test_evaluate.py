@@ -249,7 +249,7 @@ def test_evaluate_end_to_end_and_report(tiny_run, tiny_baseline, tmp_path, capsy
     text = md.read_text()
     for part in ("## Commands and config", "python baseline_ar.py", "## Held-out likelihood", "| linear-topk-10 |",
                  "### Prompted", "### Infill", "⟦", "## Assessment", "## Known limits", "**Repetition.**",
-                 "**Remasking**", "**Steps.**", "**Verdict.**"):
+                 "**Order**", "**Steps.**", "**Verdict.**"):
         assert part in text, part
 
 

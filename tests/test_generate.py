@@ -1,4 +1,4 @@
-"""Generation: schedules, samplers, remasking, the denoising loop (mock model with known logits,
+"""Generation: schedules, samplers, orders, ReMDM, guidance, the denoising loop (mock model with known logits,
 and the tiny trained model), canvases, and the CLI's errors."""
 
 import math
@@ -53,7 +53,8 @@ def test_registries_are_the_flag_choices():
     import config
 
     assert tuple(D.SAMPLERS) == config.SAMPLER_NAMES == config.CHOICES["GenConfig"]["sampling"]
-    assert tuple(D.REMASK) == config.REMASK_NAMES == config.CHOICES["GenConfig"]["remask"]
+    assert tuple(D.ORDERS) == config.ORDER_NAMES == config.CHOICES["GenConfig"]["order"]
+    assert D.REMDM == config.REMDM_NAMES == config.CHOICES["GenConfig"]["remdm"]
 
 
 def logits_fixture(N=64, V=30, seed=0):
@@ -107,22 +108,69 @@ def test_samplers_are_seeded():
 
 
 # ---------------------------------------------------------------------------------------------
-# Remasking rules
+# Orders, order noise, ReMDM, guidance: pure functions with known answers
 # ---------------------------------------------------------------------------------------------
 
 
-def test_low_confidence_keeps_most_confident():
-    conf = torch.tensor([[0.9, 0.1, 0.5, 0.7, 0.3]])
-    masked = torch.tensor([[True, True, True, False, True]])
-    commit = D.remask_low_confidence(conf, masked, 2, torch.Generator())
-    assert commit.tolist() == [[True, False, True, False, False]]  # 0.7 is not masked
+def probs_fixture():
+    """Three predictions: confident (0.7/0.2), flat but for a clear top (0.5/0.2), two-way tie (0.45/0.45)."""
+    p = torch.tensor([[0.7, 0.2, 0.1, 0.0, 0.0], [0.5, 0.1, 0.1, 0.1, 0.2], [0.45, 0.45, 0.1, 0.0, 0.0]])
+    return p, torch.tensor([0, 0, 1])  # the sampled tokens
 
 
-def test_random_commits_exactly_n_masked():
-    masked = torch.rand(4, 50, generator=torch.Generator().manual_seed(0)) < 0.6
-    n = int(masked.sum(1).min())
-    commit = D.remask_random(torch.rand(4, 50), masked, n // 2, torch.Generator().manual_seed(1))
-    assert (commit.sum(1) == n // 2).all() and not (commit & ~masked).any()
+def test_orders_rank_predictions_as_defined():
+    p, tok = probs_fixture()
+    g = torch.Generator().manual_seed(0)
+    conf = D.ORDERS["low-confidence"](p, tok, g)
+    assert torch.allclose(conf.exp(), torch.tensor([0.7, 0.5, 0.45], dtype=torch.float64))
+    margin = D.ORDERS["margin"](p, tok, g)
+    assert torch.allclose(margin.exp(), torch.tensor([0.5, 0.3, 0.0], dtype=torch.float64), atol=1e-7)
+    ent = D.ORDERS["entropy"](p, tok, g)  # negative entropy: the peaked first row ranks first
+    assert ent.argsort(descending=True).tolist() == [0, 2, 1]
+    assert conf.argsort(descending=True).tolist() == [0, 1, 2]
+
+
+def test_top_n_commits_the_best_allowed():
+    score = torch.tensor([[0.9, 0.1, 0.5, 0.7, 0.3]], dtype=torch.float64)
+    allowed = torch.tensor([[True, True, True, False, True]])
+    assert D.top_n(score, allowed, 2).tolist() == [[True, False, True, False, False]]  # 0.7 is not allowed
+
+
+def test_order_noise_anneals_to_zero_and_gumbel_is_seeded():
+    assert [D.order_noise(4.0, s, 5) for s in range(1, 6)] == [4.0, 3.0, 2.0, 1.0, 0.0]
+    a, b = D.gumbel(1000, torch.Generator().manual_seed(3)), D.gumbel(1000, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b) and a.dtype == torch.float64
+    assert abs(float(a.mean()) - 0.5772) < 0.1  # the Euler-Mascheroni constant
+
+
+@pytest.mark.parametrize("strategy,eta,before,after,n,want", [
+    ("none", 0.5, 30, 20, 60, 0.0),
+    ("cap", 0.02, 30, 20, 60, 0.02),  # sigma_max = (20/60)/(30/60) = 2/3
+    ("cap", 0.9, 30, 20, 60, 2 / 3),
+    ("rescale", 0.5, 30, 20, 60, 1 / 3),
+    ("conf", 0.5, 30, 20, 60, 1 / 3),
+    ("cap", 0.5, 60, 50, 60, 0.0),  # nothing committed yet
+    ("cap", 0.5, 10, 0, 60, 0.0),  # the last step never re-masks
+])
+def test_remdm_sigma(strategy, eta, before, after, n, want):
+    assert D.remdm_sigma(strategy, eta, before, after, n) == pytest.approx(want)
+
+
+def test_remask_choice_picks_committed_and_conf_prefers_unsure():
+    committed = torch.tensor([[True, True, False, True, True]] * 2000)
+    conf = torch.tensor([[0.99, 0.01, float("nan"), 0.5, 0.99]] * 2000)
+    pick = D.remask_choice("conf", conf, committed, 1, torch.Generator().manual_seed(0))
+    assert (pick.sum(1) == 1).all() and not (pick & ~committed).any()
+    freq = pick.float().mean(0)  # exp(-conf) weights: 0.01 > 0.5 > 0.99
+    assert freq[1] > freq[3] > freq[0] and freq[2] == 0
+    uniform = D.remask_choice("cap", conf, committed, 1, torch.Generator().manual_seed(0)).float().mean(0)
+    assert all(abs(float(uniform[i]) - 0.25) < 0.04 for i in (0, 1, 3, 4))
+
+
+def test_guidance_arithmetic():
+    c, u = torch.tensor([[1.5, 2.0]]), torch.tensor([[0.0, 2.5]])
+    assert torch.equal(D.guided(c, u, 0.0), c)
+    assert torch.allclose(D.guided(c, u, 1.0), torch.tensor([[3.0, 1.5]]))  # u + 2 (c - u)
 
 
 def test_threshold_commits_confident_and_at_least_one():
@@ -133,13 +181,13 @@ def test_threshold_commits_confident_and_at_least_one():
 
 
 # ---------------------------------------------------------------------------------------------
-# The loop, with a mock model whose logits are known
+# The loop, with mock models whose logits are known
 # ---------------------------------------------------------------------------------------------
 
 
 class MockMLM(torch.nn.Module):
-    """Predicts token (position + 10) with a confidence that falls with position, so
-    low-confidence remasking must fill left to right."""
+    """Predicts token (position + 10) with a confidence that falls with position, so the
+    certainty orders must fill left to right."""
 
     def __init__(self, V=100):
         super().__init__()
@@ -154,14 +202,42 @@ class MockMLM(torch.nn.Module):
         return type("Out", (), {"logits": logits})()
 
 
+class PromptAware(MockMLM):
+    """Token 61 everywhere unless guided: conditional (token 50, the prompt, visible) 60 -> 1.5,
+    61 -> 2.0; unconditional 60 -> 0, 61 -> 2.5. Guided with w = 1: 60 -> 3.0, 61 -> 1.5."""
+
+    def forward(self, input_ids, attention_mask=None):
+        B, L = input_ids.shape
+        logits = torch.full((B, L, self.V), -9.0)
+        seen = (input_ids == 50).any(1)[:, None]  # [B, 1]
+        logits[:, :, 60] = torch.where(seen, 1.5, 0.0)
+        logits[:, :, 61] = torch.where(seen, 2.0, 2.5)
+        return type("Out", (), {"logits": logits})()
+
+
+class EosAt(MockMLM):
+    """Predicts </s> (id 2) with certainty at position `at`, token (position + 10) elsewhere."""
+
+    def __init__(self, at):
+        super().__init__()
+        self.at = at
+
+    def forward(self, input_ids, attention_mask=None):
+        logits = super().forward(input_ids).logits
+        logits[:, self.at, 2] = 50.0
+        return type("Out", (), {"logits": logits})()
+
+
 MASK = 4
+IDS = {"mask": MASK, "eos": 2, "banned": [0, 1, 3, 4]}
 
 
 def canvas(B=2, L=20, prompt=3):
     c = torch.full((B, L), MASK)
     c[:, 0], c[:, -1] = 0, 2
     c[:, 1:1 + prompt] = torch.tensor([50, 51, 52][:prompt])
-    return c
+    pos = torch.arange(L).expand(B, L)
+    return D.Canvas(c, c == MASK, (pos >= 1) & (pos <= prompt), start=1 + prompt)
 
 
 @pytest.mark.parametrize("schedule", sorted(diffusion.SCHEDULES))
@@ -169,45 +245,107 @@ def canvas(B=2, L=20, prompt=3):
 def test_loop_follows_schedule_counts_and_fills_everything(schedule, steps):
     c = canvas()
     gc = GenConfig(steps=steps, schedule=schedule, sampling="greedy")
-    final, hist = D.denoise(MockMLM(), c, MASK, gc, torch.Generator().manual_seed(0))
-    n = int((c[0] == MASK).sum())
+    final, hist = D.denoise(MockMLM(), c, IDS, gc, torch.Generator().manual_seed(0))
+    n = int(c.active[0].sum())
     counts = diffusion.mask_counts(schedule, n, steps)
     assert [h.masked_left for h in hist] == [x for x, prev in zip(counts[1:], counts) if x < prev]
     assert not (final == MASK).any()  # no mask survives
-    keep = c != MASK
-    assert torch.equal(final[keep], c[keep])  # prompt and special tokens never change
-    expected = (torch.arange(c.shape[1]) + 10).expand_as(c)
-    assert torch.equal(final[~keep], expected[~keep])  # greedy = argmax everywhere
+    keep = ~c.active
+    assert torch.equal(final[keep], c.tokens[keep])  # prompt and special tokens never change
+    expected = (torch.arange(c.tokens.shape[1]) + 10).expand_as(c.tokens)
+    assert torch.equal(final[c.active], expected[c.active])  # greedy = argmax everywhere
 
 
-def test_low_confidence_fills_left_to_right_and_history_records_commits():
+@pytest.mark.parametrize("order", ["low-confidence", "margin", "entropy"])
+def test_certainty_orders_fill_left_to_right_and_history_records_commits(order):
     c = canvas(B=1)
-    gc = GenConfig(steps=16, schedule="linear", sampling="greedy", remask="low-confidence")
-    _, hist = D.denoise(MockMLM(), c, MASK, gc, torch.Generator())
-    order = [h.committed[0].nonzero().flatten().tolist() for h in hist]
-    assert [p for step in order for p in step] == list(range(4, 19))
+    gc = GenConfig(steps=16, schedule="linear", sampling="greedy", order=order)
+    _, hist = D.denoise(MockMLM(), c, IDS, gc, torch.Generator())
+    committed = [h.committed[0].nonzero().flatten().tolist() for h in hist]
+    assert [p for step in committed for p in step] == list(range(4, 19))
     for h in hist:
         assert (h.confidence[h.committed] > 0).all() and torch.isnan(h.confidence[~h.committed]).all()
+
+
+def test_random_order_commits_the_scheduled_number_anywhere():
+    c = canvas(B=4, L=40)
+    gc = GenConfig(steps=5, sampling="greedy", order="random")
+    _, hist = D.denoise(MockMLM(), c, IDS, gc, torch.Generator().manual_seed(1))
+    counts = diffusion.mask_counts("linear", int(c.active[0].sum()), 5)
+    assert [int(h.committed[0].sum()) for h in hist] == [a - b for a, b in zip(counts, counts[1:])]
+    assert hist[0].committed[0].nonzero().flatten().tolist() != list(range(4, 4 + int(hist[0].committed[0].sum())))
+
+
+def test_order_noise_changes_the_order_reproducibly():
+    c = canvas(B=1)
+    runs = []
+    for seed in (0, 0, 1):
+        gc = GenConfig(steps=15, sampling="greedy", order="low-confidence", order_noise=50.0)
+        _, hist = D.denoise(MockMLM(), c, IDS, gc, torch.Generator().manual_seed(seed))
+        runs.append([h.committed[0].nonzero().flatten().tolist() for h in hist])
+    assert runs[0] == runs[1] != runs[2]
+    assert runs[0] != [[p] for p in range(4, 19)]  # large noise: not the confidence order any more
+
+
+def test_remdm_remasks_committed_tokens_and_still_follows_the_schedule():
+    c = canvas(B=3, L=40)
+    gc = GenConfig(steps=10, sampling="greedy", order="random", remdm="cap", remdm_eta=0.3)
+    final, hist = D.denoise(MockMLM(), c, IDS, gc, torch.Generator().manual_seed(0))
+    n = int(c.active[0].sum())
+    counts = diffusion.mask_counts("linear", n, 10)
+    assert [h.masked_left for h in hist] == counts[1:]  # the net count per step is the schedule's
+    assert not (final == MASK).any()
+    back = [int(h.remasked[0].sum()) for h in hist]
+    assert sum(back) > 0 and back[0] == 0 and back[-1] == 0  # none before anything is committed, none at the end
+    before = c.tokens.clone()
+    for h in hist:
+        assert (before[h.remasked] != MASK).all() and (h.tokens[h.remasked] == MASK).all()
+        assert not (h.remasked & ~c.active).any()  # only generated text goes back, never the prompt
+        before = h.tokens
+    gc_none = GenConfig(steps=10, sampling="greedy", order="random")
+    _, plain = D.denoise(MockMLM(), c, IDS, gc_none, torch.Generator().manual_seed(0))
+    assert len(plain) == len(hist) and all(not h.remasked.any() for h in plain)
+
+
+@pytest.mark.parametrize("w,want", [(0.0, 61), (1.0, 60)])
+def test_guidance_conditions_on_the_prompt(w, want):
+    c = canvas(B=1, prompt=1)  # the prompt is token 50
+    gc = GenConfig(steps=4, sampling="greedy", cfg=w, prompt="x")
+    final, _ = D.denoise(PromptAware(), c, IDS, gc, torch.Generator())
+    assert (final[c.active] == want).all()
+
+
+def test_eos_is_banned_unless_asked_and_respects_min_length():
+    c = canvas(B=1, L=20)
+    final, _ = D.denoise(EosAt(8), c, IDS, GenConfig(steps=4, sampling="greedy"), torch.Generator())
+    assert not (final[0, 1:-1] == 2).any()  # without --stop-at-eos </s> is never written
+    gc = GenConfig(steps=4, sampling="greedy", stop_at_eos=True)
+    final, _ = D.denoise(EosAt(8), c, IDS, gc, torch.Generator())
+    assert final[0, 8] == 2
+    assert D.cut_at_eos(final[:, 1:-1], 2, 3)[0] == final[0, 1:8].tolist()  # prompt + text before </s>
+    gc = GenConfig(steps=4, sampling="greedy", stop_at_eos=True, min_length=6)  # position 8 is generated token 4
+    final, _ = D.denoise(EosAt(8), c, IDS, gc, torch.Generator())
+    assert not (final[0, 1:-1] == 2).any()
+
+
+def test_banned_tokens_never_sampled():
+    c = canvas(B=1)
+    final, _ = D.denoise(MockMLM(), c, {**IDS, "banned": list(range(14, 20))}, GenConfig(steps=4, sampling="greedy"),
+                         torch.Generator())
+    assert not torch.isin(final[0, 1:-1], torch.arange(14, 20)).any()
 
 
 def test_threshold_decoding_terminates_with_progress_each_step():
     c = canvas(B=3)
     gc = GenConfig(decode="threshold", threshold=0.999999, sampling="greedy")
-    final, hist = D.denoise(MockMLM(), c, MASK, gc, torch.Generator())
+    final, hist = D.denoise(MockMLM(), c, IDS, gc, torch.Generator())
     assert not (final == MASK).any()
     assert all(h.committed.sum(1).min() >= 1 for h in hist)
     left = [h.masked_left for h in hist]
     assert all(a > b for a, b in zip(left, left[1:]))
     gc_easy = GenConfig(decode="threshold", threshold=0.5, sampling="greedy")
-    _, hist_easy = D.denoise(MockMLM(), c, MASK, gc_easy, torch.Generator())
+    _, hist_easy = D.denoise(MockMLM(), c, IDS, gc_easy, torch.Generator())
     assert len(hist_easy) == 1  # all confident: one parallel step
-
-
-def test_banned_tokens_never_sampled():
-    c = canvas(B=1)
-    gc = GenConfig(steps=4, sampling="greedy")
-    final, _ = D.denoise(MockMLM(), c, MASK, gc, torch.Generator(), banned=list(range(14, 20)))
-    assert not torch.isin(final[0, 1:-1], torch.arange(14, 20)).any()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,12 +395,39 @@ def test_infill_keeps_fixed_text(tiny_model):
     assert not (out == tok.mask_token_id).any()
 
 
-@pytest.mark.parametrize("kw", [dict(steps=0), dict(k=0), dict(p=0.0), dict(p=1.5), dict(temperature=-1),
-                                dict(schedule="quadratic"), dict(sampling="beam"), dict(threshold=0),
-                                dict(num_samples=0), dict(prompt="a", template="b [MASK]")])
-def test_bad_generation_flags(kw):
-    with pytest.raises(UsageError):
+@pytest.mark.parametrize("kw,msg", [
+    (dict(steps=0), "--steps"), (dict(k=0), "--k"), (dict(p=0.0), "--p"), (dict(p=1.5), "--p"),
+    (dict(temperature=-1), "--temperature"), (dict(schedule="quadratic"), "--schedule"), (dict(sampling="beam"), "--sampling"),
+    (dict(threshold=0), "--threshold"), (dict(num_samples=0), "--num-samples"),
+    (dict(prompt="a", template="b [MASK]"), "cannot be combined"), (dict(order="spiral"), "--order must be one of"),
+    (dict(order_noise=-1.0), "--order-noise"), (dict(remdm_eta=-0.1), "--remdm-eta"), (dict(remdm="loop"), "--remdm"),
+    (dict(remdm="cap", decode="threshold"), "--remdm needs --decode schedule"), (dict(remdm="cap", remdm_eta=0.0), "above 0"),
+    (dict(cfg=-1.0), "--cfg"), (dict(cfg=float("nan")), "finite"), (dict(min_length=5), "only applies with --stop-at-eos"),
+    (dict(canvas="wide"), "--canvas"),
+])
+def test_bad_generation_flags(kw, msg):
+    with pytest.raises(UsageError, match=msg):
         GenConfig(**kw)
+
+
+def test_full_window_canvas_and_the_fit_one(tiny_model):
+    model, tok, cfg = tiny_model
+    _, hist, _ = run(tiny_model, prompt="The history of", length=5, steps=2)
+    n_prompt, unused = 3, cfg.max_len - 2 - 3 - 5  # the window's masks beyond the 5 asked for
+    assert len(tok("The history of", add_special_tokens=False)["input_ids"]) == n_prompt
+    first = hist[0].tokens[0]  # the whole window, after step 1 of 2
+    assert len(first) == cfg.max_len
+    assert int((first == tok.mask_token_id).sum()) == unused + diffusion.mask_counts("linear", 5, 2)[1]
+    assert int((hist[-1].tokens[0] == tok.mask_token_id).sum()) == unused  # never filled: they stay masked
+    _, hist, _ = run(tiny_model, prompt="The history of", length=5, steps=2, canvas="fit")
+    assert hist[0].tokens.shape[1] == 1 + 3 + 5 + 1
+
+
+def test_guidance_needs_a_condition(tiny_model):
+    with pytest.raises(UsageError, match="needs something to condition on"):
+        run(tiny_model, cfg=1.0)
+    ids, _, _ = run(tiny_model, cfg=1.0, prompt="The history of", steps=3)  # with a prompt it runs
+    assert not (ids == tiny_model[1].mask_token_id).any()
 
 
 def test_canvas_errors(tiny_model):

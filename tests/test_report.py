@@ -12,8 +12,9 @@ import pytest
 import report
 from conftest import ROOT
 
-DEFAULT = dict(schedule="linear", sampling="topk", k=50, p=0.9, temperature=0.8, remask="low-confidence",
-               decode="schedule", threshold=0.9, steps=10)
+DEFAULT = dict(schedule="linear", sampling="topk", k=50, p=0.9, temperature=0.8, order="low-confidence",
+               order_noise=0.0, remdm="none", remdm_eta=0.02, cfg=0.0, canvas="full", decode="schedule",
+               threshold=0.9, steps=10)
 
 
 def row(name, model, settings, gen_ppl, entropy, rep=0.01, d2=0.8, seconds=0.01, passes=10):
@@ -24,13 +25,13 @@ def row(name, model, settings, gen_ppl, entropy, rep=0.01, d2=0.8, seconds=0.01,
 
 def result(**over):
     """A small evaluation: held-out text, the defaults, a greedy twin, a 32-step twin, the seed's
-    random remasking, threshold decoding, and the AR baseline with the defaults' sampler."""
+    random order, threshold decoding, and the AR baseline with the defaults' sampler."""
     samples = [
         row("held-out text", "reference", {}, 170.0, 8.4, seconds=None, passes=None),
         row("a", "diffusion", DEFAULT, 66.0, 4.5, rep=0.03, d2=0.33),
         row("b", "diffusion", {**DEFAULT, "sampling": "greedy"}, 20.0, 2.0, rep=0.78, d2=0.01),
         row("c", "diffusion", {**DEFAULT, "steps": 32}, 50.0, 4.0, rep=0.05, d2=0.3, passes=32),
-        row("d", "diffusion", {**DEFAULT, "remask": "random"}, 210.0, 6.7, rep=0.001, d2=0.79),
+        row("d", "diffusion", {**DEFAULT, "order": "random"}, 210.0, 6.7, rep=0.001, d2=0.79),
         row("e", "diffusion", {**DEFAULT, "decode": "threshold"}, 90.0, 5.0, passes=62),
         row("ar-1", "AR", {k: DEFAULT[k] for k in report.SAMPLER_FIELDS}, 28.0, 7.3, rep=0.0, passes=62),
     ]
@@ -62,7 +63,7 @@ def test_every_branch_on_a_full_result():
     assert "lowest repeated 4-gram rate among diffusion settings is 0.001 (d), the highest 0.780 (b)" in s["Repetition."]
     assert "1 greedy settings" in s["Greedy vs sampled."] and "4 sampled settings" in s["Greedy vs sampled."]
     assert "in 1 of 1 pairs" in s["Steps."] and "a -> c: 66.0 -> 50.0" in s["Steps."]
-    assert "low-confidence against random remasking: generative perplexity 66.0 vs 210.0" in s["Remasking"]
+    assert "low-confidence against random order: generative perplexity 66.0 vs 210.0" in s["Order"]
     assert "took 62 forward passes" in s["Threshold decoding"] and "saved no forward passes" in s["Threshold decoding"]
     assert "AR 0.0100 (62 forward passes" in s["Speed."]
 
@@ -87,8 +88,8 @@ def test_branches_drop_out_when_their_data_is_missing():
     r["samples"] = [x for x in r["samples"] if x["model"] != "AR" and x["settings"].get("sampling") != "greedy"]
     s = sentences(r)
     assert {"Verdict.", "Likelihood.", "Generative perplexity", "Greedy vs sampled.", "Steps.", "Speed."}.isdisjoint(s)
-    assert "Repetition." in s and "Remasking" in s and "Threshold decoding" in s
-    assert "generative perplexity" not in s["Remasking"]  # no scorer: entropy and repetition only
+    assert "Repetition." in s and "Order" in s and "Threshold decoding" in s
+    assert "generative perplexity" not in s["Order"]  # no scorer: entropy and repetition only
 
 
 def test_verdict_sides_and_threshold_that_saves_passes():
