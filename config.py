@@ -188,7 +188,9 @@ class DemoConfig:
     baseline: str = "results/ar-baseline"  # baseline_ar.py --output-dir, raced beside it when present; "none" = no race
     host: str = "127.0.0.1"  # address to serve on; anything but loopback lets other machines in
     port: int = 7860  # port to serve on
-    pause: float = 0.15  # seconds each frame stays on screen so a fast model can be watched (timings exclude it)
+    # slow motion: a diffusion step stays about this many seconds on screen and the AR baseline is
+    # slowed by the same factor, so a small fast model can be watched; 0 = full speed (timings exclude it)
+    pause: float = 0.15
     concurrency: int = 2  # requests generated at once; more wait in the queue
     max_tokens: int = 1024  # most new tokens (and steps) one request may ask for
 

@@ -132,8 +132,8 @@ def progress_svg(lines: dict[str, tuple[list[int], str]], x_max: int, y_max: int
     x_max, y_max = max(x_max, 1), max(y_max, 1)
     sx = lambda i: left + (width - left - right) * i / x_max  # noqa: E731
     sy = lambda v: top + (height - top - bottom) * (1 - v / y_max)  # noqa: E731
-    parts = [f'<svg class="progress" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
-             f'aria-label="tokens left per forward pass" xmlns="http://www.w3.org/2000/svg">',
+    parts = [(f'<svg class="progress" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
+              f'aria-label="tokens left per forward pass" xmlns="http://www.w3.org/2000/svg">'),
              f'<line x1="{left}" y1="{sy(0)}" x2="{width - right}" y2="{sy(0)}" stroke="#9ca3af"/>',
              f'<line x1="{left}" y1="{top}" x2="{left}" y2="{sy(0)}" stroke="#9ca3af"/>']
     for x, anchor in ((0, "start"), (x_max, "end")):
