@@ -407,7 +407,8 @@ def serve(dc: DemoConfig):
                    ssr_mode=False, mcp_server=False, footer_links=["api"], css=CSS,
                    theme=gr.themes.Default(primary_hue="blue"))
     except OSError as e:
-        raise UsageError(f"cannot serve on {dc.host}:{dc.port} ({str(e).splitlines()[0]}); pick another --port")
+        cause = str(e).splitlines()[0].split(". ")[0]  # gradio's advice after it names other knobs
+        raise UsageError(f"cannot serve on {dc.host}:{dc.port} ({cause}); pick another --port")
     return app
 
 

@@ -116,6 +116,16 @@ def test_missing_or_incomplete_checkpoint_is_one_line_before_serving(tmp_path, c
         s.bind(("127.0.0.1", port))
 
 
+def test_busy_port_is_one_line(tiny_run, tiny_baseline, capsys):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        code = config.cli(demo.main, ["--checkpoint", tiny_run[1], "--baseline", tiny_baseline, "--port", str(port)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"error: cannot serve on 127.0.0.1:{port}") and err.count("\n") == 1
+
+
 # ---------------------------------------------------------------------------------------------
 # The running page
 # ---------------------------------------------------------------------------------------------
