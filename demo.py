@@ -215,9 +215,8 @@ def race(model, tokenizer, window: int, ar, gc: GenConfig, pause: float, names: 
         return lane_html("ar", "AR baseline", names[1], stats, canvas, len(written), done["a"])
 
     def chart() -> str:
-        lines = {"diffusion": (left["d"], DIFFUSION_COLOR)}
-        if columns is not None:
-            lines["AR"] = (left["a"], AR_COLOR)
+        lines = {} if columns is None else {"AR": (left["a"], AR_COLOR)}
+        lines["diffusion"] = (left["d"], DIFFUSION_COLOR)  # drawn last: on top where the two meet
         return progress_svg(lines, max(x_max, len(left["d"]) - 1, len(left["a"]) - 1), max(total, 1))
 
     def status() -> str:
