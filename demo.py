@@ -42,7 +42,9 @@ def page_fields() -> list[dataclasses.Field]:
 
 
 def field_type(f: dataclasses.Field) -> type:
-    return TYPES.get(f.type, str) if isinstance(f.type, str) else f.type
+    """int, float, bool or str (any other annotation is edited as text)."""
+    typ = TYPES.get(f.type, str) if isinstance(f.type, str) else f.type
+    return typ if typ in (int, float, bool, str) else str
 
 
 def controls(gr) -> list:
