@@ -1,7 +1,8 @@
 """Every setting of the repo, in one place: one dataclass per program, one CLI flag per field.
 
     TrainConfig    train.py (saved as diffusion_config.json in every checkpoint)
-    GenConfig      generate.py (and every generation setting of evaluate.py and the experiments)
+    GenConfig      generate.py (and every generation setting of evaluate.py, demo.py and the experiments)
+    DemoConfig     demo.py
     EvalConfig     evaluate.py                 ReportConfig   report.py
     ARConfig       baseline_ar.py              BenchConfig    bench.py
     VizConfig, CompareConfig, LayerConfig, ProbeConfig     experiments/
@@ -183,6 +184,22 @@ class GenConfig:
     show_steps: bool = False  # print the canvas after every step, masks drawn as █
     animate: str = ""  # write a GIF of the denoising history to this path
     out: str = "results/generations.jsonl"  # each run appends its config, samples and timing here
+
+    def __post_init__(self):
+        validate(self)
+
+
+@dataclass
+class DemoConfig:
+    checkpoint: str = "results/final-model"  # the diffusion model (train.py final-model)
+    baseline: str = "results/ar-baseline"  # baseline_ar.py --output-dir, raced beside it when present; "none" = no race
+    host: str = "127.0.0.1"  # address to serve on; anything but loopback lets other machines in
+    port: int = 7860  # port to serve on
+    # slow motion: a diffusion step stays about this many seconds on screen and the AR baseline is
+    # slowed by the same factor, so a small fast model can be watched; 0 = full speed (timings exclude it)
+    pause: float = 0.15
+    concurrency: int = 2  # requests generated at once; more wait in the queue
+    max_tokens: int = 1024  # most new tokens (and steps) one request may ask for
 
     def __post_init__(self):
         validate(self)
@@ -393,6 +410,7 @@ BOUNDS = {
         "threshold": "(0, 1]", "block_size": "[0, inf)", "num_samples": "[1, inf)", "order_noise": "[0, inf)",
         "remdm_eta": "[0, 1]", "cfg": "[0, inf)", "min_length": "[0, inf)",
     },
+    "DemoConfig": {"port": "[1, 65535]", "pause": "[0, 10]", "concurrency": "[1, inf)", "max_tokens": "[1, inf)"},
     "EvalConfig": {"prefix": "[-1, inf)", "elbo_blocks": "[0, inf)", "elbo_draws": "[2, inf)",
                    "num_samples": "[1, inf)", "batch_size": "[1, inf)"},
     "ARConfig": {"n_layer": "[0, inf)", "n_inner": "[0, inf)", "learning_rate": "[0, inf)"},
@@ -505,7 +523,7 @@ def parse_names(text: str, flag: str, options) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _field_help(cls) -> dict[str, str]:
+def field_help(cls) -> dict[str, str]:
     """Each field's trailing `# comment` (or the comment block above it), read from the source."""
     import inspect
 
@@ -526,7 +544,7 @@ def _field_help(cls) -> dict[str, str]:
 def add_args(parser: argparse.ArgumentParser, cls, skip: tuple = ()) -> None:
     """One flag per dataclass field. Defaults are left as None so presets can tell 'not given'
     from 'given the default value'; choices come from CHOICES, so --help lists them."""
-    helps, choices = _field_help(cls), CHOICES.get(cls.__name__, {})
+    helps, choices = field_help(cls), CHOICES.get(cls.__name__, {})
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue

@@ -16,10 +16,12 @@ The loop:
     generation_steps(model, tok, gc, window, g)   builds the canvas (prompt, blocks, template) and
                                         yields Steps whose `text` is the whole output so far
     generate(...)                       runs it to the end: (ids, history, prompt length)
-generate.py's --show-steps and --animate (visualize.py), evaluate.py, the experiments and bench.py
-all consume this one loop; it prints nothing itself.
+generate.py's --show-steps and --animate (visualize.py), demo.py, evaluate.py, the experiments and
+bench.py all consume this one loop; it prints nothing itself.
 
-    ar_generate(model, start, length, gc, banned, g)   the AR baseline, same samplers, KV cache
+    ar_steps(model, start, length, gc, banned, g)      the AR baseline, same samplers, KV cache:
+                                        yields one token column per forward pass
+    ar_generate(...)                    runs it to the end: [B, length]
 """
 
 import re
@@ -412,17 +414,23 @@ def cut_at_eos(ids: torch.Tensor, eos: int, n_prompt: int) -> list[list[int]]:
 
 
 @torch.no_grad()
-def ar_generate(model, start: torch.Tensor, length: int, gc, banned: list[int],
-                g: torch.Generator) -> torch.Tensor:
-    """[B, length] tokens sampled left to right after start [B, T0] with SAMPLERS[gc.sampling],
-    the same sampler functions the diffusion model uses, special tokens banned as there."""
+def ar_steps(model, start: torch.Tensor, length: int, gc, banned: list[int],
+             g: torch.Generator) -> Iterator[torch.Tensor]:
+    """Yields `length` token columns [B, 1], one per forward pass, sampled left to right after
+    start [B, T0] with SAMPLERS[gc.sampling] (the diffusion model's samplers), special tokens
+    banned as there. demo.py watches it; ar_generate collects it."""
     device = next(model.parameters()).device
-    x, cache, out = start.to(device), None, []
+    x, cache = start.to(device), None
     for _ in range(length):
         o = model(input_ids=x, cache=cache, use_cache=True, logits_to_keep=1)
         cache = o.cache
         logits = o.logits[:, -1].float()  # [B, V]
         logits[:, banned] = float("-inf")
         x = SAMPLERS[gc.sampling](logits, g, temperature=gc.temperature, k=gc.k, p=gc.p)[:, None]  # [B, 1]
-        out.append(x.cpu())
-    return torch.cat(out, 1)  # [B, length]
+        yield x.cpu()
+
+
+def ar_generate(model, start: torch.Tensor, length: int, gc, banned: list[int],
+                g: torch.Generator) -> torch.Tensor:
+    """[B, length] tokens sampled left to right after start [B, T0]: ar_steps run to the end."""
+    return torch.cat(list(ar_steps(model, start, length, gc, banned, g)), 1)  # [B, length]

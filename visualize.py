@@ -1,10 +1,13 @@
-"""Showing a denoising history (decoding.Step lists): as text lines and as an animated GIF.
+"""Showing a denoising history (decoding.Step lists): as text lines, an animated GIF, and HTML.
 
     render(tokens, tokenizer, mask_id, skip)   one canvas row as text, each mask drawn as █
     format_steps(history, tokenizer)           one line per step: --show-steps
     animate(history, tokenizer, path)          a GIF, one frame per step: --animate
+    canvas_html(tokens, kinds, confidence, tokenizer)   one canvas row as coloured HTML: demo.py
+    progress_svg(lines, x_max, y_max)          tokens left per forward pass, a small SVG chart: demo.py
 """
 
+import html
 import math
 import os
 
@@ -90,3 +93,67 @@ def animate(history: list[Step], tokenizer, path: str, cols: int = 16) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     anim.save(path, writer=PillowWriter(fps=1.5))
     plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+# HTML for demo.py (the page's stylesheet gives the classes their look)
+# ---------------------------------------------------------------------------------------------
+
+KINDS = ("fixed", "mask", "new", "done", "remasked")  # prompt/template text, still masked, committed
+# at this step, committed earlier, re-masked at this step
+
+
+def confidence_color(conf: float) -> str:
+    """Pale blue (unsure) to strong blue (sure): the background of a committed token."""
+    return f"hsl(212 90% {94 - 36 * min(max(conf, 0.0), 1.0):.0f}%)"
+
+
+def canvas_html(tokens: list[int], kinds: list[str], confidence: list, tokenizer) -> str:
+    """One canvas row as HTML: a span per token, classed by kinds[i] (KINDS), committed tokens
+    coloured by confidence[i] (a probability, or None where unknown), each mask drawn as █.
+    A token's leading space stays outside its span, so highlights hug the words."""
+    out = []
+    for t, kind, conf in zip(tokens, kinds, confidence):
+        if kind in ("mask", "remasked"):
+            tip = "re-masked at this step" if kind == "remasked" else "masked"
+            out.append(f'<span class="tok {kind}" title="{tip}">{MASK_GLYPH}</span>')
+            continue
+        piece = tokenizer.decode([t])
+        body = piece.lstrip()
+        space, style, tip = piece[:len(piece) - len(body)], "", ""
+        if conf is not None and kind in ("new", "done"):
+            style = f' style="background:{confidence_color(conf)}"'
+            tip = f' title="confidence {conf:.2f}"'
+        out.append(html.escape(space) + f'<span class="tok {kind}"{style}{tip}>{html.escape(body) or "&nbsp;"}</span>')
+    return "".join(out)
+
+
+def progress_svg(lines: dict[str, tuple[list[int], str]], x_max: int, y_max: int,
+                 width: int = 560, height: int = 150) -> str:
+    """A small step chart: for each name -> (tokens left after forward pass 0, 1, 2, ..., colour)
+    one line, on axes fixed at [0, x_max] x [0, y_max] so the chart does not rescale while it fills."""
+    left, right, top, bottom = 44, 12, 10, 30
+    x_max, y_max = max(x_max, 1), max(y_max, 1)
+    sx = lambda i: left + (width - left - right) * i / x_max  # noqa: E731
+    sy = lambda v: top + (height - top - bottom) * (1 - v / y_max)  # noqa: E731
+    parts = [(f'<svg class="progress" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
+              f'aria-label="tokens left per forward pass" xmlns="http://www.w3.org/2000/svg">'),
+             f'<line x1="{left}" y1="{sy(0)}" x2="{width - right}" y2="{sy(0)}" stroke="#9ca3af"/>',
+             f'<line x1="{left}" y1="{top}" x2="{left}" y2="{sy(0)}" stroke="#9ca3af"/>']
+    for x, anchor in ((0, "start"), (x_max, "end")):
+        parts.append(f'<text x="{sx(x)}" y="{sy(0) + 14}" text-anchor="{anchor}">{x}</text>')
+    for y in (0, y_max):
+        parts.append(f'<text x="{left - 6}" y="{sy(y) + 4}" text-anchor="end">{y}</text>')
+    parts.append(f'<text x="{(left + width - right) / 2}" y="{height - 4}" text-anchor="middle">forward passes</text>')
+    parts.append(f'<text x="12" y="{(top + sy(0)) / 2}" text-anchor="middle" '
+                 f'transform="rotate(-90 12 {(top + sy(0)) / 2})">tokens left</text>')
+    for name, (values, color) in lines.items():
+        if not values:
+            continue
+        points = " ".join(f"{sx(i):.1f},{sy(v):.1f}" for i, v in enumerate(values))
+        parts.append(f'<polyline class="line" data-name="{html.escape(name)}" data-points="{len(values) - 1}" '
+                     f'points="{points}" fill="none" stroke="{color}" stroke-width="2"/>')
+        if len(values) <= 40:  # a dot per pass while they can be told apart
+            parts += [f'<circle cx="{sx(i):.1f}" cy="{sy(v):.1f}" r="2.5" fill="{color}"/>' for i, v in enumerate(values)]
+    parts.append("</svg>")
+    return "".join(parts)

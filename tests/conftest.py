@@ -46,3 +46,13 @@ def tiny_model(tiny_run):
     from modeling import load_checkpoint
 
     return load_checkpoint(tiny_run[1], device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_baseline(tiny_run, tmp_path_factory):
+    """baseline_ar.py's output folder for the tiny run: the AR baseline of the same size."""
+    import baseline_ar
+
+    out = str(tmp_path_factory.mktemp("ar"))
+    assert baseline_ar.main(["--checkpoint", tiny_run[1], "--output-dir", out]) == 0
+    return out

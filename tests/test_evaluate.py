@@ -201,13 +201,6 @@ def test_ar_shape_changes_depth_only_when_needed():
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_baseline(tiny_run, tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("ar"))
-    assert baseline_ar.main(["--checkpoint", tiny_run[1], "--output-dir", out]) == 0
-    return out
-
-
 def test_baseline_trains_and_saves(tiny_baseline, tiny_run):
     final = os.path.join(tiny_baseline, "final-model")
     for f in ("config.json", "model.safetensors", "tokenizer.json", "ar_config.json", "source_train_config.json"):
