@@ -33,27 +33,28 @@ import torch  # noqa: E402
 from config import EvalConfig, GenConfig, TrainConfig, UsageError, cli, parse, parse_names, save_config, train_presets
 
 # Diffusion generation settings, as overrides of config.GenConfig. Every setting fills the whole
-# window from an empty canvas (unprompted), the usual setup for generative perplexity.
+# window, unprompted (the usual setup for generative perplexity) unless it names a prompt.
 SETTINGS = {
-    "linear-topk-10": dict(schedule="linear", sampling="topk", steps=10),
-    "cosine-topk-10": dict(schedule="cosine", sampling="topk", steps=10),
-    "linear-greedy-10": dict(schedule="linear", sampling="greedy", steps=10),
-    "cosine-greedy-10": dict(schedule="cosine", sampling="greedy", steps=10),
-    "linear-topk-32": dict(schedule="linear", sampling="topk", steps=32),
-    "cosine-topk-32": dict(schedule="cosine", sampling="topk", steps=32),
-    "linear-greedy-32": dict(schedule="linear", sampling="greedy", steps=32),
-    "cosine-greedy-32": dict(schedule="cosine", sampling="greedy", steps=32),
-    "random-remask-topk-10": dict(schedule="linear", sampling="topk", steps=10, order="random"),
-    "threshold-0.9-topk": dict(sampling="topk", decode="threshold", threshold=0.9),
+    "defaults": {},  # generate.py's defaults: low-confidence order + annealed noise 8, nucleus 0.95, T 0.9
+    "defaults-prompted": dict(prompt="The history of the"),  # scored on the continuation only
+    "defaults-32-steps": dict(steps=32),
+    "cosine": dict(schedule="cosine"),
+    "no-order-noise": dict(order_noise=0.0),
+    "seeds-rule": dict(order="random", order_noise=0.0, temperature=0.8),  # random order at its own best point
+    "remdm-conf": dict(order="random", order_noise=0.0, temperature=0.8, remdm="conf", remdm_eta=0.5),
+    "previous-defaults": dict(sampling="topk", k=50, temperature=0.8, order_noise=0.0),  # before the frontier
+    "greedy": dict(sampling="greedy", order_noise=0.0),
+    "threshold-0.9": dict(decode="threshold", threshold=0.9, order_noise=0.0),
 }
 # The AR baseline's own samples: the same samplers (decoding.SAMPLERS), left to right.
 AR_SETTINGS = {
-    "ar-topk": dict(sampling="topk", temperature=0.8, k=50),  # generate.py's default sampler
+    "ar-same-sampler": dict(sampling=GenConfig.sampling, k=GenConfig.k, p=GenConfig.p,
+                            temperature=GenConfig.temperature),  # generate.py's default sampler
     "ar-sample": dict(sampling="topk", temperature=1.0, k=10**9),  # plain ancestral sampling
 }
 # Fields of GenConfig that describe a sampling setting (recorded per row; the report compares them)
-SETTING_FIELDS = ("schedule", "sampling", "k", "p", "temperature", "order", "order_noise", "remdm", "remdm_eta",
-                  "cfg", "canvas", "decode", "threshold", "steps")
+SETTING_FIELDS = ("prompt", "schedule", "sampling", "k", "p", "temperature", "order", "order_noise", "remdm",
+                  "remdm_eta", "cfg", "canvas", "decode", "threshold", "steps")
 SAMPLER_FIELDS = ("sampling", "k", "p", "temperature")  # all an AR row's setting has
 
 
@@ -147,7 +148,7 @@ def report_samples(model, tokenizer, tcfg, ar, seed: int) -> list[dict]:
     if ar is not None:
         prompt = tokenizer(REPORT_PROMPT, add_special_tokens=False)["input_ids"]
         for caption, start, text in (("unprompted", [], ""), ("prompted", prompt, REPORT_PROMPT)):
-            gc = GenConfig(**AR_SETTINGS["ar-topk"])
+            gc = GenConfig(**AR_SETTINGS["ar-same-sampler"])
             first = torch.tensor([[tokenizer.bos_token_id] + start] * 2)  # [2, T0]
             ids = ar_generate(ar, first, tcfg.max_len - 2 - len(start), gc, banned_ids(tokenizer),
                               torch.Generator().manual_seed(seed))
@@ -228,9 +229,9 @@ def evaluate(ec: EvalConfig, names: list[str], command: str) -> dict:
     for name in names:
         gc = GenConfig(**{**SETTINGS[name], "num_samples": ec.num_samples, "seed": ec.seed, "out": ""})
         t0 = time.time()
-        ids, history, _ = generate(model, tokenizer, gc, tcfg.max_len, torch.Generator().manual_seed(ec.seed))
+        ids, history, n_prompt = generate(model, tokenizer, gc, tcfg.max_len, torch.Generator().manual_seed(ec.seed))
         seconds = time.time() - t0
-        tokens = ids.tolist()
+        tokens = ids[:, n_prompt:].tolist()  # a prompted setting is judged on what it wrote
         texts = [tokenizer.decode(t) for t in tokens]
         rows.append({"name": name, "model": "diffusion", "settings": setting_of(gc), "forward_passes": len(history),
                      "texts": texts[:4], **sample_quality(tokens, texts, scorer, seconds, ec.batch_size)})

@@ -4,6 +4,7 @@ Text statistics on token-id lists (one list per sample), any tokenizer, no torch
     distinct_n(samples, n)            unique n-grams / all n-grams, over all samples
     repeated_ngram_rate(samples, n)   share of n-grams that already occurred earlier in the same sample
     unigram_entropy(samples)          entropy (bits) of the pooled token distribution
+    top_word_share(texts)             the most frequent word and its share of all words
 
 Scores that need a model (torch imported inside):
     pseudo_log_likelihood(model, ids, mask_id, where)   mean NLL, one position masked at a time
@@ -45,6 +46,16 @@ def unigram_entropy(samples: list[list]) -> float:
     counts = Counter(t for s in samples for t in s)
     total = sum(counts.values())
     return -sum(c / total * math.log2(c / total) for c in counts.values()) if total else 0.0
+
+
+def top_word_share(texts: list[str]) -> tuple[str, float]:
+    """(the most frequent word, its share of all words) over texts split on white space and
+    lower-cased: "the" at 37% is the collapse low-confidence decoding shows."""
+    words = [w.lower() for t in texts for w in t.split()]
+    if not words:
+        return "", 0.0
+    word, count = Counter(words).most_common(1)[0]
+    return word, count / len(words)
 
 
 def pseudo_log_likelihood(model, ids, mask_id: int, where=None, batch_size: int = 256) -> float:
@@ -120,7 +131,8 @@ def sample_quality(token_lists: list[list[int]], texts: list[str], scorer, secon
     row = {"samples": len(texts), "unigram_entropy": max(0.0, unigram_entropy(token_lists)),  # not -0.0
            "distinct_1": distinct_n(token_lists, 1), "distinct_2": distinct_n(token_lists, 2),
            "repeated_4gram": repeated_ngram_rate(token_lists, 4),
-           "seconds_per_sample": None if seconds is None else seconds / len(texts), "gen_ppl": None}
+           "seconds_per_sample": None if seconds is None else seconds / len(texts), "gen_ppl": None,
+           "top_word": top_word_share(texts)[0], "top_word_share": top_word_share(texts)[1]}
     if scorer is not None:
         nats, count = score_texts(scorer[0], scorer[1], texts, batch_size)
         row["gen_ppl"] = math.exp(min(nats / count, 50))

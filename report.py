@@ -98,7 +98,7 @@ def describe(settings: dict) -> str:
         return sampler
     how = (f"threshold {s['threshold']}" if s["decode"] == "threshold"
            else f"{s['schedule']}, {s['steps']} steps, {s['order']} order")
-    if s.get("order_noise"):
+    if s.get("order_noise") and s["decode"] == "schedule":
         how += f" + Gumbel noise {s['order_noise']}"
     if s.get("remdm", "none") != "none":
         how += f", ReMDM {s['remdm']} eta {s['remdm_eta']}"
@@ -106,6 +106,8 @@ def describe(settings: dict) -> str:
         how += f", guidance {s['cfg']}"
     if s.get("canvas", "full") != "full":
         how += f", {s['canvas']} canvas"
+    if s.get("prompt"):
+        how += f", prompted with \"{s['prompt']}\""
     return f"{sampler}; {how}"
 
 
@@ -173,15 +175,16 @@ def assessment(result: dict) -> list[str]:
                      f"settings that differ only in the step count, and lowered unigram entropy in {len(poorer)} ("
                      + "; ".join(f"{a['name']} -> {b['name']}: {a['gen_ppl']:.1f} -> {b['gen_ppl']:.1f}, "
                                  f"{a['unigram_entropy']:.2f} -> {b['unigram_entropy']:.2f} bits" for a, b in pairs) + ").")
+    order = lambda st: st["order"] + (f" + Gumbel noise {st['order_noise']}" if st.get("order_noise") else "")  # noqa: E731
     for a in diff:
         for b in diff:
-            if a["settings"]["order"] < b["settings"]["order"] and \
-                    differs_only_in(a["settings"], b["settings"], {"order"}):
+            if order(a["settings"]) < order(b["settings"]) and \
+                    differs_only_in(a["settings"], b["settings"], {"order", "order_noise"}):
                 gp = (f"generative perplexity {a['gen_ppl']:.1f} vs {b['gen_ppl']:.1f}, "
                       if a["gen_ppl"] is not None else "")
                 lines.append(f"**Order** ({describe(a['settings']).split(';')[0]}, {a['settings']['schedule']}, "
-                             f"{a['settings']['steps']} steps): {a['settings']['order']} against "
-                             f"{b['settings']['order']} order: {gp}unigram entropy {a['unigram_entropy']:.2f} vs "
+                             f"{a['settings']['steps']} steps): {order(a['settings'])} against "
+                             f"{order(b['settings'])}: {gp}unigram entropy {a['unigram_entropy']:.2f} vs "
                              f"{b['unigram_entropy']:.2f} bits, repeated 4-grams {a['repeated_4gram']:.3f} vs "
                              f"{b['repeated_4gram']:.3f}.")
     n = result["sample_length"]
@@ -317,7 +320,7 @@ def render(result: dict, json_path: str) -> str:
         if s["section"] != section:
             parts += ["", f"### {s['section']}"]
             section = s["section"]
-        given = f" Prompt `{s['prompt']}`." if s["prompt"] else f" Template `{s['template']}`." if s["template"] else ""
+        given = f" Template `{s['template']}`." if s["template"] else ""
         same = " (both samples identical)" if len(set(s["texts"])) == 1 and len(s["texts"]) > 1 else ""
         parts += ["", f"*{s['caption']}: {describe(s['settings'])}.{given}*{same}", "",
                   "```text\n" + "\n".join(x.replace("\n", " ") for x in s["texts"]) + "\n```"]

@@ -38,7 +38,7 @@ def format_steps(history: list[Step], tokenizer) -> str:
     skip = set(banned_ids(tokenizer)) - {tokenizer.mask_token_id}
     lines = []
     for h in history:
-        text = render(h.tokens[0].tolist(), tokenizer, tokenizer.mask_token_id, skip)
+        text = render(h.tokens[0].tolist(), tokenizer, tokenizer.mask_token_id, skip).replace("\n", " ")
         back = int(h.remasked[0].sum()) if h.remasked is not None else 0
         again = f" ({back} re-masked)" if back else ""
         lines.append(f"[block {h.block} step {h.step:>2}] {h.masked_left:>3} masked{again} | {text}")

@@ -49,7 +49,8 @@ def free_port() -> int:
 def test_page_has_a_control_per_generation_field():
     names = {f.name for f in demo.page_fields()}
     assert names == {f.name for f in dataclasses.fields(GenConfig)} - set(demo.PAGE_SKIP)
-    assert {"steps", "schedule", "sampling", "k", "p", "temperature", "remask", "decode", "threshold",
+    assert {"steps", "schedule", "sampling", "k", "p", "temperature", "order", "order_noise", "remdm", "cfg",
+            "stop_at_eos", "decode", "threshold",
             "block_size", "seed", "length"} <= names
 
 

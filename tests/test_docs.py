@@ -117,3 +117,15 @@ def test_named_files_links_and_functions_exist(doc):
             src = read(module + ".py")
             assert re.search(rf"^(?:\s*def|\s*class)\s+{name}\b|^{name}\s*=", src, re.M), \
                 f"{doc}: {module}.{name} is not defined in {module}.py"
+
+
+def test_project_index_lists_every_file_and_is_the_only_file_list():
+    """PROJECT_INDEX.md owns the file list: every tracked script, module and shell file is in it,
+    and the README and PROJECT_SUMMARY link to it instead of keeping their own list."""
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    code = [f for f in tracked if f.endswith((".py", ".sh")) and not f.startswith("tests/")]
+    index = read("PROJECT_INDEX.md")
+    missing = [f for f in code if f not in index]
+    assert not missing, f"PROJECT_INDEX.md does not list {missing}"
+    for doc in ("README.md", "PROJECT_SUMMARY.md"):
+        assert "(PROJECT_INDEX.md)" in read(doc), doc

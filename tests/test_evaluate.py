@@ -218,11 +218,11 @@ def test_baseline_trains_and_saves(tiny_baseline, tiny_run):
 def test_evaluate_end_to_end_and_report(tiny_run, tiny_baseline, tmp_path, capsys):
     out, md = tmp_path / "eval", tmp_path / "GV.md"
     args = ["--checkpoint", tiny_run[1], "--baseline", tiny_baseline, "--elbo-blocks", "6", "--elbo-draws", "2",
-            "--num-samples", "2", "--settings", "linear-topk-10,linear-greedy-10,linear-topk-32,random-remask-topk-10",
+            "--num-samples", "2", "--settings", "defaults,greedy,defaults-32-steps,no-order-noise,defaults-prompted",
             "--out-dir", str(out)]
     assert E.main(args) == 0
     printed = capsys.readouterr().out
-    assert "diffusion ELBO bound" in printed and "AR baseline" in printed and "linear-greedy-10" in printed
+    assert "diffusion ELBO bound" in printed and "AR baseline" in printed and "defaults-32-steps" in printed
     result = json.load(open(out / "evaluation.json"))
     h = result["held_out"]
     from data import build_datasets
@@ -232,15 +232,18 @@ def test_evaluate_end_to_end_and_report(tiny_run, tiny_baseline, tmp_path, capsy
     assert h["blocks"] == 6 and h["prefix"] == 0
     assert h["scored_tokens"] == int((~torch.isin(blocks, torch.tensor(special_token_ids(tok)))).sum())
     names = [r["name"] for r in result["samples"]]
-    assert names == ["held-out text", "linear-topk-10", "linear-greedy-10", "linear-topk-32",
-                     "random-remask-topk-10", "ar-topk", "ar-sample"]
+    assert names == ["held-out text", "defaults", "greedy", "defaults-32-steps", "no-order-noise",
+                     "defaults-prompted", "ar-same-sampler", "ar-sample"]
     greedy = result["samples"][2]
     assert len(set(greedy["texts"])) == 1  # greedy from an empty canvas: one sample, twice
     assert result["samples"][1]["settings"] == result["default_settings"]  # recorded, so the report can find it
     assert json.load(open(out / "eval_config.json"))["num_samples"] == 2
     assert report.main(["--evaluation", str(out / "evaluation.json"), "--out", str(md)]) == 0
     text = md.read_text()
-    for part in ("## Commands and config", "python baseline_ar.py", "## Held-out likelihood", "| linear-topk-10 |",
+    prompted = result["samples"][5]  # judged on its continuation only: the prompt is not in its texts
+    assert prompted["settings"]["prompt"] == "The history of the"
+    assert not any(t.startswith("The history of the") for t in prompted["texts"])
+    for part in ("## Commands and config", "python baseline_ar.py", "## Held-out likelihood", "| defaults |",
                  "### Prompted", "### Infill", "⟦", "## Assessment", "## Known limits", "**Repetition.**",
                  "**Order**", "**Steps.**", "**Verdict.**"):
         assert part in text, part
@@ -256,7 +259,7 @@ def test_train_eval_and_evaluate_report_one_estimator(tiny_run, tmp_path):
     cfg = modeling.load_checkpoint(final, device="cpu")[2]
     assert E.main(["--checkpoint", final, "--baseline", "none", "--elbo-blocks", str(last["eval_elbo_blocks"]),
                    "--elbo-draws", str(cfg.elbo_draws), "--seed", str(cfg.seed), "--num-samples", "1",
-                   "--settings", "linear-greedy-10", "--out-dir", str(tmp_path)]) == 0
+                   "--settings", "greedy", "--out-dir", str(tmp_path)]) == 0
     d = json.load(open(tmp_path / "evaluation.json"))["held_out"]["diffusion"]
     assert d["nats_per_token"] == pytest.approx(last["eval_elbo_nats"], rel=1e-6)
     assert d["nats_stderr"] == pytest.approx(last["eval_elbo_stderr"], rel=1e-6)

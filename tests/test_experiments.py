@@ -173,7 +173,7 @@ def test_masking_viz_masks_are_nested(tiny_model):
 def test_schedule_comparison(tiny_run, tmp_path, capsys):
     out = tmp_path / "sched"
     assert SC.main(["--checkpoint", tiny_run[1], "--schedules", "linear,cosine", "--steps", "2,4",
-                    "--samplers", "greedy,topk", "--remask", "low-confidence", "--prompts", "3",
+                    "--samplers", "greedy,topk", "--orders", "low-confidence", "--prompts", "3",
                     "--prompt-len", "4", "--heatmap-steps", "4", "--threads", "0", "--out-dir", str(out)]) == 0
     text = capsys.readouterr().out
     assert "(held-out)" in text and "self-graded" in text

@@ -259,7 +259,7 @@ def test_loop_follows_schedule_counts_and_fills_everything(schedule, steps):
 @pytest.mark.parametrize("order", ["low-confidence", "margin", "entropy"])
 def test_certainty_orders_fill_left_to_right_and_history_records_commits(order):
     c = canvas(B=1)
-    gc = GenConfig(steps=16, schedule="linear", sampling="greedy", order=order)
+    gc = GenConfig(steps=16, schedule="linear", sampling="greedy", order=order, order_noise=0.0)
     _, hist = D.denoise(MockMLM(), c, IDS, gc, torch.Generator())
     committed = [h.committed[0].nonzero().flatten().tolist() for h in hist]
     assert [p for step in committed for p in step] == list(range(4, 19))

@@ -12,7 +12,7 @@ import pytest
 import report
 from conftest import ROOT
 
-DEFAULT = dict(schedule="linear", sampling="topk", k=50, p=0.9, temperature=0.8, order="low-confidence",
+DEFAULT = dict(prompt="", schedule="linear", sampling="topk", k=50, p=0.9, temperature=0.8, order="low-confidence",
                order_noise=0.0, remdm="none", remdm_eta=0.02, cfg=0.0, canvas="full", decode="schedule",
                threshold=0.9, steps=10)
 
@@ -63,7 +63,7 @@ def test_every_branch_on_a_full_result():
     assert "lowest repeated 4-gram rate among diffusion settings is 0.001 (d), the highest 0.780 (b)" in s["Repetition."]
     assert "1 greedy settings" in s["Greedy vs sampled."] and "4 sampled settings" in s["Greedy vs sampled."]
     assert "in 1 of 1 pairs" in s["Steps."] and "a -> c: 66.0 -> 50.0" in s["Steps."]
-    assert "low-confidence against random order: generative perplexity 66.0 vs 210.0" in s["Order"]
+    assert "low-confidence against random: generative perplexity 66.0 vs 210.0" in s["Order"]
     assert "took 62 forward passes" in s["Threshold decoding"] and "saved no forward passes" in s["Threshold decoding"]
     assert "AR 0.0100 (62 forward passes" in s["Speed."]
 

@@ -1,0 +1,204 @@
+"""Where does each decoding rule sit between dull and noisy? The quality frontier of the sampler.
+
+    python experiments/sampler_frontier.py                       # every rule, T 0.8..1.4, top-k 50
+    python experiments/sampler_frontier.py --rules random,random-remdm-conf --temperatures 0.9,1.0,1.1
+
+Each rule (RULES: an order, order noise, ReMDM re-masking) is swept across sampling temperatures;
+every setting writes 16 unprompted samples the way evaluate.py does, and each is scored by
+generative perplexity under the AR baseline against unigram entropy (the MDLM / ReMDM view: a
+rule is better when it reaches the same entropy at a lower perplexity), with distinct-2, the
+repeated 4-gram rate and the share of the most frequent word. Held-out text and the AR baseline's
+own samples are the reference points.
+
+Writes to --out-dir: sampler_frontier.png (gen ppl vs entropy, one line per rule),
+sampler_frontier.csv (every number) and sampler_frontier.json (the settings and the rows), and
+prints the table and the setting that meets the quality floor (QUALITY_FLOOR: entropy and
+distinct-2 at least 0.9x held-out text's, repeated 4-grams at most 3x, no word above 12%) at
+the lowest generative perplexity, with what the seed's rule (random order) reaches at that
+entropy.
+"""
+
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # the repo's modules live one folder up
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: spinning threads crawl on a shared CPU
+
+import csv  # noqa: E402
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import time  # noqa: E402
+
+import torch  # noqa: E402
+
+from config import FrontierConfig, GenConfig, cli, parse, parse_floats, parse_names, save_config  # noqa: E402
+
+# GenConfig overrides per rule: which predictions are committed first, and what may go back
+RULES = {
+    "random": dict(order="random"),  # the seed's rule
+    "low-confidence": dict(order="low-confidence"),
+    "confidence-noise": dict(order="low-confidence", order_noise=4.0),
+    "confidence-noise-2": dict(order="low-confidence", order_noise=2.0),
+    "confidence-noise-8": dict(order="low-confidence", order_noise=8.0),  # generate.py's default, at T 0.9
+    "confidence-noise-remdm": dict(order="low-confidence", order_noise=4.0, remdm="conf", remdm_eta=0.5),
+    "margin": dict(order="margin"),
+    "entropy": dict(order="entropy"),
+    "random-remdm-cap": dict(order="random", remdm="cap", remdm_eta=0.1),
+    "random-remdm-conf": dict(order="random", remdm="conf", remdm_eta=0.5),
+    "confidence-remdm-conf": dict(order="low-confidence", remdm="conf", remdm_eta=0.5),
+}
+# the default has to write text like text: against held-out text's numbers
+QUALITY_FLOOR = {"unigram_entropy": 0.9, "distinct_2": 0.9, "repeated_4gram": 3.0, "top_word_share": 0.12}
+
+
+def meets_floor(row: dict, ref: dict) -> bool:
+    return (row["unigram_entropy"] >= QUALITY_FLOOR["unigram_entropy"] * ref["unigram_entropy"]
+            and row["distinct_2"] >= QUALITY_FLOOR["distinct_2"] * ref["distinct_2"]
+            and row["repeated_4gram"] <= QUALITY_FLOOR["repeated_4gram"] * max(ref["repeated_4gram"], 1e-3)
+            and row["top_word_share"] <= QUALITY_FLOOR["top_word_share"])
+
+
+def ppl_at(entropy: float, points: list[tuple[float, float]]) -> float | None:
+    """A rule's generative perplexity at `entropy`: log-linear between its two nearest points
+    that bracket it; None outside the range it covered."""
+    pts = sorted(points)
+    for (e0, p0), (e1, p1) in zip(pts, pts[1:]):
+        if e0 <= entropy <= e1 and e1 > e0:
+            w = (entropy - e0) / (e1 - e0)
+            return math.exp((1 - w) * math.log(p0) + w * math.log(p1))
+    return None
+
+
+def plot(rows: list[dict], refs: list[dict], chosen: dict | None, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10.5, 6.5))
+    colors = plt.get_cmap("tab20").colors
+    for i, rule in enumerate(dict.fromkeys(r["rule"] for r in rows)):
+        pts = sorted((r["unigram_entropy"], r["gen_ppl"], r["temperature"]) for r in rows if r["rule"] == rule)
+        color = "black" if rule == "random" else colors[(2 * i) % 20 + (i >= 10)]
+        style = dict(lw=2.8, ls="-") if rule == "random" else dict(lw=1.5, ls="--" if "remdm" in rule else "-")
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=4, color=color,
+                label=rule + ("  (the seed's rule)" if rule == "random" else ""), **style)
+        if rule == "random":  # its temperatures, as a scale for the others
+            for e, ppl, t in pts:
+                ax.annotate(f"T {t}", (e, ppl), textcoords="offset points", xytext=(6, -10), fontsize=8)
+    for ref, marker in zip(refs, ("*", "P", "X")):
+        ax.scatter([ref["unigram_entropy"]], [ref["gen_ppl"]], marker=marker, s=160, color="black", zorder=5,
+                   label=ref["label"])
+    held = refs[0]
+    ax.axvline(QUALITY_FLOOR["unigram_entropy"] * held["unigram_entropy"], color="gray", ls=":", lw=1.2,
+               label=f"{QUALITY_FLOOR['unigram_entropy']:.0%} of held-out text's entropy")
+    if chosen is not None:
+        ax.scatter([chosen["unigram_entropy"]], [chosen["gen_ppl"]], s=320, facecolors="none", edgecolors="crimson",
+                   lw=2, zorder=6, label=f"lowest gen ppl above the floor: {chosen['rule']}, T {chosen['temperature']}")
+    ax.set_yscale("log")
+    ax.set(xlabel="unigram entropy of the samples (bits; higher = more varied)",
+           ylabel="generative perplexity under the AR baseline (log; lower = more fluent)",
+           title="Sampler quality frontier: each line is one decoding rule across temperatures")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    fc, _ = parse(FrontierConfig, argv, __doc__)
+    rules = list(RULES) if fc.rules == "all" else parse_names(fc.rules, "rules", tuple(RULES))
+    temps = parse_floats(fc.temperatures, "temperatures")
+    settings = {(rule, t): GenConfig(**{**RULES[rule], "temperature": t, "sampling": fc.sampling, "k": fc.k, "p": fc.p,
+                                        "steps": fc.steps, "num_samples": fc.num_samples, "seed": fc.seed, "out": ""})
+                for rule in rules for t in temps}  # every setting is checked before any work starts
+    from tqdm import tqdm
+    from transformers.utils import logging as hf_logging
+
+    from data import build_datasets
+    from decoding import ar_generate, banned_ids, generate
+    from diffusion import special_token_ids
+    from metrics import reference_blocks, sample_quality
+    from modeling import load_baseline, load_checkpoint
+
+    hf_logging.disable_progress_bar()
+    model, tokenizer, tcfg = load_checkpoint(fc.checkpoint)
+    ar, _ = load_baseline(fc.baseline, tokenizer, fc.checkpoint, tcfg.max_len)
+    ar.to(next(model.parameters()).device)
+    scorer = (ar, tokenizer)
+    length = tcfg.max_len - 2
+
+    # reference points: held-out text of the same length, the AR baseline's own samples
+    _, val = build_datasets(tcfg, tokenizer)
+    special = set(special_token_ids(tokenizer)) | {tokenizer.mask_token_id}
+    ref_tokens = [[t for t in row.tolist() if t not in special] for row in reference_blocks(val[:]["input_ids"],
+                                                                                             fc.num_samples)]
+    refs = [{"label": "held-out text", **sample_quality(ref_tokens, [tokenizer.decode(r) for r in ref_tokens], scorer,
+                                                         None, 64)}]
+    bos = torch.full((fc.num_samples, 1), tokenizer.bos_token_id)
+    for label, over in (("AR baseline, ancestral (T 1.0)", dict(sampling="topk", k=10**9, temperature=1.0)),
+                        (f"AR baseline, {fc.sampling} T 0.8", dict(sampling=fc.sampling, k=fc.k, p=fc.p, temperature=0.8))):
+        ids = ar_generate(ar, bos, length, GenConfig(**over), banned_ids(tokenizer), torch.Generator().manual_seed(fc.seed))
+        toks = ids.tolist()
+        refs.append({"label": label, **sample_quality(toks, [tokenizer.decode(t) for t in toks], scorer, None, 64)})
+
+    # every rule x temperature
+    rows = []
+    for (rule, t), gc in tqdm(settings.items(), desc="settings", leave=False):
+        t0 = time.time()
+        ids, history, _ = generate(model, tokenizer, gc, tcfg.max_len, torch.Generator().manual_seed(fc.seed))
+        seconds = time.time() - t0
+        toks = ids.tolist()
+        texts = [tokenizer.decode(x) for x in toks]
+        rows.append({"rule": rule, "temperature": t, "forward_passes": len(history), "sample": texts[0],
+                     **{k: v for k, v in dataclasses.asdict(gc).items() if k in RULES[rule] or k in ("sampling",)},
+                     **sample_quality(toks, texts, scorer, seconds, 64)})
+
+    # the setting that meets the quality floor at the lowest generative perplexity, against the seed's rule
+    held = refs[0]
+    above = [r for r in rows if meets_floor(r, held)]
+    chosen = min(above, key=lambda r: r["gen_ppl"]) if above else None
+    seed_rule = [(r["unigram_entropy"], r["gen_ppl"]) for r in rows if r["rule"] == "random"]
+
+    head = f"{'rule':<24}{'T':>5}{'gen ppl':>9}{'entropy':>9}{'dist-2':>8}{'rep-4':>7}  top word"
+    print(f"{fc.num_samples} unprompted samples of {length} tokens per setting, {fc.sampling}, {fc.steps} steps; "
+          f"generative perplexity under the AR baseline")
+    print(head)
+    for r in refs + rows:
+        name = r.get("label") or r["rule"]
+        print(f"{name[:24]:<24}{r.get('temperature', ''):>5}{r['gen_ppl']:>9.1f}{r['unigram_entropy']:>9.2f}"
+              f"{r['distinct_2']:>8.3f}{r['repeated_4gram']:>7.3f}  {r['top_word']!r} {r['top_word_share']:.0%}")
+    if chosen is None:
+        print("\nno setting meets the quality floor")
+    else:
+        at = ppl_at(chosen["unigram_entropy"], seed_rule) if seed_rule else None
+        versus = (f"; the seed's rule (random order) reaches {at:.1f} at that entropy" if at is not None
+                  else "; the seed's rule's sweep does not reach that entropy")
+        print(f"\nlowest generative perplexity above the quality floor: {chosen['rule']} at T {chosen['temperature']}: "
+              f"{chosen['gen_ppl']:.1f} at {chosen['unigram_entropy']:.2f} bits{versus}")
+
+    os.makedirs(fc.out_dir, exist_ok=True)
+    paths = {ext: os.path.join(fc.out_dir, f"sampler_frontier.{ext}") for ext in ("png", "csv", "json")}
+    plot(rows, refs, chosen, paths["png"])
+    keys = ["rule", "temperature", "gen_ppl", "unigram_entropy", "distinct_1", "distinct_2", "repeated_4gram",
+            "top_word", "top_word_share", "forward_passes", "seconds_per_sample"]
+    with open(paths["csv"], "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(keys)
+        for r in refs + rows:
+            w.writerow([r.get(k, r.get("label")) if k == "rule" else r.get(k, "") for k in keys])
+    with open(paths["json"], "w") as f:
+        json.dump({"config": dataclasses.asdict(fc), "rules": {k: RULES[k] for k in rules},
+                   "quality_floor": QUALITY_FLOOR, "references": refs, "rows": rows, "chosen": chosen}, f, indent=2)
+    save_config(fc, fc.out_dir, "sampler_frontier_config.json")
+    for p in paths.values():
+        print(f"wrote {p}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli(main))
