@@ -32,12 +32,19 @@ class UsageError(Exception):
     """Bad input from the user: printed as one line `error: ...`, exit code 2."""
 
 
+def settings(cls):
+    """A dataclass whose every instance is checked by validate() (choices, bounds, finite numbers)
+    as it is built, so a bad value never gets past the command line."""
+    cls.__post_init__ = lambda self: validate(self)
+    return dataclass(cls)
+
+
 # ---------------------------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass
+@settings
 class TrainConfig:
     # --- model -------------------------------------------------------------------------------
     # A HF hub id (roberta-base, distilroberta-base, roberta-large, ...; needs network), a local
@@ -111,9 +118,6 @@ class TrainConfig:
     resume: bool = False  # continue from the newest results/checkpoint-N
     quick_test: bool = False  # preset: small offline run on the embedded corpus (see QUICK_TEST)
 
-    def __post_init__(self):
-        validate(self)
-
     def levels(self) -> list[float]:
         return parse_floats(self.mask_levels, "mask-levels")
 
@@ -156,7 +160,7 @@ MODEL_PRESETS = {
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass
+@settings
 class GenConfig:
     checkpoint: str = "results/final-model"  # folder written by train.py
     prompt: str = ""  # text the generation continues (kept fixed, as the training prefix was)
@@ -187,11 +191,8 @@ class GenConfig:
     animate: str = ""  # write a GIF of the denoising history to this path
     out: str = "results/generations.jsonl"  # each run appends its config, samples and timing here
 
-    def __post_init__(self):
-        validate(self)
 
-
-@dataclass
+@settings
 class DemoConfig:
     checkpoint: str = "results/final-model"  # the diffusion model (train.py final-model)
     baseline: str = "results/ar-baseline"  # baseline_ar.py --output-dir, raced beside it when present; "none" = no race
@@ -203,16 +204,13 @@ class DemoConfig:
     concurrency: int = 2  # requests generated at once; more wait in the queue
     max_tokens: int = 1024  # most new tokens (and steps) one request may ask for
 
-    def __post_init__(self):
-        validate(self)
-
 
 # ---------------------------------------------------------------------------------------------
 # Evaluation, report, AR baseline, benchmark
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass
+@settings
 class EvalConfig:
     checkpoint: str = "results/final-model"  # the diffusion model (train.py final-model)
     baseline: str = "results/ar-baseline"  # baseline_ar.py --output-dir; "none" = no AR baseline
@@ -226,20 +224,14 @@ class EvalConfig:
     seed: int = 0  # masks of the bound and every sample (each setting restarts from this seed)
     out_dir: str = "results/eval"  # gets evaluation.json and eval_config.json
 
-    def __post_init__(self):
-        validate(self)
 
-
-@dataclass
+@settings
 class ReportConfig:
     evaluation: str = "results/eval/evaluation.json"  # written by evaluate.py
     out: str = "GENERATION_VALIDATION.md"  # the markdown report
 
-    def __post_init__(self):
-        validate(self)
 
-
-@dataclass
+@settings
 class ARConfig:
     checkpoint: str = "results/final-model"  # the diffusion run (a train.py final-model) to match
     output_dir: str = "results/ar-baseline"  # gets final-model/ and metrics.jsonl
@@ -247,11 +239,8 @@ class ARConfig:
     n_inner: int = 0  # 0 = auto: MLP width solved so the parameter count matches
     learning_rate: float = 0.0  # 0 = the diffusion run's learning rate
 
-    def __post_init__(self):
-        validate(self)
 
-
-@dataclass
+@settings
 class BenchConfig:
     device: str = "auto"  # auto = cuda if visible, else cpu
     small: bool = False  # tiny settings a CPU finishes in about half a minute (the CI smoke test)
@@ -282,9 +271,6 @@ class BenchConfig:
     cache_dir: str = ".cache"  # tokenizer and packed-data cache
     seed: int = 0  # weights, masks and samples
 
-    def __post_init__(self):
-        validate(self)
-
     def batches(self) -> list[int]:
         return parse_ints(self.gen_batches, "gen-batches")
 
@@ -305,7 +291,7 @@ BENCH_PRESETS = {
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass
+@settings
 class VizConfig:
     checkpoint: str = ""  # train.py checkpoint whose tokenizer and settings to use; "" = quick-test preset
     levels: str = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0"  # masking rates shown in the terminal
@@ -317,11 +303,8 @@ class VizConfig:
     seed: int = 0  # fixes the masks and the drawn rates
     out_dir: str = "results/figures"  # PNGs and the settings JSON go here
 
-    def __post_init__(self):
-        validate(self)
 
-
-@dataclass
+@settings
 class CompareConfig:
     checkpoint: str = "results/final-model"  # train.py checkpoint that generates
     schedules: str = "linear,cosine,exponential"  # comma-separated names from diffusion.SCHEDULES
@@ -341,11 +324,8 @@ class CompareConfig:
     threads: int = 1  # torch CPU threads (0 = torch's default); one avoids thread contention on shared cores
     out_dir: str = "results/figures"  # CSV, PNGs and the settings JSON go here
 
-    def __post_init__(self):
-        validate(self)
 
-
-@dataclass
+@settings
 class LayerConfig:
     checkpoint: str = "results/final-model"  # train.py checkpoint (any checkpoint-N or final-model)
     levels: str = ""  # comma-separated masking rates; "" = the levels train.py reports losses at
@@ -357,11 +337,8 @@ class LayerConfig:
     threads: int = 1  # torch CPU threads (0 = torch's default); one avoids thread contention on shared cores
     out_dir: str = "results/figures"  # PNGs, CSV and the settings JSON go here
 
-    def __post_init__(self):
-        validate(self)
 
-
-@dataclass
+@settings
 class FrontierConfig:
     checkpoint: str = "results/final-model"  # the diffusion model (train.py final-model)
     baseline: str = "results/ar-baseline"  # the AR baseline: scores every sample (generative perplexity)
@@ -375,17 +352,11 @@ class FrontierConfig:
     seed: int = 0  # every setting restarts from this seed
     out_dir: str = "results/figures"  # sampler_frontier.png / .csv / .json
 
-    def __post_init__(self):
-        validate(self)
 
-
-@dataclass
+@settings
 class ProbeConfig:
     seconds: float = 40.0  # training wall time of the probe
     out: str = "results/recipe_probe.jsonl"  # one JSON line per probe is appended here
-
-    def __post_init__(self):
-        validate(self)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -463,7 +434,7 @@ def _in_interval(value: float, interval: str) -> bool:
 
 def validate(cfg) -> None:
     """Choices, finite numbers and BOUNDS for any config above, then the rules that tie fields
-    together. Called by each config's __post_init__."""
+    together. Every @settings class calls it as an instance is built."""
     bounds, choices = BOUNDS.get(type(cfg).__name__, {}), CHOICES.get(type(cfg).__name__, {})
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)

@@ -226,8 +226,8 @@ def main(argv=None) -> int:
     print(f"\ntraining recipe ({cfg.mask_distribution} rates, prefix {cfg.prefix_mode} <= {cfg.prefix_len}) "
           f"on {len(realised)} blocks: mean drawn rate {float(rates.mean()):.2f}, mean share of the "
           f"block's content actually masked {float(realised.mean()):.2f}")
-    for name in ("masking_levels.txt", "masking_schedules.png", "masking_rate_distributions.png", "masking_viz.json"):
-        print(f"wrote {os.path.join(vc.out_dir, name)}")
+    names = ("masking_levels.txt", "masking_schedules.png", "masking_rate_distributions.png", "masking_viz.json")
+    print(f"wrote {', '.join(names)} to {vc.out_dir}")
     return 0
 
 
