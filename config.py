@@ -348,7 +348,11 @@ class FrontierConfig:
     k: int = 50  # top-k size
     p: float = 0.95  # nucleus mass
     steps: int = 10  # denoising steps
-    num_samples: int = 16  # unprompted samples per setting (evaluate.py's protocol)
+    num_samples: int = 16  # samples per setting (evaluate.py's protocol)
+    prompt: str = ""  # continue this text (samples are judged on the continuation); "" = unprompted
+    length: int = 0  # tokens to write; 0 = the window
+    block_size: int = 0  # >0: semi-autoregressive blocks, as generate.py --block-size
+    canvas: str = "full"  # full | fit, as generate.py --canvas
     seed: int = 0  # every setting restarts from this seed
     out_dir: str = "results/figures"  # sampler_frontier.png / .csv / .json
 
@@ -382,7 +386,7 @@ CHOICES = {
                   "remdm": REMDM_NAMES, "canvas": ("full", "fit"), "decode": ("schedule", "threshold")},
     "BenchConfig": {"device": ("auto", "cpu", "cuda"), "arch": ARCHS},
     "CompareConfig": {"plot_order": ORDER_NAMES, "heatmap_sampler": SAMPLER_NAMES},
-    "FrontierConfig": {"sampling": SAMPLER_NAMES},
+    "FrontierConfig": {"sampling": SAMPLER_NAMES, "canvas": ("full", "fit")},
 }
 
 # field -> interval. "[1, inf)" = at least 1; "(0, 1]" = above 0, at most 1. Per class, because
@@ -418,7 +422,8 @@ BOUNDS = {
                       "p": "(0, 1]", "heatmap_steps": "[1, inf)", "threads": "[0, inf)"},
     "LayerConfig": {"batches": "[1, inf)", "batch_size": "[0, inf)", "bins": "[1, inf)", "threads": "[0, inf)"},
     "ProbeConfig": {"seconds": "(0, inf)"},
-    "FrontierConfig": {"k": "[1, inf)", "p": "(0, 1]", "steps": "[1, inf)", "num_samples": "[1, inf)"},
+    "FrontierConfig": {"k": "[1, inf)", "p": "(0, 1]", "steps": "[1, inf)", "num_samples": "[1, inf)",
+                       "length": "[0, inf)", "block_size": "[0, inf)"},
 }
 
 

@@ -113,8 +113,9 @@ def main(argv=None) -> int:
     fc, _ = parse(FrontierConfig, argv, __doc__)
     rules = list(RULES) if fc.rules == "all" else parse_names(fc.rules, "rules", tuple(RULES))
     temps = parse_floats(fc.temperatures, "temperatures")
-    settings = {(rule, t): GenConfig(**{**RULES[rule], "temperature": t, "sampling": fc.sampling, "k": fc.k, "p": fc.p,
-                                        "steps": fc.steps, "num_samples": fc.num_samples, "seed": fc.seed, "out": ""})
+    shared = dict(sampling=fc.sampling, k=fc.k, p=fc.p, steps=fc.steps, num_samples=fc.num_samples, seed=fc.seed,
+                  prompt=fc.prompt, length=fc.length, block_size=fc.block_size, canvas=fc.canvas, out="")
+    settings = {(rule, t): GenConfig(**{**shared, **RULES[rule], "temperature": t})
                 for rule in rules for t in temps}  # every setting is checked before any work starts
     from tqdm import tqdm
     from transformers.utils import logging as hf_logging
@@ -150,9 +151,9 @@ def main(argv=None) -> int:
     rows = []
     for (rule, t), gc in tqdm(settings.items(), desc="settings", leave=False):
         t0 = time.time()
-        ids, history, _ = generate(model, tokenizer, gc, tcfg.max_len, torch.Generator().manual_seed(fc.seed))
+        ids, history, n_prompt = generate(model, tokenizer, gc, tcfg.max_len, torch.Generator().manual_seed(fc.seed))
         seconds = time.time() - t0
-        toks = ids.tolist()
+        toks = ids[:, n_prompt:].tolist()  # judged on what it wrote
         texts = [tokenizer.decode(x) for x in toks]
         rows.append({"rule": rule, "temperature": t, "forward_passes": len(history), "sample": texts[0],
                      **{k: v for k, v in dataclasses.asdict(gc).items() if k in RULES[rule] or k in ("sampling",)},
@@ -165,7 +166,9 @@ def main(argv=None) -> int:
     seed_rule = [(r["unigram_entropy"], r["gen_ppl"]) for r in rows if r["rule"] == "random"]
 
     head = f"{'rule':<24}{'T':>5}{'gen ppl':>9}{'entropy':>9}{'dist-2':>8}{'rep-4':>7}  top word"
-    print(f"{fc.num_samples} unprompted samples of {length} tokens per setting, {fc.sampling}, {fc.steps} steps; "
+    what = f"continuing {fc.prompt!r}" if fc.prompt else "unprompted"
+    print(f"{fc.num_samples} samples per setting ({what}, length {fc.length or 'the window'}, {fc.canvas} canvas"
+          f"{f', blocks of {fc.block_size}' if fc.block_size else ''}), {fc.sampling}, {fc.steps} steps; "
           f"generative perplexity under the AR baseline")
     print(head)
     for r in refs + rows:
