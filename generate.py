@@ -49,7 +49,9 @@ def main(argv=None) -> int:
         print(format_steps(history, tokenizer))
         print()
     for i, (text, row) in enumerate(zip(texts, rows)):
-        kept = f" (kept {len(row) - n_prompt} of {ids.shape[1] - n_prompt} tokens: cut at </s>)" if gc.stop_at_eos else ""
+        total, kept = ids.shape[1] - n_prompt, len(row) - n_prompt
+        kept = ("" if not gc.stop_at_eos else f" (cut at </s>: kept {kept} of {total} tokens)" if kept < total
+                else f" (no </s>: all {total} tokens kept)")
         print(f"--- sample {i + 1}/{len(texts)}{kept} ---\n{text}")
     print(f"({len(history)} forward passes, {seconds:.2f}s for {len(texts)} sample(s))")
     if gc.animate:
