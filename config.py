@@ -85,6 +85,9 @@ class TrainConfig:
     # fraction actually masked, so each sequence counts by its mean masked-token loss: in
     # expectation over rates the NLL bound itself (tests/test_objectives.py).
     loss_weighting: str = "mean"
+    # Optimiser step from which --loss-weighting applies; before it, the plain mean (e.g. leave the
+    # unigram plateau on the seed's weighting, then train on the bound's).
+    weighting_start: int = 0
 
     # --- optimisation --------------------------------------------------------------------------
     output_dir: str = "results"  # checkpoint-N/, final-model/, metrics.jsonl, loss_by_level.png
@@ -400,6 +403,7 @@ BOUNDS = {
         "scratch_layers": "[1, inf)", "scratch_hidden": "[1, inf)", "scratch_heads": "[1, inf)",
         "scratch_intermediate": "[1, inf)", "tokenizer_vocab_size": "[16, inf)", "max_len": "[8, inf)",
         "val_fraction": "(0, 0.5)", "max_train_blocks": "[0, inf)", "mask_min": "(0, 1]", "prefix_len": "[0, inf)",
+        "weighting_start": "[0, inf)",
         "max_steps": "[1, inf)", "batch_size": "[1, inf)", "grad_accum": "[1, inf)", "learning_rate": "(0, inf)",
         "weight_decay": "[0, inf)", "warmup_steps": "[0, inf)", "num_workers": "[0, inf)",
         "logging_steps": "[1, inf)", "eval_steps": "[1, inf)", "eval_batches": "[1, inf)", "elbo_draws": "[2, inf)",

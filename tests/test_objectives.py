@@ -245,6 +245,28 @@ def test_elbo_weighting_with_rows_of_different_length():
     assert float(loss) == pytest.approx(float((n * row_means).sum() / n.sum()), rel=1e-6)
 
 
+def test_weighting_starts_at_its_step():
+    """--weighting-start: the plain mean before that optimiser step, --loss-weighting from it on."""
+    from types import SimpleNamespace
+
+    from trainer import DiffusionTrainer
+
+    model = tiny_model()
+    masks = [(1,), (1, 2, 3, 4)]  # two rows at very different rates: the weightings disagree
+    inputs, labels, protected = masked_batch(masks)
+    batch = {"input_ids": inputs, "attention_mask": None, "labels": labels,
+             "mask_rate": realized_rates(labels, protected)}
+    cfg = TrainConfig(model="scratch", loss_weighting="elbo", weighting_start=5, per_sample_rate=True)
+    with torch.no_grad():
+        mean = masked_lm_loss(model, inputs, None, labels)[0]
+        elbo = masked_lm_loss(model, inputs, None, labels, batch["mask_rate"], "elbo")[0]
+        assert abs(float(mean - elbo)) > 1e-3
+        for step, expected in ((0, mean), (4, mean), (5, elbo), (9, elbo)):
+            fake = SimpleNamespace(cfg=cfg, state=SimpleNamespace(global_step=step), levels=[0.25, 1.0],
+                                   level_sums={0.25: [0.0, 0], 1.0: [0.0, 0]})
+            assert torch.allclose(DiffusionTrainer.compute_loss(fake, model, batch), expected), step
+
+
 # ---------------------------------------------------------------------------------------------
 # The objective study's pure parts
 # ---------------------------------------------------------------------------------------------
