@@ -280,7 +280,8 @@ def test_every_objective_is_a_valid_distinct_train_config():
         cfg, _ = parse(TrainConfig, ["--quick-test"] + OS.train_flags(over), presets=train_presets)
         assert all(getattr(cfg, k) == v for k, v in over.items()), name
         key = tuple(sorted((k, getattr(cfg, k)) for k in ("mask_distribution", "mask_min", "antithetic",
-                                                           "loss_weighting", "learning_rate", "warmup_steps")))
+                                                           "loss_weighting", "weighting_start", "learning_rate",
+                                                           "warmup_steps")))
         assert key not in seen, f"{name} repeats another objective"
         seen.add(key)
     assert OS.OBJECTIVES["seed"] == {}  # the seed's recipe is the preset itself
