@@ -387,56 +387,75 @@ def csv_rows(result: dict) -> list[list]:
             + [o["samples"]["unigram_entropy"], o["samples"]["gen_ppl"], o["run"]["seconds"]] for name, scale, o in rows]
 
 
+def plain_log(ax, which: str, ticks) -> None:
+    """A log axis labelled with plain numbers at `ticks` (no 10^x, no minor labels)."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    axis = ax.yaxis if which == "y" else ax.xaxis
+    (ax.set_yscale if which == "y" else ax.set_xscale)("log")
+    axis.set_major_locator(FixedLocator(ticks))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_locator(NullLocator())
+
+
+PPL_TICKS = [50, 100, 150, 200, 300, 500, 1000, 2000, 4000]
+
+
 def plot(result: dict, path: str) -> None:
-    """Left: held-out bound vs training tokens per objective, the AR curve beside it. Middle: the
-    final held-out loss per masking rate. Right: bound and AR perplexity at each budget, with the ratio."""
+    """Left: held-out bound vs training tokens per objective at 1x, the AR curve beside it.
+    Middle: the final held-out loss per masking rate. Right: the best objective and the AR at every
+    budget, bound and NLL vs training tokens, with the ratio of perplexities at the end of each."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, mid, right) = plt.subplots(1, 3, figsize=(19, 5.6))
+    fig, (left, mid, right) = plt.subplots(1, 3, figsize=(20, 6.2))
     colors = dict(zip(result["objectives"], plt.get_cmap("tab10").colors))
+    ppl = lambda curve: [(p["tokens"] / 1e6, math.exp(p["nats"])) for p in curve if p["step"] > 0]  # noqa: E731
     for name, o in result["objectives"].items():
-        pts = [(p["tokens"] / 1e6, math.exp(p["nats"])) for p in o["curve"] if p["step"] > 0]
-        left.plot(*zip(*pts), marker="o", ms=4, color=colors[name], label=f"{name} (bound)")
+        left.plot(*zip(*ppl(o["curve"])), marker="o", ms=4, color=colors[name], label=f"{name} (bound)")
         mid.plot([100 * lv for lv in result["levels"]], [o["level_losses"][str(lv)] for lv in result["levels"]],
                  marker="o", ms=4, color=colors[name], label=name)
-    ar = [(p["tokens"] / 1e6, math.exp(p["nats"])) for p in result["ar_runs"]["1"]["curve"] if p["step"] > 0]
+    ar = ppl(result["ar_runs"]["1"]["curve"])
     if ar:
         left.plot(*zip(*ar), marker="s", ms=4, color="black", ls="--", label="AR baseline (exact NLL)")
-    left.set_yscale("log")
-    draws = next(iter(result["objectives"].values()))["train_config"]["elbo_draws"]
-    left.set(title=f"Held-out perplexity bound during training\n(train.py's evaluations, {draws} draws per block; "
-                   f"AR: exact, same tokens)",
+    plain_log(left, "y", PPL_TICKS)
+    left.set_ylim(80, None)
+    draws = first_row(result)["train_config"]["elbo_draws"]
+    left.set(title=f"Held-out perplexity during training ({first_row(result)['tokens'] / 1e6:.1f}M-token budget)\n"
+                   f"bound: train.py's evaluations, {draws} draws/block; AR: exact NLL, same tokens",
              xlabel="training tokens (millions)", ylabel="perplexity (diffusion: upper bound)")
-    left.grid(alpha=0.3, which="both")
-    left.legend(fontsize=8)
-    mid.set(title="Held-out loss per masking rate, end of training\n(mean CE over masked tokens)",
-            xlabel="tokens masked (%)", ylabel="cross-entropy (nats/token)")
-    mid.axhline(result["scales"][0]["ar"]["nats_per_token"] if result["scales"] else 0, color="black", ls="--",
-                lw=1, label="AR NLL (left to right)")
+    left.grid(alpha=0.3)
+    left.legend(fontsize=8, loc="lower left", ncol=2)
+
+    mid.axhline(first_row(result)["ar"]["nats_per_token"], color="black", ls="--", lw=1,
+                label="AR NLL per token (for scale)")
+    mid.set(title="Held-out loss per masking rate, end of training\n"
+                  "mean CE over masked tokens (the bound averages it over 1..n masked)", xlabel="tokens masked (%)",
+            ylabel="cross-entropy (nats/token)")
     mid.grid(alpha=0.3)
-    mid.legend(fontsize=8)
-    sc = result["scales"]
-    if sc:
-        x = [r["tokens"] / 1e6 for r in sc]
-        right.plot(x, [r["bound"]["perplexity"] for r in sc], marker="o", color=colors.get(result["best"], "C0"),
-                   label=f"{result['best']} (bound)")
-        right.plot(x, [r["ar"]["perplexity"] for r in sc], marker="s", color="black", ls="--", label="AR baseline")
-        for r, xi in zip(sc, x):
-            right.annotate(f"{r['scale']}x: ratio {r['ratio']:.2f}", (xi, r["bound"]["perplexity"]),
-                           textcoords="offset points", xytext=(0, 8), ha="center", fontsize=9)
-        right.set_xscale("log")
-        right.set_yscale("log")
-        right.set_xticks(x)
-        right.set_xticklabels([f"{xi:.1f}M" for xi in x])
-        right.minorticks_off()
-    right.set(title=f"The gap as the budget grows\n(final held-out numbers, {result['config']['elbo_draws']} draws "
-                    f"per block)", xlabel="training tokens",
-              ylabel="perplexity (diffusion: upper bound)")
-    right.grid(alpha=0.3, which="both")
-    right.legend(fontsize=8)
+    mid.legend(fontsize=8, loc="lower right")
+
+    scale_colors = plt.get_cmap("viridis")
+    for i, r in enumerate(result["scales"]):
+        c = scale_colors(i / max(len(result["scales"]) - 1, 1) * 0.85)
+        bound, ar = ppl(r["curve"]), ppl(r["ar_curve"])
+        right.plot(*zip(*bound), marker="o", ms=3, color=c, label=f"{r['scale']}x {r['objective']} (bound)")
+        if ar:
+            right.plot(*zip(*ar), marker="s", ms=3, color=c, ls="--", label=f"{r['scale']}x AR")
+        right.annotate(f"{r['scale']}x: ratio {r['ratio']:.2f}", (r["tokens"] / 1e6, r["bound"]["perplexity"]),
+                       textcoords="offset points", xytext=(-4, 10), ha="right", fontsize=9, color=c)
+    plain_log(right, "y", PPL_TICKS)
+    plain_log(right, "x", [0.5, 1, 2, 3, 6, 12, 24, 48])
+    right.set_ylim(80, None)
+    right.set(title="The gap as the budget grows (each budget trained from scratch)\n"
+                    f"ratio of perplexities at the end, {result['config']['elbo_draws']} draws/block",
+              xlabel="training tokens (millions)", ylabel="perplexity (diffusion: upper bound)")
+    right.grid(alpha=0.3)
+    right.legend(fontsize=8, loc="lower left", ncol=2)
+    for ax in (left, mid, right):
+        ax.title.set_fontsize(10.5)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
