@@ -13,10 +13,13 @@
   - the HF Trainer with the standard causal LM loss (labels = input_ids, shifted inside the model).
 
 Writes --output-dir/final-model (model, tokenizer, ar_config.json, source_train_config.json) and
---output-dir/metrics.jsonl. evaluate.py compares the two models on the same held-out tokens.
+--output-dir/metrics.jsonl (every --eval-steps of the diffusion run: eval_loss over every token after
+<s>, and eval_heldout_nats over the tokens the diffusion bound scores). evaluate.py compares the
+two models on the same held-out tokens.
 """
 
 import dataclasses
+import math
 import os
 import shutil
 import sys
@@ -28,14 +31,44 @@ import torch  # noqa: E402
 from config import ARConfig, UsageError, cli, format_config, parse, save_config
 
 
+def ar_trainer(prefix: int, **kw):
+    """A HF Trainer whose evaluation scores the held-out set as evaluate.py does: eval_loss over
+    every token after <s> (the Trainer's usual number), and eval_heldout_nats over the content
+    tokens after `prefix` that the diffusion bound scores (metrics.ar_held_out_nll), so
+    metrics.jsonl holds an AR curve to set beside the diffusion run's eval_elbo_nats."""
+    from transformers import Trainer
+
+    from diffusion import protected_positions, special_token_ids
+    from metrics import ar_held_out_nll
+
+    class ARTrainer(Trainer):
+        def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+            blocks = torch.as_tensor(self.eval_dataset[:]["input_ids"])  # [M, L]
+            protected = protected_positions(blocks, special_token_ids(self.processing_class),
+                                            torch.full((len(blocks),), prefix, dtype=torch.long))  # [M, L]
+            was_training = self.model.training
+            self.model.eval()
+            nll = ar_held_out_nll(self.model, blocks, protected, self.args.per_device_eval_batch_size)
+            self.model.train(was_training)
+            metrics = {"eval_loss": nll["all_tokens_after_bos"]["nats_per_token"],
+                       "eval_heldout_nats": nll["nats_per_token"],
+                       "eval_heldout_ppl": math.exp(min(nll["nats_per_token"], 50))}
+            self.log(metrics)
+            self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+            return metrics
+
+    return ARTrainer(**kw)
+
+
 def main(argv=None) -> int:
     acfg, _ = parse(ARConfig, argv, __doc__)
 
-    from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments, set_seed
+    from transformers import DataCollatorForLanguageModeling, TrainingArguments, set_seed
     from transformers.trainer_callback import ProgressCallback
     from transformers.utils import logging as hf_logging
 
     from data import build_datasets
+    from diffusion import bound_prefix
     from modeling import ar_shape, build_ar_model, load_checkpoint, n_params, width_heads_depth
     from trainer import QuietProgress, RunLog, check_writable, speed_arguments
 
@@ -78,12 +111,12 @@ def main(argv=None) -> int:
         output_dir=acfg.output_dir, max_steps=tcfg.max_steps, per_device_train_batch_size=tcfg.batch_size,
         per_device_eval_batch_size=64, gradient_accumulation_steps=tcfg.grad_accum,
         learning_rate=acfg.learning_rate, weight_decay=tcfg.weight_decay, warmup_steps=tcfg.warmup_steps,
-        lr_scheduler_type=tcfg.lr_scheduler, logging_steps=tcfg.logging_steps, eval_strategy="no",
-        save_strategy="no", seed=tcfg.seed, data_seed=tcfg.seed, report_to="none", **speed_arguments(tcfg),
+        lr_scheduler_type=tcfg.lr_scheduler, logging_steps=tcfg.logging_steps, eval_strategy="steps",
+        eval_steps=tcfg.eval_steps, eval_on_start=True, save_strategy="no", seed=tcfg.seed, data_seed=tcfg.seed, report_to="none", **speed_arguments(tcfg),
     )
-    trainer = Trainer(model=model, args=targs, train_dataset=train_ds, eval_dataset=val_ds,
-                      data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),  # labels = input_ids
-                      processing_class=tokenizer)
+    trainer = ar_trainer(bound_prefix(tcfg), model=model, args=targs, train_dataset=train_ds, eval_dataset=val_ds,
+                         data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),  # labels = input_ids
+                         processing_class=tokenizer)
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(QuietProgress())
     trainer.add_callback(RunLog(acfg.output_dir, tcfg))
@@ -93,7 +126,8 @@ def main(argv=None) -> int:
 
     # 4. train, score the held-out blocks, save
     trainer.train()
-    loss = trainer.evaluate()["eval_loss"]
+    loss = trainer.evaluate()["eval_loss"] if trainer.state.global_step % tcfg.eval_steps else \
+        next(r for r in reversed(trainer.state.log_history) if "eval_loss" in r)["eval_loss"]
     print(f"held-out loss {loss:.4f} nats/token over every token after <s> = perplexity "
           f"{torch.tensor(loss).exp().item():.1f} (evaluate.py scores the diffusion model's token set)", flush=True)
     final = os.path.join(acfg.output_dir, "final-model")

@@ -9,12 +9,14 @@ batch), mask exactly round(rate * n) of the n maskable positions. Training at ev
 
 import torch
 
-from diffusion import mask_tokens, prefix_lengths, protected_positions, sample_rates, special_token_ids
+from diffusion import (mask_tokens, prefix_lengths, protected_positions, realized_rates, sample_rates,
+                       special_token_ids)
 
 
 class DiffusionCollator:
     """Stacks packed blocks and masks them at a random rate. Returns input_ids, attention_mask,
-    labels and mask_rate ([B], used for per-level logging and 1/t weighting).
+    labels and mask_rate ([B], the fraction k/n each row actually has masked: per-level
+    logging and the 1/t weighting).
 
     Randomness comes from its own generator seeded with `seed`; inside a DataLoader worker the
     generator is reseeded with seed + worker id (HF run_mlm's rule), so workers never repeat each
@@ -73,5 +75,6 @@ class DiffusionCollator:
         protected = protected_positions(ids, self.special_ids, prefix)  # [B, L]
         rates = sample_rates(len(ids), self.cfg, g)  # [B]
         inputs, labels = mask_tokens(ids, rates, protected, self.mask_id, g)
+        # the rate each row was masked at, rounded to its whole count k/n: the t of the 1/t weight
         return {"input_ids": inputs, "attention_mask": (ids != self.pad_id).long(),
-                "labels": labels, "mask_rate": rates}
+                "labels": labels, "mask_rate": realized_rates(labels, protected)}

@@ -5,13 +5,15 @@ One noise schedule serves training and generation (as in MaskGIT / MDLM):
     SCHEDULES[name](r) -> fraction of positions still masked at progress r in [0, 1]
                           (r = 0: all masked, the start of generation; r = 1: none masked)
     training:   sample_rates draws r ~ U(0, 1) and masks the fraction SCHEDULES[name](r)
-                (or a rate from the seed's fixed levels, --mask-distribution levels)
+                (or a rate from the seed's fixed levels, --mask-distribution levels);
+                --antithetic spreads a batch's r evenly over [0, 1) (progress_draws)
     generation: mask_counts leaves round(n * SCHEDULES[name](s / steps)) masks after step s
 
 Masking (pure functions, explicit generators):
     prefix_lengths(n, mode, prefix_len, g)              -> [n] prompt tokens kept visible
     protected_positions(ids, special_ids, prefix)       -> [B, L] bool, never masked
     mask_tokens(ids, rates, protected, mask_id, g)      -> (inputs, labels)
+    realized_rates(labels, protected)                   -> [B] k/n actually masked (the 1/t weight's t)
 
 Measuring a model on held-out blocks:
     level_losses(...)      mean CE over masked tokens at fixed masking rates (the training curves)
@@ -58,18 +60,32 @@ def mask_counts(schedule: str, n: int, steps: int) -> list[int]:
     return counts
 
 
+def progress_draws(n: int, antithetic: bool, g: torch.Generator) -> torch.Tensor:
+    """[n] progress values r in [0, 1). Independent uniforms, or MDLM's low-discrepancy draw:
+    one u ~ U[0, 1) and r_i = (u + i/n) mod 1, exactly one r in each [j/n, (j+1)/n), so every
+    batch covers the whole range of rates evenly (same mean, less variance in the batch loss)."""
+    if not antithetic:
+        return torch.rand(n, generator=g)  # [n]
+    u = torch.rand(1, generator=g)  # [1]
+    return (u + torch.arange(n) / n) % 1.0  # [n]
+
+
 def sample_rates(n: int, cfg, g: torch.Generator) -> torch.Tensor:
     """n training masking rates for cfg (a TrainConfig); all equal (one per batch) unless
-    cfg.per_sample_rate. "levels" draws from cfg.levels(); a schedule name draws progress
-    r ~ U(0, 1) and returns mask_min + (1 - mask_min) * schedule(r)."""
+    cfg.per_sample_rate. Progress r in [0, 1) (progress_draws: independent, or antithetic with
+    cfg.antithetic) picks a level of cfg.levels() ("levels"), or a schedule name maps it to
+    mask_min + (1 - mask_min) * schedule(r), a rate in (mask_min, 1] (linear: uniform there)."""
     draws = n if cfg.per_sample_rate else 1
-    if cfg.mask_distribution == "levels":
-        levels = torch.tensor(cfg.levels())
+    levels = torch.tensor(cfg.levels())
+    if cfg.mask_distribution == "levels" and not cfg.antithetic:  # the seed's draw, kept bit for bit
         rates = levels[torch.randint(len(levels), (draws,), generator=g)]  # [draws]
     else:
-        f = SCHEDULES[cfg.mask_distribution]
-        r = torch.rand(draws, generator=g)  # [draws] progress
-        rates = torch.tensor([cfg.mask_min + (1.0 - cfg.mask_min) * f(float(x)) for x in r])  # [draws]
+        r = progress_draws(draws, cfg.antithetic, g)  # [draws]
+        if cfg.mask_distribution == "levels":
+            rates = levels[(r * len(levels)).long().clamp(max=len(levels) - 1)]  # [draws]
+        else:
+            f = SCHEDULES[cfg.mask_distribution]
+            rates = torch.tensor([cfg.mask_min + (1.0 - cfg.mask_min) * f(float(x)) for x in r])  # [draws]
     return rates if cfg.per_sample_rate else rates.expand(n).clone()  # [n]
 
 
@@ -116,6 +132,13 @@ def mask_tokens(ids: torch.Tensor, rates: torch.Tensor, protected: torch.Tensor,
     inputs = ids.masked_fill(masked, mask_id)
     labels = ids.masked_fill(~masked, IGNORE)
     return inputs, labels
+
+
+def realized_rates(labels: torch.Tensor, protected: torch.Tensor) -> torch.Tensor:
+    """[B] the fraction k/n of each row's maskable positions that mask_tokens actually masked
+    (the drawn rate rounded to a whole count): the t of the 1/t ELBO weight (0 for a row with
+    nothing maskable)."""
+    return (labels != IGNORE).sum(1) / (~protected).sum(1).clamp(min=1)  # [B]
 
 
 # ---------------------------------------------------------------------------------------------

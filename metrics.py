@@ -12,6 +12,7 @@ Scores that need a model (torch imported inside):
     score_texts(scorer, tok, texts)   total NLL of strings under any causal LM (generative perplexity)
     sample_quality(tokens, texts, scorer, ...)   the table row of one generation setting
     held_out_likelihood(model, ar, blocks, ...)  the diffusion bound and the AR NLL on the same tokens
+    ar_held_out_nll(ar, blocks, protected, ...)  the AR NLL alone (baseline_ar.py's evaluations)
 """
 
 import math
@@ -170,13 +171,23 @@ def held_out_likelihood(model, ar, blocks, tokenizer, prefix: int, draws: int, b
            "diffusion": likelihood_summary(bound["nats_per_token"], n_tok, n_bytes)
            | {"nats_stderr": bound["nats_stderr"]}}
     if ar is not None:
-        ar_nats, all_nats, all_count = 0.0, 0.0, 0
-        for i in range(0, len(blocks), batch_size):
-            nll = causal_token_nll(ar, blocks[i:i + batch_size])  # [b, L]
-            ar_nats += float(nll[~protected[i:i + batch_size]].sum())
-            all_nats += float(nll[:, 1:].sum())  # the usual LM number: every token after <s>
-            all_count += nll[:, 1:].numel()
-        out["ar"] = likelihood_summary(ar_nats / n_tok, n_tok, n_bytes)
-        out["ar_all_tokens_after_bos"] = {"nats_per_token": all_nats / all_count, "tokens": all_count,
-                                          "perplexity": math.exp(all_nats / all_count)}
+        ar_nll = ar_held_out_nll(ar, blocks, protected, batch_size)
+        out["ar"] = likelihood_summary(ar_nll["nats_per_token"], n_tok, n_bytes)
+        out["ar_all_tokens_after_bos"] = ar_nll["all_tokens_after_bos"]
     return out
+
+
+def ar_held_out_nll(ar, blocks, protected, batch_size: int) -> dict:
+    """A causal LM's NLL on blocks [M, L]: nats per token over the positions not `protected`
+    (the tokens the diffusion bound scores), and over every token after <s> (the usual LM number)."""
+    scored, n_scored, all_nats, all_count = 0.0, 0, 0.0, 0
+    for i in range(0, len(blocks), batch_size):
+        nll = causal_token_nll(ar, blocks[i:i + batch_size])  # [b, L]
+        keep = ~protected[i:i + batch_size]  # [b, L]
+        scored += float(nll[keep].sum())
+        n_scored += int(keep.sum())
+        all_nats += float(nll[:, 1:].sum())
+        all_count += nll[:, 1:].numel()
+    return {"nats_per_token": scored / max(n_scored, 1), "scored_tokens": n_scored,
+            "all_tokens_after_bos": {"nats_per_token": all_nats / all_count, "tokens": all_count,
+                                     "perplexity": math.exp(all_nats / all_count)}}

@@ -119,9 +119,13 @@ def masked_lm_loss(model, input_ids, attention_mask, labels, mask_rate=None, wei
                    masked_only: bool = True):
     """(loss, per_token_ce [N], row_of_each [N]) over positions with a label.
 
-    "mean": average CE over masked tokens (the seed's objective).
-    "elbo": MDLM's weighting, sum_i (1/t_i) * sum_{masked in i} CE / (number of label-able
-            positions) -- in expectation the per-token NLL bound."""
+    "mean": average CE over masked tokens (the seed's objective): a row counts by how many of its
+            tokens are masked, so heavily masked rows dominate.
+    "elbo": MDLM's 1/t weighting, sum_i (1/t_i) * sum_{masked in i} CE / sum_i n_i, with t_i = k_i/n_i
+            the fraction of row i's n_i maskable positions actually masked (diffusion.realized_rates,
+            what DiffusionCollator returns as mask_rate): row i adds n_i * (mean CE of its k_i masked
+            tokens). Over k ~ U{1..n} its expectation is the per-token NLL bound that
+            diffusion.elbo_terms estimates (tests/test_objectives.py checks it on every mask)."""
     where = labels != -100  # [B, L]
     logits = masked_logits(model, input_ids, attention_mask, where, masked_only)  # [N, V]
     ce = F.cross_entropy(logits.float(), labels[where], reduction="none")  # [N]
@@ -129,8 +133,10 @@ def masked_lm_loss(model, input_ids, attention_mask, labels, mask_rate=None, wei
     if weighting == "elbo":
         if mask_rate is None:
             raise ValueError("elbo weighting needs mask_rate")
-        maskable = torch.round(where.sum(1) / mask_rate.to(ce.device).clamp(min=1e-6))  # [B] ~ n per row
-        loss = (ce / mask_rate.to(ce.device)[rows]).sum() / maskable.sum().clamp(min=1)
+        t = mask_rate.to(ce.device).float()  # [B]
+        k = where.sum(1)  # [B] masked tokens per row
+        n = torch.where(k > 0, torch.round(k / t.clamp(min=1e-9)), 0.0)  # [B] maskable positions: k / (k/n)
+        loss = (ce / t[rows]).sum() / n.sum().clamp(min=1)
     else:
         loss = ce.mean()
     return loss, ce, rows

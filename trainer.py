@@ -63,8 +63,9 @@ class DiffusionTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         rates = inputs["mask_rate"]  # [B]
+        weighting = self.cfg.loss_weighting if self.state.global_step >= self.cfg.weighting_start else "mean"
         loss, ce, rows = masked_lm_loss(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"],
-                                        rates, self.cfg.loss_weighting, self.cfg.masked_only_head)
+                                        rates, weighting, self.cfg.masked_only_head)
         with torch.no_grad():  # running loss per level, reported at the next log
             sums = torch.zeros(len(rates), device=ce.device).index_add_(0, rows, ce.detach())  # [B]
             counts = torch.bincount(rows, minlength=len(rates))  # [B]

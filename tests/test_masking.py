@@ -101,8 +101,9 @@ def test_one_schedule_registry_feeds_training_and_generation(monkeypatch):
     cfg = TrainConfig(model="scratch", mask_distribution="linear", mask_min=0.0001, per_sample_rate=True)
     out = DiffusionCollator(FakeTok(), dataclasses.replace(cfg, prefix_mode="none"), seed=0)(
         [{"input_ids": row} for row in batch()])
-    assert torch.allclose(out["mask_rate"], torch.full((8,), 0.0001 + 0.9999 * 0.5))
-    assert ((out["input_ids"] == MASK).sum(1) == 31).all()  # round(0.5 * 62)
+    assert torch.allclose(sample_rates(8, cfg, torch.Generator()), torch.full((8,), 0.0001 + 0.9999 * 0.5))
+    assert ((out["input_ids"] == MASK).sum(1) == 31).all()  # round(0.50005 * 62)
+    assert torch.allclose(out["mask_rate"], torch.full((8,), 31 / 62))  # the collator reports the realized k/n
     assert diffusion.mask_counts("linear", 40, 4) == [40, 20, 20, 20, 0]
 
 
