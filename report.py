@@ -295,6 +295,9 @@ def render(result: dict, json_path: str) -> str:
         "",
         md_table(["model", "nats/token", "perplexity", "bits/byte"], lik),
         "",
+        "How the gap moves with the training objective, and with 2x and 4x the training budget: "
+        "[docs/objective_study.md](docs/objective_study.md) (`experiments/objective_study.py`).",
+        "",
     ]
     if "ar_all_tokens_after_bos" in h:
         usual = h["ar_all_tokens_after_bos"]["perplexity"]

@@ -58,8 +58,11 @@ OBJECTIVES = {
                        "weighting_start": 1000},
 }
 LEVELS = (0.02, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0)  # held-out loss per masking rate (2% of 62 = 1 token)
-TABLE_LEVELS = (0.02, 0.1, 0.5, 1.0)  # the ones the table shows
+TABLE_LEVELS = (0.02, 0.1, 0.25, 0.5, 0.75, 1.0)  # the ones the table shows
 STUDY_FILE = "objective_study"
+# generate.py's decoding settings the samples were drawn with (recorded, and shown on the page)
+DECODING_FIELDS = ("steps", "schedule", "sampling", "k", "p", "temperature", "order", "order_noise", "remdm",
+                   "remdm_eta", "cfg", "canvas", "decode")
 
 
 def train_flags(over: dict) -> list[str]:
@@ -149,7 +152,7 @@ def score(run_dir: str, ar, ar_tok, sc: StudyConfig) -> dict:
     model, tok, cfg = load_checkpoint(os.path.join(run_dir, "final-model"), device="cpu")
     if ar_tok.get_vocab() != tok.get_vocab():
         raise UsageError(f"{run_dir} and its AR baseline use different tokenizers")
-    _, val_ds = build_datasets(cfg, tok)
+    train_ds, val_ds = build_datasets(cfg, tok)
     blocks = val_ds[:]["input_ids"]  # [M, L]
     held = held_out_likelihood(model, ar, blocks, tok, bound_prefix(cfg), sc.elbo_draws, 64,
                                torch.Generator().manual_seed(sc.seed))
@@ -166,8 +169,8 @@ def score(run_dir: str, ar, ar_tok, sc: StudyConfig) -> dict:
             "bound": held["diffusion"], "ar": held["ar"], "scored_tokens": held["scored_tokens"],
             "ratio": math.exp(held["diffusion"]["nats_per_token"] - held["ar"]["nats_per_token"]),
             "level_losses": {str(k): v for k, v in levels.items()},
-            "samples": {"settings": {f: getattr(gc, f) for f in ("schedule", "steps", "sampling", "k", "p",
-                                                                 "temperature", "remask", "decode")},
+            "train_tokens": len(train_ds) * cfg.max_len,
+            "samples": {"settings": {f: getattr(gc, f) for f in DECODING_FIELDS},
                         "unigram_entropy": quality["unigram_entropy"], "gen_ppl": quality["gen_ppl"],
                         "distinct_2": quality["distinct_2"], "text": texts[0]},
             "curve": curve(read_metrics(run_dir), "eval_elbo_nats", "eval_elbo_stderr", tokens_per_step)}
@@ -255,6 +258,7 @@ def study(sc: StudyConfig, names: list[str], command: str) -> dict:
             curve_ar = ar_curve(ar_folder)
         result["scales"].append({"scale": scale, "objective": best, "tokens": row["tokens"], "bound": row["bound"],
                                  "ar": row["ar"], "ratio": row["ratio"], "samples": row["samples"],
+                                 "train_tokens": row["train_tokens"],
                                  "level_losses": row["level_losses"], "run": record, "ar_run": ar_record,
                                  "curve": row["curve"], "ar_curve": curve_ar})
     result["seconds"] = round(time.time() - t_start, 1)
@@ -309,6 +313,32 @@ def scale_table(result: dict) -> list[str]:
     return lines
 
 
+def scale_summary(result: dict) -> list[str]:
+    """Sentences on the budgets from recorded numbers: how the ratio moved, and whether the AR
+    baseline stopped improving (it sees its small training set many times at the larger budgets)."""
+    rows = result["scales"]
+    if len(rows) < 2:
+        return []
+    first, last = rows[0], rows[-1]
+    lines = [f"From {first['scale']}x to {last['scale']}x the ratio went from {first['ratio']:.2f}x to "
+             f"{last['ratio']:.2f}x; the bound fell by {first['bound']['nats_per_token'] - last['bound']['nats_per_token']:.3f} "
+             f"nats/token, the AR's NLL by {first['ar']['nats_per_token'] - last['ar']['nats_per_token']:.3f}."]
+    best_ar = min(rows, key=lambda r: r["ar"]["nats_per_token"])
+    if best_ar is not last:
+        epochs = last["tokens"] / last["train_tokens"]
+        vs_best = math.exp(last["bound"]["nats_per_token"] - best_ar["ar"]["nats_per_token"])
+        lines.append(f"The AR baseline is best at {best_ar['scale']}x ({best_ar['ar']['nats_per_token']:.3f} nats/token) "
+                     f"and worse after it: at {last['scale']}x it sees its {last['train_tokens']:,}-token training set "
+                     f"{epochs:.0f} times and overfits, so part of the last ratio's fall is the AR getting worse. Against "
+                     f"the AR's best at any budget, the {last['scale']}x bound is {vs_best:.2f}x.")
+    return lines
+
+
+def decoding_flags(settings: dict) -> str:
+    """The samples' decoding settings as generate.py flags."""
+    return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in settings.items())
+
+
 def first_row(result: dict) -> dict:
     return next(iter(result["objectives"].values()))
 
@@ -357,8 +387,9 @@ def render(result: dict, figure: str) -> str:
         f"{result['quick_test']['learning_rate']:g}). Bounds and the AR's exact NLL are on the same "
         f"{first['scored_tokens']:,} held-out tokens ({cfg['elbo_draws']} Monte Carlo draws per block, seed "
         f"{cfg['seed']}, as `evaluate.py`). Held-out loss per masking rate: mean CE over masked tokens (2% of a "
-        f"block = 1 token). Samples: {cfg['num_samples']} unprompted at generate.py's defaults, generative "
-        f"perplexity under the AR baseline of the same budget.", "",
+        f"block = 1 token). Samples: {cfg['num_samples']} unprompted, seed {cfg['seed']}, at generate.py's defaults when "
+        f"the study ran (`{decoding_flags(first['samples']['settings'])}`), generative perplexity under the AR "
+        f"baseline of the same budget.", "",
         f"![bound vs training tokens]({figure})", "",
         "## Objectives at the quick-test budget", "",
         *objective_table(result), "",
@@ -367,6 +398,7 @@ def render(result: dict, figure: str) -> str:
         f"The best objective at 1x ({result['best']}) and the AR baseline, each trained from scratch at every budget "
         f"(same batch, more steps, learning-rate schedule stretched to the new length).", "",
         *scale_table(result), "",
+        *scale_summary(result), "",
         "## Commands", "",
         "Each run, as the study ran it (wall seconds when it ran; a finished run is reused on a rerun).", "",
         *command_lines(result), "",

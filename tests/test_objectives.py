@@ -307,3 +307,22 @@ def test_committed_study_is_the_render_of_its_json():
     with open(os.path.join(ROOT, "docs", "objective_study.md")) as f:
         assert f.read() == OS.render(result, "figures/objective_study.png")
     assert os.path.isfile(os.path.join(ROOT, "docs", "figures", "objective_study.png"))
+
+
+def _scale_row(scale, bound, ar, train_tokens=1_000_000):
+    return {"scale": scale, "tokens": scale * 3_000_000, "train_tokens": train_tokens, "ratio": math.exp(bound - ar),
+            "bound": {"nats_per_token": bound}, "ar": {"nats_per_token": ar}}
+
+
+def test_scale_summary_says_when_the_ar_stops_improving():
+    """The AR best at 2x and worse at 4x: the page says so, with the passes over its training set
+    and the ratio against the AR's best; an AR that keeps improving gets no such sentence."""
+    rows = [_scale_row(1, 6.0, 5.0), _scale_row(2, 5.8, 4.9), _scale_row(4, 5.6, 5.1)]
+    text = " ".join(OS.scale_summary({"scales": rows}))
+    assert "from 2.72x to 1.65x" in text  # e^1.0, e^0.5
+    assert "best at 2x (4.900 nats/token)" in text
+    assert "training set 12 times" in text  # 12M tokens over a 1M-token training set
+    assert "the 4x bound is 2.01x" in text  # e^(5.6 - 4.9)
+    improving = [_scale_row(1, 6.0, 5.0), _scale_row(2, 5.8, 4.9), _scale_row(4, 5.6, 4.8)]
+    assert "overfits" not in " ".join(OS.scale_summary({"scales": improving}))
+    assert OS.scale_summary({"scales": rows[:1]}) == []
