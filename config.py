@@ -618,12 +618,6 @@ def train_presets(flags: dict) -> dict:
     return {**MODEL_PRESETS.get(model, {}), **quick}
 
 
-def resolve_train_config(args: argparse.Namespace) -> TrainConfig:
-    """defaults <- model-size preset <- --quick-test preset <- explicit flags."""
-    flags = given(args, TrainConfig)
-    return TrainConfig(**{**train_presets(flags), **flags})
-
-
 def bench_presets(flags: dict, cuda: bool) -> dict:
     """defaults (the quick test's shape, for CPU) <- gpu preset on CUDA <- small preset."""
     device = flags.get("device", BenchConfig.device)

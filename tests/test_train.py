@@ -23,9 +23,8 @@ from config import TrainConfig, UsageError
 
 
 def parse(argv):
-    p = argparse.ArgumentParser()
-    config.add_args(p, TrainConfig)
-    return config.resolve_train_config(p.parse_args(argv))
+    """The config train.py would run with (its own parse call)."""
+    return config.parse(TrainConfig, argv, presets=config.train_presets)[0]
 
 
 def test_every_field_is_a_flag_with_help():
