@@ -2,6 +2,7 @@
 
     python baseline_ar.py --checkpoint results/final-model          # -> results/ar-baseline/final-model
     python baseline_ar.py --checkpoint results/final-model --output-dir /tmp/ar
+    python baseline_ar.py --resume --output-dir results/ar-baseline  # continue a run that was stopped
 
 "The same way" is read from the diffusion run's saved diffusion_config.json:
   - the same tokenizer (loaded from the checkpoint) and the same data pipeline (data.build_datasets:
@@ -12,36 +13,56 @@
     only if no n_inner fits) solved for the count, input and output embeddings tied;
   - the HF Trainer with the standard causal LM loss (labels = input_ids, shifted inside the model).
 
-Writes --output-dir/final-model (model, tokenizer, ar_config.json, source_train_config.json) and
---output-dir/metrics.jsonl (every --eval-steps of the diffusion run: eval_loss over every token after
-<s>, and eval_heldout_nats over the tokens the diffusion bound scores). evaluate.py compares the
-two models on the same held-out tokens.
+Its output folder is a run like train.py's (runs.py): locked while it trains, checkpoints every
+--save-steps of the diffusion run, --resume continues after a kill, a diffusion run's folder is
+refused, a loss that stops being a number ends it (exit 3). Writes --output-dir/final-model
+(model, tokenizer, ar_config.json, source_train_config.json) and --output-dir/metrics.jsonl (every
+--eval-steps of the diffusion run: eval_loss over every token after <s>, and eval_heldout_nats over
+the tokens the diffusion bound scores). evaluate.py compares the two models on the same tokens.
 """
 
 import dataclasses
+import json
 import math
 import os
-import shutil
 import sys
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: spinning threads crawl on a shared CPU
+from cli import Diverged, UsageError, cli, format_config, given, parse  # noqa: E402
+from config import flag, save_config, Settings  # noqa: E402
 
-import torch  # noqa: E402
+AR_CONFIG = "ar_config.json"
 
-from config import ARConfig, UsageError, cli, format_config, parse, save_config
+
+class ARConfig(Settings):
+    checkpoint: str = flag("results/final-model", "the diffusion run (a train.py final-model) to match")
+    output_dir: str = flag("results/ar-baseline", "gets final-model/, checkpoints and metrics.jsonl")
+    n_layer: int = flag(0, "0 = auto: the diffusion model's depth, changed only if no n_inner fits", min=0)
+    n_inner: int = flag(0, "0 = auto: MLP width solved so the parameter count matches", min=0)
+    learning_rate: float = flag(0.0, "0 = the diffusion run's learning rate", min=0)
+    resume: bool = flag(False, "continue this folder's run from its newest good checkpoint")
 
 
 def ar_trainer(prefix: int, **kw):
-    """A HF Trainer whose evaluation scores the held-out set as evaluate.py does: eval_loss over
-    every token after <s> (the Trainer's usual number), and eval_heldout_nats over the content
-    tokens after `prefix` that the diffusion bound scores (metrics.ar_held_out_nll), so
-    metrics.jsonl holds an AR curve to set beside the diffusion run's eval_elbo_nats."""
+    """A HF Trainer whose loss must stay finite and whose evaluation scores the held-out set as
+    evaluate.py does: eval_loss over every token after <s> (the Trainer's usual number), and
+    eval_heldout_nats over the content tokens after `prefix` that the diffusion bound scores
+    (metrics.ar_held_out_nll), so metrics.jsonl holds an AR curve to set beside the bound's."""
+    import torch
     from transformers import Trainer
 
-    from diffusion import protected_positions, special_token_ids
+    from diffusion import protected_positions
     from metrics import ar_held_out_nll
+    from tokens import special_token_ids
 
     class ARTrainer(Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            out = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            loss = out[0] if return_outputs else out
+            if not math.isfinite(loss.item()):
+                raise Diverged(f"the AR baseline diverged at step {self.state.global_step}: the loss is "
+                               f"{loss.item()} (learning rate {self.args.learning_rate:g}); lower --learning-rate")
+            return out
+
         def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
             blocks = torch.as_tensor(self.eval_dataset[:]["input_ids"])  # [M, L]
             protected = protected_positions(blocks, special_token_ids(self.processing_class),
@@ -60,26 +81,26 @@ def ar_trainer(prefix: int, **kw):
     return ARTrainer(**kw)
 
 
-def main(argv=None) -> int:
-    acfg, _ = parse(ARConfig, argv, __doc__)
+def resolve(acfg: ARConfig, flags: dict, run):
+    """(ARConfig, diffusion TrainConfig, the diffusion model, its tokenizer, checkpoint to resume or
+    None). On --resume the folder's own ar_config.json, with explicit flags on top."""
+    from modeling import load_checkpoint
 
-    from transformers import DataCollatorForLanguageModeling, TrainingArguments, set_seed
-    from transformers.trainer_callback import ProgressCallback
-    from transformers.utils import logging as hf_logging
-
-    from data import build_datasets
-    from diffusion import bound_prefix
-    from modeling import ar_shape, build_ar_model, load_checkpoint, n_params, width_heads_depth
-    from trainer import QuietProgress, RunLog, check_writable, speed_arguments
-
-    hf_logging.disable_progress_bar()
+    checkpoint = None
+    if acfg.resume:
+        checkpoint = run.resume_point()
+        with open(os.path.join(acfg.output_dir, AR_CONFIG)) as f:
+            saved = json.load(f)
+        acfg = ARConfig(**{**saved, **{k: v for k, v in flags.items() if k != "resume"}, "resume": True})
     diffusion, tokenizer, tcfg = load_checkpoint(acfg.checkpoint, device="cpu")
-    check_writable(acfg.output_dir)
+    return acfg, tcfg, diffusion, tokenizer, checkpoint
 
-    # 1. data: the diffusion run's pipeline and split, unchanged
-    train_ds, val_ds = build_datasets(tcfg, tokenizer)
 
-    # 2. model: same width and heads; n_inner (and maybe n_layer) solved for the parameter count
+def build(acfg: ARConfig, tcfg, diffusion, tokenizer):
+    """(the GPT-2 and the resolved ARConfig): same width and heads; n_inner (and maybe n_layer)
+    solved for the diffusion model's parameter count."""
+    from modeling import ar_shape, build_ar_model, n_params, width_heads_depth
+
     target = n_params(diffusion)
     d, heads, layers = width_heads_depth(diffusion.config)
     n_layer, n_inner = acfg.n_layer or layers, acfg.n_inner
@@ -92,51 +113,81 @@ def main(argv=None) -> int:
     if abs(count / target - 1) > 0.10:
         raise UsageError(f"AR baseline has {count:,} parameters, more than 10% away from the diffusion "
                          f"model's {target:,}; change --n-layer / --n-inner")
-    budget = tcfg.max_steps * tcfg.batch_size * tcfg.grad_accum * tcfg.max_len
+    print(f"parameters: diffusion {type(diffusion).__name__} {target:,} | AR GPT-2 {count:,} "
+          f"({count / target - 1:+.1%}; n_layer {n_layer}, n_embd {d}, n_head {heads}, n_inner {n_inner})", flush=True)
+    return model, acfg
+
+
+def main(argv=None) -> int:
+    acfg, args = parse(ARConfig, argv, __doc__)
+    from modeling import check_checkpoint
+    from runs import RunFolder
+
+    if not acfg.resume:
+        check_checkpoint(acfg.checkpoint)  # before the output folder is made or locked
+
+    with RunFolder(acfg.output_dir, "ar") as run:
+        return train(acfg, given(args, ARConfig), run)
+
+
+def train(acfg: ARConfig, flags: dict, run) -> int:
+    from transformers import DataCollatorForLanguageModeling, set_seed
+    from transformers.trainer_callback import ProgressCallback
+    from transformers.utils import logging as hf_logging
+
+    from data import build_datasets
+    from diffusion import bound_prefix
+    from trainer import QuietProgress, RunLog, training_arguments
+
+    hf_logging.disable_progress_bar()
+    acfg, tcfg, diffusion, tokenizer, checkpoint = resolve(acfg, flags, run)
+    train_ds, val_ds = build_datasets(tcfg, tokenizer)  # the diffusion run's pipeline and split, unchanged
+    model, acfg = build(acfg, tcfg, diffusion, tokenizer)
+    del diffusion
     print("resolved config:\n" + format_config(acfg), flush=True)
     print(f"data: {len(train_ds)} train / {len(val_ds)} held-out blocks of {tcfg.max_len} tokens "
           f"(the diffusion run's pipeline)", flush=True)
-    print(f"parameters: diffusion {type(diffusion).__name__} {target:,} | AR GPT-2 {count:,} "
-          f"({count / target - 1:+.1%}; n_layer {n_layer}, n_embd {d}, n_head {heads}, n_inner {n_inner})", flush=True)
     print(f"token budget: {tcfg.max_steps} steps x {tcfg.batch_size} x {tcfg.grad_accum} x {tcfg.max_len} "
-          f"= {budget:,} tokens (same as the diffusion run)", flush=True)
+          f"= {tcfg.token_budget():,} tokens (same as the diffusion run)", flush=True)
     if tcfg.model != "scratch":
         print(f"note: the diffusion run fine-tuned the pretrained {tcfg.model}; this baseline starts from "
               f"scratch, so the comparison favours the diffusion model", flush=True)
-    del diffusion
+    if checkpoint is None:
+        run.start(tokenizer)
+        save_config(acfg, acfg.output_dir, AR_CONFIG)
+    else:
+        run.resume(checkpoint, tokenizer)
 
-    # 3. trainer: the diffusion run's optimisation settings, causal LM loss
+    # the diffusion run's optimisation settings (no masked-LM evaluation: ARTrainer scores the held-out set)
     set_seed(tcfg.seed)
-    targs = TrainingArguments(
-        output_dir=acfg.output_dir, max_steps=tcfg.max_steps, per_device_train_batch_size=tcfg.batch_size,
-        per_device_eval_batch_size=64, gradient_accumulation_steps=tcfg.grad_accum,
-        learning_rate=acfg.learning_rate, weight_decay=tcfg.weight_decay, warmup_steps=tcfg.warmup_steps,
-        lr_scheduler_type=tcfg.lr_scheduler, logging_steps=tcfg.logging_steps, eval_strategy="steps",
-        eval_steps=tcfg.eval_steps, eval_on_start=True, save_strategy="no", seed=tcfg.seed, data_seed=tcfg.seed, report_to="none", **speed_arguments(tcfg),
-    )
-    trainer = ar_trainer(bound_prefix(tcfg), model=model, args=targs, train_dataset=train_ds, eval_dataset=val_ds,
+    args = training_arguments(tcfg, evaluate_first=checkpoint is None, output_dir=acfg.output_dir,
+                              per_device_eval_batch_size=64, learning_rate=acfg.learning_rate)
+    trainer = ar_trainer(bound_prefix(tcfg), model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
                          data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),  # labels = input_ids
                          processing_class=tokenizer)
     trainer.remove_callback(ProgressCallback)
-    trainer.add_callback(QuietProgress())
-    trainer.add_callback(RunLog(acfg.output_dir, tcfg))
-    if os.path.exists(os.path.join(acfg.output_dir, "metrics.jsonl")):
-        os.remove(os.path.join(acfg.output_dir, "metrics.jsonl"))  # a fresh run starts a fresh log
-    save_config(acfg, acfg.output_dir, "ar_config.json")
+    for callback in [QuietProgress(), RunLog(acfg.output_dir, tcfg)] + run.callbacks(tcfg.save_total_limit):
+        trainer.add_callback(callback)
+    if not run.train(trainer, checkpoint):
+        return 130
+    return finish(acfg, tcfg, trainer, run)
 
-    # 4. train, score the held-out blocks, save
-    trainer.train()
+
+def finish(acfg: ARConfig, tcfg, trainer, run) -> int:
+    """The last held-out loss (evaluated now unless the last step already did), then final-model."""
+    import torch
+
     loss = trainer.evaluate()["eval_loss"] if trainer.state.global_step % tcfg.eval_steps else \
         next(r for r in reversed(trainer.state.log_history) if "eval_loss" in r)["eval_loss"]
     print(f"held-out loss {loss:.4f} nats/token over every token after <s> = perplexity "
           f"{torch.tensor(loss).exp().item():.1f} (evaluate.py scores the diffusion model's token set)", flush=True)
-    final = os.path.join(acfg.output_dir, "final-model")
-    trainer.save_model(final + ".tmp")
-    save_config(acfg, final + ".tmp", "ar_config.json")
-    save_config(tcfg, final + ".tmp", "source_train_config.json")  # the data pipeline and budget it copied
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(final + ".tmp", final)  # a killed save never leaves a half-written final-model
-    print(f"saved {final} (load with AutoModelForCausalLM.from_pretrained)", flush=True)
+
+    def extra(folder):
+        save_config(acfg, folder, AR_CONFIG)
+        save_config(tcfg, folder, "source_train_config.json")  # the data pipeline and budget it copied
+
+    final = run.save_final(trainer, extra)
+    run.finished(f"saved {final} (load with AutoModelForCausalLM.from_pretrained)")
     return 0
 
 

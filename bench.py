@@ -21,38 +21,97 @@ versions and machine to --out. It asserts nothing about speed: the targets live 
 """
 
 import dataclasses
-import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: spinning threads crawl on a shared CPU
-
-import torch  # noqa: E402
-from transformers import TrainerCallback
-
-from config import BenchConfig, TrainConfig, UsageError, bench_presets, cli, parse
-from modeling import n_params
+from cli import UsageError, cli, parse  # noqa: E402
+from config import MODEL_PRESETS, Registry, TrainConfig, flag, parse_ints, Settings  # noqa: E402
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+class BenchConfig(Settings):
+    device: str = flag("auto", "auto = cuda if visible, else cpu", choices=("auto", "cpu", "cuda"))
+    small: bool = flag(False, "tiny settings a CPU finishes in about half a minute (the CI smoke test)")
+    out: str = flag("results/bench.json", "JSON written here")
+    # model shape, shared by both pipelines and by the generation models (defaults: per device)
+    arch: str = flag("modernbert", "encoder architecture", choices=Registry("modeling", "SCRATCH_ARCHS"))
+    layers: int = flag(2, "transformer layers", min=1)
+    hidden: int = flag(128, "hidden size", min=1)
+    heads: int = flag(4, "attention heads", min=1)
+    intermediate: int = flag(256, "MLP width", min=1)
+    vocab: int = flag(0, "model vocabulary; 0 = the corpus tokenizer's (4096)", min=0)
+    seq_len: int = flag(64, "training window, <s> and </s> included", min=8)
+    # training measurement
+    batch_size: int = flag(16, "this repo's batch (the config's for that size)", min=1)
+    baseline_batch_size: int = flag(16, "the reference pipeline's batch (the original code's)", min=1)
+    warmup: int = flag(10, "untimed steps before the clock starts", min=1)
+    steps: int = flag(40, "timed optimiser steps, the same for both pipelines", min=1)
+    rounds: int = flag(5, "alternating rounds of both pipelines; the best of each is kept", min=1)
+    num_workers: int = flag(0, "DataLoader workers of this repo's pipeline", min=0)
+    compile: bool = flag(False, "torch.compile this repo's encoder")
+    # generation measurement
+    gen_length: int = flag(256, "new tokens per sample", min=1)
+    gen_steps: int = flag(10, "denoising steps of schedule decoding", min=1)
+    gen_batches: str = flag("1,16", "comma-separated batch sizes")
+    gen_repeats: int = flag(3, "timed repeats after one warm-up; the fastest is kept", min=1)
+    threshold: float = flag(0.9, "confidence of threshold decoding", above=0, max=1)
+    skip_quick_test: bool = flag(False, "skip timing train.py --quick-test (--small does)")
+    cache_dir: str = flag(".cache", "tokenizer and packed-data cache")
+    seed: int = flag(0, "weights, masks and samples", min=0)
+
+    def batches(self) -> list[int]:
+        return parse_ints(self.gen_batches, "gen-batches")
+
+    def check(self) -> None:
+        if not self.batches() or min(self.batches()) < 1:
+            raise UsageError(f"--gen-batches must be positive integers, got {self.gen_batches!r}")
+        if self.hidden % self.heads:
+            raise UsageError("--hidden must be divisible by --heads")
+
+
+# Bench targets: "cpu" is the quick test's model (the field defaults above); "gpu" is the
+# reference shape (roberta-base, sequence 256, this repo's roberta-base batch); "small" is CI's.
+BENCH_PRESETS = {
+    "gpu": dict(arch="roberta", layers=12, hidden=768, heads=12, intermediate=3072, vocab=50265, seq_len=256,
+                batch_size=MODEL_PRESETS["roberta-base"]["batch_size"], warmup=5, steps=30, rounds=1,
+                num_workers=MODEL_PRESETS["roberta-base"]["num_workers"]),
+    "small": dict(layers=1, hidden=64, heads=2, intermediate=128, warmup=2, steps=6, rounds=1, gen_length=32,
+                  gen_repeats=1, skip_quick_test=True),
+}
+
+
+def bench_presets(flags: dict, cuda: bool) -> dict:
+    """defaults (the quick test's shape, for CPU) <- gpu preset on CUDA <- small preset."""
+    device = flags.get("device", BenchConfig.device)
+    on_gpu = device == "cuda" or (device == "auto" and cuda)
+    return {**(BENCH_PRESETS["gpu"] if on_gpu else {}), **(BENCH_PRESETS["small"] if flags.get("small") else {})}
 
 
 def resolve(argv) -> tuple[BenchConfig, list[str]]:
     """(settings: defaults <- device preset <- --small <- flags, the argv as given)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    bc, _ = parse(BenchConfig, argv, __doc__, presets=lambda flags: bench_presets(flags, torch.cuda.is_available()))
-    if bc.device == "cuda" and not torch.cuda.is_available():
+    bc, _ = parse(BenchConfig, argv, __doc__, presets=lambda flags: bench_presets(flags, cuda_visible()))
+    if bc.device == "cuda" and not cuda_visible():
         raise UsageError("--device cuda but no CUDA GPU is visible (use --device cpu)")
     if bc.device == "auto":
-        bc = dataclasses.replace(bc, device="cuda" if torch.cuda.is_available() else "cpu")
+        bc = dataclasses.replace(bc, device="cuda" if cuda_visible() else "cpu")
     return bc, argv
 
 
-def sync(device: torch.device) -> None:
+def cuda_visible() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def sync(device) -> None:
+    import torch
+
     if device.type == "cuda":
         torch.cuda.synchronize()
 
@@ -116,23 +175,12 @@ class TokenizingCollator:
 # ---------------------------------------------------------------------------------------------
 
 
-class StepClock(TrainerCallback):
-    """Reads the clock after optimiser steps `first` and `last`, so the timed span holds
-    (last - first) whole steps: data loading, collation, forward, backward, optimiser."""
-
-    def __init__(self, first: int, last: int, device: torch.device):
-        self.first, self.last, self.device, self.marks = first, last, device, {}
-
-    def on_step_end(self, args, state, control, **kw):
-        if state.global_step in (self.first, self.last):
-            sync(self.device)
-            self.marks[state.global_step] = (time.perf_counter(), time.process_time())
-
-
 def time_trainer(trainer, args, device, tokens_per_step: int) -> dict:
     from transformers.trainer_callback import PrinterCallback
 
-    clock = StepClock(args.warmup, args.warmup + args.steps, device)
+    from trainer import StepClock
+
+    clock = StepClock(args.warmup, args.warmup + args.steps, lambda: sync(device))
     trainer.remove_callback(PrinterCallback)  # its end-of-training dict is not this table
     trainer.add_callback(clock)
     trainer.train()
@@ -157,6 +205,7 @@ def trainer_args(cfg: TrainConfig, args, out_dir: str, batch: int, **over):
 def train_repo(args, cfg: TrainConfig, tokenizer, train_ds, device) -> dict:
     """This repo's pipeline: DiffusionTrainer with train.py's speed settings."""
     from data_collator import DiffusionCollator
+    from modeling import n_params
     from trainer import DiffusionTrainer, speed_arguments
 
     model = encoder(cfg, tokenizer, args.vocab)
@@ -182,6 +231,8 @@ def train_reference(args, cfg: TrainConfig, tokenizer, texts, device, out_dir: s
     model's own loss over full-vocabulary logits at every position."""
     from transformers import Trainer
 
+    from modeling import n_params
+
     model = encoder(cfg, tokenizer, args.vocab)
     trainer = Trainer(model=model, train_dataset=texts, data_collator=TokenizingCollator(tokenizer, cfg),
                       args=trainer_args(cfg, args, out_dir, args.baseline_batch_size, optim="adamw_torch", bf16=False,
@@ -197,6 +248,7 @@ def bench_training(args, tokenizer, work: str) -> dict:
     """Alternating rounds of both pipelines; each side keeps its best round, since on a shared
     machine a slow round measures the neighbours, not the pipeline."""
     import datasets
+    import torch
 
     from data import build_datasets
 
@@ -219,7 +271,9 @@ def bench_training(args, tokenizer, work: str) -> dict:
             "rounds_tokens_per_s": {side: [x["tokens_per_s"] for x in runs] for side, runs in rounds.items()}}
 
 
-def release(device: torch.device) -> None:
+def release(device) -> None:
+    import torch
+
     if device.type == "cuda":
         torch.cuda.empty_cache()
 
@@ -229,7 +283,7 @@ def release(device: torch.device) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def timed(fn, device: torch.device, repeats: int) -> tuple[float, object]:
+def timed(fn, device, repeats: int) -> tuple[float, object]:
     """(fastest of `repeats` calls in seconds, the last result): on a shared machine the slower
     calls measure the neighbours."""
     times, out = [], None
@@ -243,10 +297,12 @@ def timed(fn, device: torch.device, repeats: int) -> tuple[float, object]:
 
 
 def bench_generation(args, tokenizer) -> dict:
+    import torch
+
     from config import GenConfig
-    from data import bos_eos
     from decoding import generate
-    from modeling import autocast
+    from modeling import autocast, n_params
+    from tokens import bos_eos
 
     device = torch.device(args.device)
     window = args.gen_length + 2  # <s> + new tokens + </s>
@@ -327,23 +383,6 @@ def bench_quick_test(work: str) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-def machine(device: torch.device) -> dict:
-    cpu = platform.processor() or platform.machine()
-    if os.path.isfile("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    info = {"device": device.type, "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "platform": platform.platform(),
-            # OpenMP's spin-waiting threads lose most of their time on an oversubscribed machine
-            # (OMP_WAIT_POLICY=PASSIVE avoids it), so figures carry these settings with them
-            "env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS")
-                    if k in os.environ}}
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
-
-
 def table(report: dict) -> str:
     s, t = report["settings"], report["training"]
     rows = [f"training, {s['arch']} {s['layers']}x{s['hidden']}, vocab {s['vocab']}, sequence {s['seq_len']}, "
@@ -370,15 +409,6 @@ def table(report: dict) -> str:
     return "\n".join(rows)
 
 
-def write_json(report: dict, path: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(report, f, indent=2)
-        f.write("\n")
-    os.replace(path + ".tmp", path)  # never a half-written result
-
-
 def main(argv=None) -> int:
     args, argv = resolve(argv)
     folder = os.path.dirname(os.path.abspath(args.out))
@@ -389,10 +419,11 @@ def main(argv=None) -> int:
     if not os.access(folder, os.W_OK):
         raise UsageError(f"--out folder {folder} is not writable")
 
-    import transformers
     from transformers.utils import logging as hf_logging
 
     from data import get_tokenizer
+    from files import write_json
+    from metrics import machine, versions
 
     hf_logging.set_verbosity_error()  # the Trainer's and generate's advice is noise in a benchmark
     hf_logging.disable_progress_bar()
@@ -400,14 +431,10 @@ def main(argv=None) -> int:
     args = dataclasses.replace(args, vocab=args.vocab or len(tokenizer))
     if args.vocab < len(tokenizer):
         raise UsageError(f"--vocab {args.vocab} is smaller than the tokenizer's {len(tokenizer)} tokens")
-    device = torch.device(args.device)
     t0 = time.time()
     work = tempfile.mkdtemp(prefix="bench-")
     try:
-        report = {"settings": dataclasses.asdict(args),
-                  "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                               "python": platform.python_version()},
-                  "machine": machine(device),
+        report = {"settings": dataclasses.asdict(args), "versions": versions(), "machine": machine(),
                   "command": " ".join(["python", "bench.py", *argv])}
         report["training"] = bench_training(args, tokenizer, work)
         report["generation"] = bench_generation(args, tokenizer)
@@ -417,7 +444,7 @@ def main(argv=None) -> int:
     report["wall_s"] = time.time() - t0
     print()
     print(table(report))
-    write_json(report, args.out)
+    write_json(args.out, report)
     print(f"\nwrote {args.out} ({report['wall_s']:.0f}s)")
     return 0
 

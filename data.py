@@ -1,7 +1,8 @@
 """Corpus -> tokenizer -> packed fixed-length blocks (train / validation), cached on disk.
 
     load_documents(cfg)      list of raw documents (embedded corpus, local files or a hub dataset)
-    train_tokenizer(docs)    byte-level BPE trained on the corpus (from-scratch models only)
+    get_tokenizer(cfg)       a BPE trained on the corpus (tokens.train_tokenizer, cached) for
+                             from-scratch models, else the pretrained model's own
     build_datasets(cfg, tok) tokenise once with datasets.map, pack, split, cache
 
 Packing: documents are joined with the separator token `</s>` into one stream, cut into
@@ -17,7 +18,9 @@ import os
 import re
 import shutil
 
-from config import TrainConfig, UsageError
+from cli import UsageError
+from config import TrainConfig
+from tokens import bos_eos, fingerprint, train_tokenizer
 
 TEXT_SUFFIXES = (".txt", ".jsonl")
 
@@ -150,29 +153,8 @@ def corpus_fingerprint(cfg: TrainConfig) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Tokenizer (from-scratch models)
+# Tokenizer (trained on the corpus for from-scratch models, else the pretrained model's)
 # ---------------------------------------------------------------------------------------------
-
-SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # RoBERTa's ids 0..4
-
-
-def train_tokenizer(docs: list[str], vocab_size: int, folder: str):
-    """Byte-level BPE (RoBERTa's scheme) trained on `docs`, saved to `folder`, returned as a
-    transformers tokenizer that AutoTokenizer.from_pretrained(folder) loads back."""
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import AutoTokenizer, RobertaTokenizer
-
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(docs, vocab_size=vocab_size, min_frequency=2,
-                            special_tokens=SPECIAL_TOKENS, show_progress=False)
-    tmp = folder + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)  # debris of a killed run
-    os.makedirs(tmp)
-    bpe.save_model(tmp)
-    tok = RobertaTokenizer(vocab=os.path.join(tmp, "vocab.json"), merges=os.path.join(tmp, "merges.txt"))
-    tok.save_pretrained(tmp)
-    os.replace(tmp, folder)  # whole folder or nothing: a killed run leaves only *.tmp
-    return AutoTokenizer.from_pretrained(folder)
 
 
 def get_tokenizer(cfg: TrainConfig, docs: list[str] | None = None):
@@ -204,20 +186,12 @@ def pack(token_lists: list[list[int]], block: int, sep_id: int) -> list[list[int
     return [stream[i:i + block] for i in range(0, len(stream) - block + 1, block)]
 
 
-def bos_eos(tokenizer) -> tuple[int, int]:
-    """Ids that open and close a block: <s> </s>, or [CLS] [SEP] for BERT-style tokenizers."""
-    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
-    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
-    return bos, eos
-
-
 def build_datasets(cfg: TrainConfig, tokenizer, docs: list[str] | None = None):
     """(train, validation) `datasets.Dataset`s with one column `input_ids` of length max_len.
     Cached under cfg.cache_dir keyed by corpus, tokenizer and window, so a rerun starts fast."""
     import datasets
 
-    vocab = json.dumps(sorted(tokenizer.get_vocab().items()))
-    key = hashlib.sha1(json.dumps([corpus_fingerprint(cfg), vocab, cfg.max_len, cfg.val_fraction,
+    key = hashlib.sha1(json.dumps([corpus_fingerprint(cfg), fingerprint(tokenizer), cfg.max_len, cfg.val_fraction,
                                    cfg.text_column]).encode()).hexdigest()[:12]
     folder = os.path.join(cfg.cache_dir, f"packed-{key}")
     if os.path.isdir(folder):

@@ -7,10 +7,14 @@ batch), mask exactly round(rate * n) of the n maskable positions. Training at ev
 10% to 100% is what turns a masked LM into a denoiser that can start from a fully masked canvas.
 """
 
+import os
+
 import torch
 
-from diffusion import (mask_tokens, prefix_lengths, protected_positions, realized_rates, sample_rates,
-                       special_token_ids)
+from diffusion import mask_tokens, prefix_lengths, protected_positions, realized_rates, sample_rates
+from tokens import special_token_ids
+
+STATE_FILE = "collator_state.pt"  # saved in every checkpoint (trainer.DiffusionTrainer._save)
 
 
 class DiffusionCollator:
@@ -24,7 +28,7 @@ class DiffusionCollator:
 
     Resuming: `state_before(k)` is the generator as it was before the k-th batch (a few recent
     ones are kept, because the DataLoader collates a batch ahead of the step that uses it);
-    train.py saves it with each checkpoint and `load_state_dict` restores it, so a resumed run
+    each checkpoint holds it (STATE_FILE) and `resume` restores it, so a resumed run
     draws exactly the masks an uninterrupted run would have drawn. Workers cannot hand their
     generators back: a resumed run with workers reseeds them away from the first run's masks."""
 
@@ -58,6 +62,15 @@ class DiffusionCollator:
         self.g.set_state(state["generator"])
         self.calls = self.resumed_at = state["calls"]
         self.recent = {}
+
+    def resume(self, checkpoint: str, step: int, cfg) -> None:
+        """Continue from `checkpoint` (optimiser step `step`): the saved generator when there is one
+        and no workers, else resume_at."""
+        state = os.path.join(checkpoint, STATE_FILE)
+        if os.path.isfile(state) and cfg.num_workers == 0:
+            self.load_state_dict(torch.load(state, weights_only=False))
+        else:
+            self.resume_at(step * cfg.grad_accum)
 
     def resume_at(self, calls: int) -> None:
         """No saved state (workers, older checkpoints): at least draw masks apart from the first run's."""

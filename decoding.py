@@ -1,14 +1,16 @@
 """The reverse process: fill a masked canvas step by step (and, for comparison, left to right).
 
-Pure pieces, each in a dict registry and tested on its own:
-    SAMPLERS[name](logits, g, temperature, k, p) -> sampled token ids
-    ORDERS[name](probs, tokens, g)               -> which predictions are committed first
-                                                    (+ annealed Gumbel noise: order_noise)
-    remdm_sigma / remask_choice                  -> ReMDM: committed tokens sent back to <mask>
-    guided(cond, uncond, w)                      -> classifier-free guidance
-    commit_threshold(conf, masked, threshold)    -> confidence-aware parallel decoding
+Pure pieces in dict registries of Rules (the function, the GenConfig fields it reads, its words),
+each tested on its own:
+    SAMPLERS[name]   (logits [N, V], g, its fields)  -> token ids [N]       --sampling
+    ORDERS[name]     (probs, tokens, g)              -> commit-first scores  --order (+ --order-noise)
+    DECODES[name]    how many predictions a pass commits                     --decode
+    REMDM[name]      sigma: the share of committed tokens sent back          --remdm
+    guided(cond, uncond, w)                          -> classifier-free guidance
 How many masks each step removes comes from the noise schedule shared with training
-(diffusion.SCHEDULES / mask_counts).
+(diffusion.SCHEDULES / mask_counts). A new rule is one entry (plus a GenConfig field if it reads
+a new one): the flag's choices, setting_of (what evaluations record) and describe (the words
+reports print) follow from the registries.
 
 The loop:
     denoise_steps(model, canvas, ...)   yields one Step per forward pass (canvas, commits,
@@ -25,22 +27,37 @@ bench.py all consume this one loop; it prints nothing itself.
 """
 
 import re
-from dataclasses import dataclass
-from typing import Iterator
+from dataclasses import dataclass, fields
+from typing import Callable, Iterator
 
 import torch
 
-from config import UsageError
-from data import bos_eos
+from cli import UsageError
 from diffusion import mask_counts
+from tokens import bos_eos, token_ids
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A registry entry: the function, the GenConfig fields it reads (a sampler gets them as
+    keyword arguments), and the words for a setting that uses it (a format string over those
+    fields). setting_of and describe derive what a setting is from these, and cli-level checks
+    warn about a flag that no chosen rule reads."""
+    fn: Callable | None
+    reads: tuple = ()
+    label: str = ""
+
+    def text(self, gc) -> str:
+        return self.label.format(**{f: getattr(gc, f) for f in self.reads})
+
 
 # ---------------------------------------------------------------------------------------------
-# Samplers: (logits [N, V], generator, temperature, k, p) -> token ids [N]
+# Samplers: (logits [N, V], generator, the fields they read) -> token ids [N]
 # Temperature 0 means greedy (argmax) whatever the sampler.
 # ---------------------------------------------------------------------------------------------
 
 
-def greedy(logits, g, temperature=1.0, k=50, p=0.9):
+def greedy(logits, g):
     return logits.argmax(-1)  # [N]
 
 
@@ -51,7 +68,7 @@ def _draw(logits, g, temperature):
     return torch.multinomial(probs.cpu(), 1, generator=g).squeeze(-1).to(logits.device)  # [N]
 
 
-def topk(logits, g, temperature=1.0, k=50, p=0.9):
+def topk(logits, g, temperature, k):
     k = min(k, logits.shape[-1])
     values, index = logits.topk(k, -1)  # [N, k]
     # draw among the k candidates, not over the vocabulary with -inf elsewhere: the same
@@ -59,7 +76,7 @@ def topk(logits, g, temperature=1.0, k=50, p=0.9):
     return index.gather(-1, _draw(values, g, temperature)[:, None]).squeeze(-1)  # [N]
 
 
-def nucleus(logits, g, temperature=1.0, p=0.9, k=50):
+def nucleus(logits, g, temperature, p):
     """Sample from the smallest set of tokens whose probability (at this temperature) is >= p."""
     scaled = logits.float() / (temperature if temperature > 0 else 1.0)
     probs, order = torch.softmax(scaled, -1).sort(-1, descending=True)  # [N, V]
@@ -69,7 +86,17 @@ def nucleus(logits, g, temperature=1.0, p=0.9, k=50):
     return _draw(logits.masked_fill(drop, float("-inf")), g, temperature)
 
 
-SAMPLERS = {"greedy": greedy, "topk": topk, "nucleus": nucleus}
+SAMPLERS = {
+    "greedy": Rule(greedy, (), "greedy"),
+    "topk": Rule(topk, ("temperature", "k"), "top-k {k}, T {temperature}"),
+    "nucleus": Rule(nucleus, ("temperature", "p"), "nucleus p {p}, T {temperature}"),
+}
+
+
+def sample(logits, g, gc):
+    """Token ids [N] drawn from logits [N, V] by gc's sampler, with the fields it reads."""
+    rule = SAMPLERS[gc.sampling]
+    return rule.fn(logits, g, **{f: getattr(gc, f) for f in rule.reads})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -101,8 +128,13 @@ def order_entropy(probs, tokens, g):
     return (p * p.clamp_min(1e-300).log()).sum(-1)
 
 
-ORDERS = {"random": order_random, "low-confidence": order_confidence, "margin": order_margin,
-          "entropy": order_entropy}
+# an order that reads order_noise gets annealed Gumbel noise on its scores (the random one needs none)
+ORDERS = {
+    "random": Rule(order_random, (), "random order"),
+    "low-confidence": Rule(order_confidence, ("order_noise",), "low-confidence order + Gumbel noise {order_noise}"),
+    "margin": Rule(order_margin, ("order_noise",), "margin order + Gumbel noise {order_noise}"),
+    "entropy": Rule(order_entropy, ("order_noise",), "entropy order + Gumbel noise {order_noise}"),
+}
 
 
 def gumbel(shape, g: torch.Generator) -> torch.Tensor:
@@ -130,9 +162,39 @@ def commit_threshold(conf, masked, threshold):
     return ((conf >= threshold) & masked) | best
 
 
+# How many predictions a forward pass commits: (confidence [B, L], order score [B, L], masks still
+# to fill [B, L], the schedule's count for this pass, gc) -> [B, L] bool. "schedule" commits the
+# count the noise schedule leaves (diffusion.mask_counts), best order scores first; "threshold"
+# every confident prediction (the count and the order are not used).
+DECODES = {
+    "schedule": Rule(lambda conf, score, todo, n, gc: top_n(score, todo, n), ("steps", "schedule", "order", "remdm"),
+                     "{schedule}, {steps} steps"),
+    "threshold": Rule(lambda conf, score, todo, n, gc: commit_threshold(conf, todo, gc.threshold), ("threshold",),
+                      "threshold {threshold}"),
+}
+
+
 # ---------------------------------------------------------------------------------------------
 # Re-masking committed tokens (ReMDM, Wang et al. 2025): how many, and which
 # ---------------------------------------------------------------------------------------------
+
+
+def sigma_cap(eta: float, sigma_max: float) -> float:
+    return min(eta, sigma_max)
+
+
+def sigma_rescale(eta: float, sigma_max: float) -> float:
+    return eta * sigma_max
+
+
+# strategy -> sigma(eta, sigma_max): the share of committed tokens sent back in one step; "conf"
+# re-masks the rescale count, choosing low-confidence tokens more often (remask_choice)
+REMDM = {
+    "none": Rule(None, (), ""),
+    "cap": Rule(sigma_cap, ("remdm_eta",), "ReMDM cap eta {remdm_eta}"),
+    "rescale": Rule(sigma_rescale, ("remdm_eta",), "ReMDM rescale eta {remdm_eta}"),
+    "conf": Rule(sigma_rescale, ("remdm_eta",), "ReMDM conf eta {remdm_eta}"),
+}
 
 
 def remdm_sigma(strategy: str, eta: float, left_before: int, left_after: int, n: int) -> float:
@@ -140,11 +202,10 @@ def remdm_sigma(strategy: str, eta: float, left_before: int, left_after: int, n:
     from left_before to left_after (of n). alpha = fraction unmasked; the largest sigma that keeps
     the reverse process valid is (1 - alpha_s) / alpha_t. "cap": min(eta, that); "rescale" and
     "conf": eta * that (conf then picks low-confidence tokens more often)."""
-    if strategy == "none" or left_before == n:
+    if REMDM[strategy].fn is None or left_before == n:
         return 0.0
     alpha_t, alpha_s = 1 - left_before / n, 1 - left_after / n
-    sigma_max = min(1.0, (1 - alpha_s) / alpha_t)
-    return min(eta, sigma_max) if strategy == "cap" else eta * sigma_max
+    return REMDM[strategy].fn(eta, min(1.0, (1 - alpha_s) / alpha_t))
 
 
 def remask_choice(strategy: str, conf_at_commit, committed, r: int, g):
@@ -158,7 +219,50 @@ def remask_choice(strategy: str, conf_at_commit, committed, r: int, g):
     return top_n(scores, committed, r)
 
 
-REMDM = ("none", "cap", "rescale", "conf")
+# ---------------------------------------------------------------------------------------------
+# What a setting is: the fields its chosen rules read, and the setting in words
+# ---------------------------------------------------------------------------------------------
+
+SELECTORS = {"sampling": SAMPLERS, "order": ORDERS, "remdm": REMDM, "decode": DECODES}  # field -> its registry
+
+
+def setting_of(gc) -> dict:
+    """The fields of gc that decide its output: every decoding field (not a config.flag run field)
+    that no rule reads, and the fields of the rules gc chooses, followed from selector to selector
+    (decode -> order -> order_noise). A field no chosen rule reads (k under nucleus) is left out."""
+    owned = {f for reg in SELECTORS.values() for rule in reg.values() for f in rule.reads}
+    names = [f.name for f in fields(gc) if not f.metadata.get("run")]
+    active = {n for n in names if n not in owned}
+    todo = [n for n in active if n in SELECTORS]
+    while todo:
+        for f in SELECTORS[todo[0]][getattr(gc, todo.pop(0))].reads:
+            if f not in active:
+                active.add(f)
+                todo += [f] if f in SELECTORS else []
+    return {n: getattr(gc, n) for n in names if n in active}
+
+
+def sampler_setting(gc) -> dict:
+    """The sampler part of a setting alone: what an AR row shares with a diffusion row."""
+    return {"sampling": gc.sampling, **{f: getattr(gc, f) for f in SAMPLERS[gc.sampling].reads}}
+
+
+def describe(gc) -> str:
+    """A setting in words, from the labels of the rules it chooses (recorded with every result, so
+    reports never read a setting's name): 'nucleus p 0.95, T 0.9; linear, 10 steps, low-confidence
+    order + Gumbel noise 8.0'."""
+    s = setting_of(gc)
+    words = SAMPLERS[gc.sampling].text(gc)
+    if "decode" not in s:
+        return words
+    how = [DECODES[gc.decode].text(gc)]
+    if "order" in s:
+        how.append(ORDERS[gc.order].text(gc) if s.get("order_noise", 0) else f"{gc.order} order")
+    if "remdm" in s and gc.remdm != "none":
+        how.append(REMDM[gc.remdm].text(gc))
+    how += [f"guidance {gc.cfg}"] * bool(gc.cfg) + [f"{gc.canvas} canvas"] * (gc.canvas != "full")
+    how += [f"blocks of {gc.block_size}"] * bool(gc.block_size) + [f"prompted with \"{gc.prompt}\""] * bool(gc.prompt)
+    return f"{words}; {', '.join(how)}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,58 +300,65 @@ def guided(cond: torch.Tensor, uncond: torch.Tensor, w: float) -> torch.Tensor:
     return uncond + (w + 1.0) * (cond - uncond)
 
 
+def predict(model, tokens, todo, canvas: Canvas, ids: dict, gc, eos_allowed):
+    """Logits [N, V] (on the CPU) at the N positions still to fill, row-major, with classifier-free
+    guidance when gc.cfg > 0; special tokens banned, </s> only where eos_allowed [B, L]."""
+    from modeling import autocast, masked_logits
+
+    device = next(model.parameters()).device
+    with autocast(device):
+        logits = masked_logits(model, tokens.to(device), None, todo.to(device)).float()  # [N, V]
+        if gc.cfg > 0:
+            uncond = tokens.masked_fill(canvas.fixed, ids["mask"])  # the condition hidden
+            logits = guided(logits, masked_logits(model, uncond.to(device), None, todo.to(device)).float(), gc.cfg)
+    logits = logits.cpu()
+    logits[:, ids["banned"]] = float("-inf")  # no <mask>, <s>, <pad>; </s> only with --stop-at-eos
+    logits[:, ids["eos"]] = torch.where(eos_allowed[todo], logits[:, ids["eos"]], float("-inf"))
+    return logits
+
+
+def order_scores(probs, pred, todo, gc, step: int, g) -> torch.Tensor:
+    """[B, L] float64: gc's order scores of the predictions at the positions still to fill, plus
+    annealed Gumbel noise when the order reads order_noise; -inf elsewhere."""
+    rule = ORDERS[gc.order]
+    score = torch.full(todo.shape, float("-inf"), dtype=torch.float64)  # [B, L]
+    score[todo] = rule.fn(probs, pred, g)
+    if "order_noise" in rule.reads and gc.order_noise > 0:
+        score[todo] += order_noise(gc.order_noise, step, gc.steps) * gumbel(int(todo.sum()), g)
+    return score
+
+
 @torch.no_grad()
 def denoise_steps(model, canvas: Canvas, ids: dict, gc, g: torch.Generator, block: int = 0) -> Iterator[Step]:
     """Fill the active <mask>s of a Canvas (every row holds the same number), yielding one Step
     per forward pass; the last Step's tokens are the filled canvas. gc: a GenConfig; ids: the
-    tokenizer's mask, eos and banned ids (special_ids)."""
-    from modeling import autocast, masked_logits
-
-    tokens, mask_id = canvas.tokens.clone(), ids["mask"]
+    tokenizer's mask, eos and banned ids (tokens.token_ids)."""
+    tokens, mask_id, scheduled = canvas.tokens.clone(), ids["mask"], gc.decode == "schedule"
     todo = canvas.active & (tokens == mask_id)  # [B, L] masks this run fills
     gen = todo.clone()  # [B, L] the positions being generated (committed or not)
     n = int(todo[0].sum())
     counts = mask_counts(gc.schedule, n, gc.steps)
     conf_at_commit = torch.full(tokens.shape, float("nan"))  # [B, L]
-    device = next(model.parameters()).device
-    banned = torch.tensor(ids["banned"], dtype=torch.long)
     pos = torch.arange(tokens.shape[1]).expand_as(tokens)  # [B, L]
     eos_allowed = gc.stop_at_eos & (pos - canvas.start >= gc.min_length)  # [B, L]
     step = 0
     while todo.any():
-        r = 0
-        if gc.decode == "schedule":
-            left = counts[step] - counts[step + 1]
-            committed = gen & ~todo
-            r = round(remdm_sigma(gc.remdm, gc.remdm_eta, counts[step], counts[step + 1], n) * int(committed[0].sum()))
-            n_commit = left + r
-            step += 1
-            if n_commit == 0:  # the schedule keeps every mask this step: skip the forward pass
-                continue
-        else:
-            step += 1
-        # 1. predict every position still to fill: [N, V], N = rows x masks, row-major
-        with autocast(device):
-            logits = masked_logits(model, tokens.to(device), None, todo.to(device)).float()  # [N, V]
-            if gc.cfg > 0:
-                uncond = tokens.masked_fill(canvas.fixed, mask_id)  # the condition hidden
-                logits = guided(logits, masked_logits(model, uncond.to(device), None, todo.to(device)).float(), gc.cfg)
-        logits = logits.cpu()
-        logits[:, banned] = float("-inf")  # no <mask>, <s>, <pad>; </s> only with --stop-at-eos
-        logits[:, ids["eos"]] = torch.where(eos_allowed[todo], logits[:, ids["eos"]], float("-inf"))
-        pred = SAMPLERS[gc.sampling](logits, g, temperature=gc.temperature, k=gc.k, p=gc.p)  # [N]
+        # 0. how many to commit (and to send back, ReMDM) at this step of the schedule
+        r = round(remdm_sigma(gc.remdm, gc.remdm_eta, counts[step], counts[step + 1], n) *
+                  int((gen & ~todo)[0].sum())) if scheduled else 0
+        n_commit = counts[step] - counts[step + 1] + r if scheduled else 0
+        step += 1
+        if scheduled and n_commit == 0:  # the schedule keeps every mask this step: skip the forward pass
+            continue
+        # 1. predict every position still to fill and draw a token for each: [N, V] -> [N]
+        logits = predict(model, tokens, todo, canvas, ids, gc, eos_allowed)  # [N, V]
+        pred = sample(logits, g, gc)  # [N]
         probs = torch.softmax(logits, -1)  # [N, V]
         conf = torch.full(tokens.shape, float("-inf"))  # [B, L]
         conf[todo] = probs.gather(-1, pred[:, None]).squeeze(-1)
-        # 2. which predictions to keep this step
-        if gc.decode == "threshold":
-            commit = commit_threshold(conf, todo, gc.threshold)
-        else:
-            score = torch.full(tokens.shape, float("-inf"), dtype=torch.float64)  # [B, L]
-            score[todo] = ORDERS[gc.order](probs, pred, g)
-            if gc.order_noise > 0 and gc.order != "random":
-                score[todo] += order_noise(gc.order_noise, step, gc.steps) * gumbel(int(todo.sum()), g)
-            commit = top_n(score, todo, n_commit)
+        # 2. which predictions to keep this step (DECODES), the rest stay masked
+        score = order_scores(probs, pred, todo, gc, step, g) if scheduled else None
+        commit = DECODES[gc.decode].fn(conf, score, todo, n_commit, gc)
         # 3. ReMDM: send r committed tokens back to <mask> (they get a new prediction next step)
         remask = remask_choice(gc.remdm, conf_at_commit, gen & ~todo, r, g) if r else torch.zeros_like(todo)
         proposal = tokens.clone()
@@ -298,17 +409,6 @@ def parse_template(template: str, tokenizer) -> tuple[list[int], list[bool]]:
     if all(fixed):
         raise UsageError("the template has nothing to fill: mark spans with [MASK] or [MASK:n]")
     return ids, fixed
-
-
-def banned_ids(tokenizer) -> list[int]:
-    """Token ids never sampled into the text: every special token."""
-    return sorted(set(tokenizer.all_special_ids))
-
-
-def token_ids(tokenizer) -> dict:
-    """The ids the loop needs: mask, eos, and those never sampled (</s> is handled by --stop-at-eos)."""
-    _, eos = bos_eos(tokenizer)
-    return {"mask": tokenizer.mask_token_id, "eos": eos, "banned": [t for t in banned_ids(tokenizer) if t != eos]}
 
 
 def window_canvas(context: torch.Tensor, n: int, window: int, ids: dict, bos: int, n_fixed: int, fit: bool) -> Canvas:
@@ -426,7 +526,7 @@ def ar_steps(model, start: torch.Tensor, length: int, gc, banned: list[int],
         cache = o.cache
         logits = o.logits[:, -1].float()  # [B, V]
         logits[:, banned] = float("-inf")
-        x = SAMPLERS[gc.sampling](logits, g, temperature=gc.temperature, k=gc.k, p=gc.p)[:, None]  # [B, 1]
+        x = sample(logits, g, gc)[:, None]  # [B, 1]
         yield x.cpu()
 
 

@@ -18,18 +18,29 @@ import dataclasses
 import html
 import ipaddress
 import os
-import re
 import sys
 import time
 
-import torch
+from cli import UsageError, cli, field_types, help_text, parse
+from config import GenConfig, flag, Settings
 
-from config import BOUNDS, CHOICES, DemoConfig, GenConfig, UsageError, cli, field_help, parse
+
+class DemoConfig(Settings):
+    checkpoint: str = flag("results/final-model", "the diffusion model (train.py final-model)")
+    baseline: str = flag("results/ar-baseline", "baseline_ar.py --output-dir, raced beside it when present; "
+                         "'none' = no race")
+    host: str = flag("127.0.0.1", "address to serve on; anything but loopback lets other machines in")
+    port: int = flag(7860, "port to serve on", min=1, max=65535)
+    pause: float = flag(0.15, "slow motion: a diffusion step stays about this many seconds on screen and the AR "
+                        "baseline is slowed by the same factor, so a small fast model can be watched; 0 = full speed "
+                        "(timings exclude it)", min=0, max=10)
+    concurrency: int = flag(2, "requests generated at once; more wait in the queue", min=1)
+    max_tokens: int = flag(1024, "most new tokens (and steps) one request may ask for", min=1)
+
 
 PAGE_SKIP = ("checkpoint", "prompt", "template", "num_samples", "show_steps", "animate", "out")  # set by the page itself
 MODES = ("prompt", "template")
 DIFFUSION_COLOR, AR_COLOR = "#2563eb", "#ea580c"
-TYPES = {"int": int, "float": float, "str": str, "bool": bool}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -41,39 +52,30 @@ def page_fields() -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(GenConfig) if f.name not in PAGE_SKIP]
 
 
-def field_type(f: dataclasses.Field) -> type:
-    """int, float, bool or str (any other annotation is edited as text)."""
-    typ = TYPES.get(f.type, str) if isinstance(f.type, str) else f.type
-    return typ if typ in (int, float, bool, str) else str
+def control(gr, f: dataclasses.Field):
+    """A component for one GenConfig field: dropdown for a choice, checkbox for a bool, slider for
+    a number between 0 and 1, a number box otherwise; labelled with its flag, its help as info."""
+    from cli import choices_of
 
-
-def controls(gr) -> list:
-    """A component per page field: dropdown for a choice, checkbox for a bool, slider for a number
-    bounded by 0 and 1, a number box otherwise; labelled with its flag, the field's comment as help."""
-    helps, choices, bounds = field_help(GenConfig), CHOICES["GenConfig"], BOUNDS["GenConfig"]
-    out = []
-    for f in page_fields():
-        kw = dict(label=f.name.replace("_", "-"), info=helps.get(f.name) or None, value=f.default,
-                  elem_id=f"gc-{f.name}", min_width=200)
-        typ = field_type(f)
-        if f.name in choices:
-            out.append(gr.Dropdown(choices=list(choices[f.name]), **kw))
-        elif typ is bool:
-            out.append(gr.Checkbox(**kw))
-        elif typ in (int, float) and re.fullmatch(r"[\[(]0, 1[\])]", bounds.get(f.name, "")):
-            out.append(gr.Slider(0, 1, step=0.01, **kw))
-        elif typ in (int, float):
-            out.append(gr.Number(precision=0 if typ is int else None, **kw))
-        else:
-            out.append(gr.Textbox(**kw))
-    return out
+    kw = dict(label=f.name.replace("_", "-"), info=help_text(f), value=f.default, elem_id=f"gc-{f.name}",
+              min_width=200)
+    typ, choices, m = field_types(GenConfig)[f.name], choices_of(f), f.metadata
+    if choices:
+        return gr.Dropdown(choices=list(choices), **kw)
+    if typ is bool:
+        return gr.Checkbox(**kw)
+    if typ in (int, float) and 0 in (m.get("min"), m.get("above")) and m.get("max") == 1:
+        return gr.Slider(0, 1, step=0.01, **kw)
+    if typ in (int, float):
+        return gr.Number(precision=0 if typ is int else None, **kw)
+    return gr.Textbox(**kw)
 
 
 def coerce(f: dataclasses.Field, value):
     """A page value as the field's type, or a UsageError naming the flag."""
-    typ, flag = field_type(f), "--" + f.name.replace("_", "-")
+    typ, flag_ = field_types(GenConfig)[f.name], "--" + f.name.replace("_", "-")
     if value is None or (typ is not str and isinstance(value, str) and not value.strip()):
-        raise UsageError(f"{flag} needs a value")
+        raise UsageError(f"{flag_} needs a value")
     try:
         if typ is bool:
             if not isinstance(value, bool):
@@ -87,18 +89,22 @@ def coerce(f: dataclasses.Field, value):
         return typ(value)
     except (TypeError, ValueError, OverflowError):
         kind = {bool: "true or false", int: "a whole number", float: "a number"}.get(typ, "text")
-        raise UsageError(f"{flag} must be {kind}, got {value!r}")
+        raise UsageError(f"{flag_} must be {kind}, got {value!r}")
 
 
-def page_config(mode: str, text: str, values, max_tokens: int) -> GenConfig:
-    """The GenConfig of one request (mode: prompt | template), or a UsageError in one line."""
+def page_config(values: dict, max_tokens: int) -> GenConfig:
+    """The GenConfig of one request, from the page's values by name (mode: prompt | template, the
+    text of that mode, every page field), or a UsageError in one line."""
+    mode = values.get("mode")
     if mode not in MODES:
         raise UsageError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    fields = page_fields()
-    if len(values) != len(fields):
-        raise UsageError(f"expected {len(fields)} settings ({', '.join(f.name for f in fields)}), got {len(values)}")
-    kw = {f.name: coerce(f, v) for f, v in zip(fields, values)}
-    text = text or ""
+    missing = [f.name for f in page_fields() if f.name not in values]
+    if missing:
+        raise UsageError(f"missing settings: {', '.join(missing)}")
+    kw = {f.name: coerce(f, values[f.name]) for f in page_fields()}
+    text = values.get(mode) or ""
+    if not isinstance(text, str):
+        raise UsageError(f"the {mode} must be text, got {type(text).__name__}")
     if mode == "template" and not text.strip():
         raise UsageError("the template is empty: write text with [MASK] or [MASK:n] spans to fill, "
                          "e.g. The [MASK:4] of France is [MASK:3].")
@@ -144,113 +150,139 @@ def schedule_passes(gc: GenConfig, total: int, block: int) -> int:
     return sum(sum(a > b for a, b in zip(c, c[1:])) for c in (mask_counts(gc.schedule, n, gc.steps) for n in sizes))
 
 
-def race(model, tokenizer, window: int, ar, gc: GenConfig, pause: float, names: tuple[str, str]):
-    """Frames (diffusion lane, AR lane, chart, status) of one request, HTML each (None = unchanged).
-    A bad prompt or template raises UsageError before the first frame."""
-    from decoding import ar_steps, banned_ids, generation_steps, lengths, parse_template, prompt_ids
-    from visualize import canvas_html, progress_svg
+class Race:
+    """One request's frames: the diffusion loop (decoding.generation_steps) and the AR baseline
+    (decoding.ar_steps), each on its own compute clock; whichever clock is behind advances next,
+    so the page shows the two as if they ran side by side. A bad prompt or template raises
+    UsageError in the constructor, before the first frame."""
 
-    mask_id = tokenizer.mask_token_id
-    steps = generation_steps(model, tokenizer, gc, window, torch.Generator().manual_seed(gc.seed))
-    t = time.perf_counter()
-    first = next(steps)  # the first forward pass; bad input raises here, before any frame
-    clock = {"d": time.perf_counter() - t, "a": 0.0}  # each lane's compute seconds
-    if gc.template:
-        prompt, total = [], parse_template(gc.template, tokenizer)[1].count(False)
-        block = total
-    else:
-        prompt = prompt_ids(gc, tokenizer, window)
-        total, block = lengths(gc, len(prompt), window)
+    def __init__(self, model, tokenizer, window: int, ar, gc: GenConfig, names: tuple[str, str]):
+        import torch
 
-    ar_note, ar_len, columns = "", 0, None
-    if ar is None:
-        ar_note = message_html("No AR baseline loaded: train one with <code>python baseline_ar.py</code> to race it.")
-    elif gc.template:
-        ar_note = message_html("The AR baseline writes left to right only, so it cannot fill a template: "
-                               "its race is for prompts.")
-    else:
-        start = torch.tensor([[tokenizer.bos_token_id] + prompt])  # [1, T0]
-        ar_len = min(total, ar.config.n_positions - start.shape[1])
-        columns = ar_steps(ar, start, ar_len, gc, banned_ids(tokenizer), torch.Generator().manual_seed(gc.seed))
-        if ar_len < total:
-            ar_note = f" · stops at its {ar.config.n_positions}-position window"
-    x_max = max(schedule_passes(gc, total, block), ar_len)
+        from decoding import generation_steps, lengths, parse_template, prompt_ids
 
-    # state of the two lanes
-    conf_at = {}  # text position -> confidence of the diffusion token committed there
-    row_d, kinds_d = [], []
-    left = {"d": [total], "a": [ar_len]}  # tokens left after forward pass 0, 1, 2, ...
-    done = {"d": False, "a": columns is None}
-    written = []  # AR tokens
+        self.tok, self.gc, self.names, self.mask_id = tokenizer, gc, names, tokenizer.mask_token_id
+        self.steps = generation_steps(model, tokenizer, gc, window, torch.Generator().manual_seed(gc.seed))
+        t = time.perf_counter()
+        first = next(self.steps)  # the first forward pass; bad input raises here
+        self.clock = {"d": time.perf_counter() - t, "a": 0.0}  # each lane's compute seconds
+        if gc.template:
+            self.prompt, self.total = [], parse_template(gc.template, tokenizer)[1].count(False)
+            self.block = self.total
+        else:
+            self.prompt = prompt_ids(gc, tokenizer, window)
+            self.total, self.block = lengths(gc, len(self.prompt), window)
+        self.conf_at, self.row, self.kinds = {}, [], []  # diffusion lane: confidence per text position
+        self.written, self.left = [], {"d": [self.total], "a": []}  # AR tokens; tokens left after each pass
+        self.columns, self.ar_len, self.ar_note = self.ar_lane_start(ar)
+        self.left["a"].append(self.ar_len)
+        self.done = {"d": False, "a": self.columns is None}
+        self.x_max = max(schedule_passes(gc, self.total, self.block), self.ar_len)
+        self.record(first)
 
-    def record(s) -> None:
+    def ar_lane_start(self, ar):
+        """(the AR baseline's column iterator or None, tokens it writes, a note for its lane)."""
+        import torch
+
+        from decoding import ar_steps
+        from tokens import banned_ids
+
+        if ar is None:
+            return None, 0, message_html("No AR baseline loaded: train one with <code>python baseline_ar.py</code> "
+                                         "to race it.")
+        if self.gc.template:
+            return None, 0, message_html("The AR baseline writes left to right only, so it cannot fill a template: "
+                                         "its race is for prompts.")
+        start = torch.tensor([[self.tok.bos_token_id] + self.prompt])  # [1, T0]
+        n = min(self.total, ar.config.n_positions - start.shape[1])
+        columns = ar_steps(ar, start, n, self.gc, banned_ids(self.tok), torch.Generator().manual_seed(self.gc.seed))
+        return columns, n, f" · stops at its {ar.config.n_positions}-position window" if n < self.total else ""
+
+    def record(self, s) -> None:
         """Fold one diffusion Step into the lane: which text positions it committed or re-masked."""
-        nonlocal row_d, kinds_d
         offset = s.text.shape[1] - (s.tokens.shape[1] - 2)  # canvas[1:-1] is the tail of the text
         new = {offset + j - 1: float(s.confidence[0, j]) for j in s.committed[0].nonzero().flatten().tolist()}
-        conf_at.update(new)
-        remasked = getattr(s, "remasked", None)  # [B, L] bool, where a decoding rule re-masks tokens
-        back = set() if remasked is None else {offset + j - 1 for j in remasked[0].nonzero().flatten().tolist()}
+        self.conf_at.update(new)
+        back = set() if s.remasked is None else {offset + j - 1 for j in s.remasked[0].nonzero().flatten().tolist()}
         for pos in back:
-            conf_at.pop(pos, None)
-        row_d = s.text[0].tolist()
-        kinds_d = [("remasked" if i in back else "mask") if t == mask_id else "new" if i in new
-                   else "done" if i in conf_at else "fixed" for i, t in enumerate(row_d)]
-        left["d"].append(s.masked_left + (0 if gc.template else total - (len(row_d) - len(prompt))))
+            self.conf_at.pop(pos, None)
+        self.row = s.text[0].tolist()
+        self.kinds = [("remasked" if i in back else "mask") if t == self.mask_id else "new" if i in new
+                      else "done" if i in self.conf_at else "fixed" for i, t in enumerate(self.row)]
+        self.left["d"].append(s.masked_left + (0 if self.gc.template else self.total - (len(self.row) - len(self.prompt))))
 
-    def diffusion_lane() -> str:
-        kinds = [("done" if k == "new" else k) for k in kinds_d] if done["d"] else kinds_d
-        passes = len(left["d"]) - 1
-        stats = stats_text(passes, clock["d"], total, left["d"][-1], done["d"])
-        canvas = canvas_html(row_d, kinds, [conf_at.get(i) for i in range(len(row_d))], tokenizer)
-        return lane_html("diffusion", "Diffusion", names[0], stats, canvas, passes, done["d"])
+    def diffusion_lane(self) -> str:
+        from visualize import canvas_html
 
-    def ar_lane() -> str:
-        if columns is None:
-            return lane_html("ar", "AR baseline", names[1], "", ar_note, 0, True)
-        row = prompt + written + [mask_id] * (ar_len - len(written))
-        kinds = ["fixed"] * len(prompt) + ["done"] * len(written) + ["mask"] * (ar_len - len(written))
-        if written and not done["a"]:
-            kinds[len(prompt) + len(written) - 1] = "new"
-        stats = stats_text(len(written), clock["a"], ar_len, left["a"][-1], done["a"]) + (ar_note if done["a"] else "")
-        canvas = canvas_html(row, kinds, [None] * len(row), tokenizer)
-        return lane_html("ar", "AR baseline", names[1], stats, canvas, len(written), done["a"])
+        kinds = [("done" if k == "new" else k) for k in self.kinds] if self.done["d"] else self.kinds
+        passes = len(self.left["d"]) - 1
+        stats = stats_text(passes, self.clock["d"], self.total, self.left["d"][-1], self.done["d"])
+        canvas = canvas_html(self.row, kinds, [self.conf_at.get(i) for i in range(len(self.row))], self.tok)
+        return lane_html("diffusion", "Diffusion", self.names[0], stats, canvas, passes, self.done["d"])
 
-    def chart() -> str:
-        lines = {} if columns is None else {"AR": (left["a"], AR_COLOR)}
-        lines["diffusion"] = (left["d"], DIFFUSION_COLOR)  # drawn last: on top where the two meet
-        return progress_svg(lines, max(x_max, len(left["d"]) - 1, len(left["a"]) - 1), max(total, 1))
+    def ar_lane(self) -> str:
+        from visualize import canvas_html
 
-    def status() -> str:
-        if done["d"] and done["a"]:
+        if self.columns is None:
+            return lane_html("ar", "AR baseline", self.names[1], "", self.ar_note, 0, True)
+        n, todo = len(self.written), self.ar_len - len(self.written)
+        row = self.prompt + self.written + [self.mask_id] * todo
+        kinds = ["fixed"] * len(self.prompt) + ["done"] * n + ["mask"] * todo
+        if self.written and not self.done["a"]:
+            kinds[len(self.prompt) + n - 1] = "new"
+        stats = stats_text(n, self.clock["a"], self.ar_len, self.left["a"][-1], self.done["a"])
+        stats += self.ar_note if self.done["a"] else ""
+        canvas = canvas_html(row, kinds, [None] * len(row), self.tok)
+        return lane_html("ar", "AR baseline", self.names[1], stats, canvas, n, self.done["a"])
+
+    def chart(self) -> str:
+        from visualize import progress_svg
+
+        lines = {} if self.columns is None else {"AR": (self.left["a"], AR_COLOR)}
+        lines["diffusion"] = (self.left["d"], DIFFUSION_COLOR)  # drawn last: on top where the two meet
+        x_max = max(self.x_max, len(self.left["d"]) - 1, len(self.left["a"]) - 1)
+        return progress_svg(lines, x_max, max(self.total, 1))
+
+    def status(self) -> str:
+        if self.done["d"] and self.done["a"]:
             return message_html("Done. Hover a token for the confidence it was committed with.")
         return message_html("writing…")
 
-    record(first)
-    speed = pause / max(clock["d"], 1e-4) if pause > 0 else 0.0  # wall seconds shown per compute second
-    yield diffusion_lane(), ar_lane(), chart(), status()
-    shown = clock["d"]  # race time of the last frame
-    while not (done["d"] and done["a"]):
-        # 1. advance the lane whose clock is behind: a diffusion step or an AR token
-        lane = "d" if not done["d"] and (done["a"] or clock["d"] <= clock["a"]) else "a"
+    def advance(self) -> str:
+        """One forward pass of the lane whose clock is behind; returns that lane ("d" or "a")."""
+        lane = "d" if not self.done["d"] and (self.done["a"] or self.clock["d"] <= self.clock["a"]) else "a"
         t = time.perf_counter()
-        item = next(steps if lane == "d" else columns, None)
-        clock[lane] += time.perf_counter() - t
+        item = next(self.steps if lane == "d" else self.columns, None)
+        self.clock[lane] += time.perf_counter() - t
         if item is None:
-            done[lane] = True
+            self.done[lane] = True
         elif lane == "d":
-            record(item)
+            self.record(item)
         else:
-            written.append(int(item[0, 0]))
-            left["a"].append(ar_len - len(written))
-            done["a"] = len(written) == ar_len
-        # 2. show the frame after as long as the race clock moved, slowed down (at most --pause)
-        if speed:
-            time.sleep(min(max(clock[lane] - shown, 0.0) * speed, pause))
-        shown = max(shown, clock[lane])
-        final = done["d"] and done["a"]  # the last frame carries both lanes: it is what an API call returns
-        yield (diffusion_lane() if lane == "d" or final else None), (ar_lane() if lane == "a" or final else None), \
-            chart(), status()
+            self.written.append(int(item[0, 0]))
+            self.left["a"].append(self.ar_len - len(self.written))
+            self.done["a"] = len(self.written) == self.ar_len
+        return lane
+
+    def frames(self, pause: float):
+        """(diffusion lane, AR lane, chart, status) HTML per frame (None = unchanged), slowed so a
+        diffusion step stays about `pause` seconds on screen (0 = as fast as they compute)."""
+        speed = pause / max(self.clock["d"], 1e-4) if pause > 0 else 0.0  # wall seconds per compute second
+        yield self.diffusion_lane(), self.ar_lane(), self.chart(), self.status()
+        shown = self.clock["d"]  # race time of the last frame
+        while not (self.done["d"] and self.done["a"]):
+            lane = self.advance()
+            if speed:
+                time.sleep(min(max(self.clock[lane] - shown, 0.0) * speed, pause))
+            shown = max(shown, self.clock[lane])
+            final = self.done["d"] and self.done["a"]  # the last frame carries both lanes: what an API call returns
+            yield (self.diffusion_lane() if lane == "d" or final else None), \
+                (self.ar_lane() if lane == "a" or final else None), self.chart(), self.status()
+
+
+def race(model, tokenizer, window: int, ar, gc: GenConfig, pause: float, names: tuple[str, str]):
+    """The frames of one request (Race); a bad prompt or template raises before the first."""
+    return Race(model, tokenizer, window, ar, gc, names).frames(pause)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -301,7 +333,9 @@ def legend_html() -> str:
 
 
 def build_app(model, tokenizer, tcfg, ar, dc: DemoConfig):
-    """The page: text and mode, Generate, the two lanes, the chart, and every GenConfig control."""
+    """The page: text and mode, Generate, the two lanes, the chart, and every GenConfig control.
+    Every input is registered by name (`add`): the handler reads its values by name, and the API
+    takes them in the order they were added, so a new control is one `add` where it is laid out."""
     import gradio as gr
 
     from modeling import n_params
@@ -310,22 +344,22 @@ def build_app(model, tokenizer, tcfg, ar, dc: DemoConfig):
     names = (f"{model.config.model_type} · {n_params(model) / 1e6:.1f}M parameters · unmasks in parallel",
              f"{ar.config.model_type} · {n_params(ar) / 1e6:.1f}M parameters · one token per pass" if ar is not None
              else "not loaded")
-    idle = message_html("Press <b>Generate</b> to watch the canvas fill.")
     empty = '<span class="hint">the canvas appears here</span>'
-    empty_chart = progress_svg({}, 10, 10)
+    empty_lanes = (lane_html("diffusion", "Diffusion", names[0], "", empty),
+                   lane_html("ar", "AR baseline", names[1], "", empty), progress_svg({}, 10, 10))
+    inputs = {}  # name -> component, in API order
 
-    def generate(mode, prompt, template, *values):
+    def add(name: str, component):
+        inputs[name] = component
+        return component
+
+    def generate(*values):
         try:
-            gc = page_config(mode, prompt if mode == "prompt" else template, values, dc.max_tokens)
+            gc = page_config(dict(zip(inputs, values)), dc.max_tokens)
             for frame in race(model, tokenizer, tcfg.max_len, ar, gc, dc.pause, names):
                 yield tuple(gr.skip() if part is None else part for part in frame)
         except UsageError as e:  # the message quotes what was typed: escaped
-            yield (lane_html("diffusion", "Diffusion", names[0], "", empty),
-                   lane_html("ar", "AR baseline", names[1], "", empty), empty_chart,
-                   message_html(f"error: {html.escape(str(e))}", error=True))
-
-    def switch(mode):
-        return gr.update(visible=mode == "prompt"), gr.update(visible=mode == "template")
+            yield (*empty_lanes, message_html(f"error: {html.escape(str(e))}", error=True))
 
     with gr.Blocks(title="Watch diffusion write", analytics_enabled=False) as app:
         gr.Markdown("## Watch diffusion write\n"
@@ -333,23 +367,28 @@ def build_app(model, tokenizer, tcfg, ar, dc: DemoConfig):
                     "fills it a few tokens per forward pass; the AR baseline beside it writes one token per pass. "
                     f"Model: `{dc.checkpoint}` (window {tcfg.max_len} tokens).")
         with gr.Row():
-            mode = gr.Radio(list(MODES), value="prompt", label="mode", scale=1, min_width=160, elem_id="mode")
-            prompt = gr.Textbox(value="The history of", label="prompt", placeholder="text the model continues",
-                                scale=5, elem_id="prompt", info="kept fixed at the start; empty = unprompted")
-            template = gr.Textbox(value="The [MASK:4] of France is [MASK:3].", label="template", visible=False,
-                                  scale=5, elem_id="template", info="fixed text with [MASK:n] spans to fill")
+            mode = add("mode", gr.Radio(list(MODES), value="prompt", label="mode", scale=1, min_width=160,
+                                        elem_id="mode"))
+            prompt = add("prompt", gr.Textbox(value="The history of", label="prompt", scale=5, elem_id="prompt",
+                                              placeholder="text the model continues",
+                                              info="kept fixed at the start; empty = unprompted"))
+            template = add("template", gr.Textbox(value="The [MASK:4] of France is [MASK:3].", label="template",
+                                                  visible=False, scale=5, elem_id="template",
+                                                  info="fixed text with [MASK:n] spans to fill"))
             go = gr.Button("Generate", variant="primary", scale=1, min_width=140, elem_id="generate")
-        status = gr.HTML(idle, elem_id="status")
+        status = gr.HTML(message_html("Press <b>Generate</b> to watch the canvas fill."), elem_id="status")
         with gr.Row(equal_height=True):
-            lane_d = gr.HTML(lane_html("diffusion", "Diffusion", names[0], "", empty), elem_id="diffusion-lane")
-            lane_a = gr.HTML(lane_html("ar", "AR baseline", names[1], "", empty), elem_id="ar-lane")
+            lane_d = gr.HTML(empty_lanes[0], elem_id="diffusion-lane")
+            lane_a = gr.HTML(empty_lanes[1], elem_id="ar-lane")
         with gr.Row(elem_classes="chart-card"):
-            chart = gr.HTML(empty_chart, elem_id="chart", scale=3)
+            chart = gr.HTML(empty_lanes[2], elem_id="chart", scale=3)
             gr.HTML(legend_html(), scale=2)
         with gr.Accordion("Generation settings: the flags of generate.py", open=True), gr.Row():
-            settings = controls(gr)
-        mode.change(switch, mode, [prompt, template], api_name=False)
-        go.click(generate, [mode, prompt, template, *settings], [lane_d, lane_a, chart, status], api_name="generate",
+            for f in page_fields():
+                add(f.name, control(gr, f))
+        mode.change(lambda m: (gr.update(visible=m == "prompt"), gr.update(visible=m == "template")), mode,
+                    [prompt, template], api_name=False)
+        go.click(generate, list(inputs.values()), [lane_d, lane_a, chart, status], api_name="generate",
                  show_progress="hidden")
     return app
 
@@ -385,6 +424,8 @@ def load_models(dc: DemoConfig):
 
 def warm_up(model, tokenizer, tcfg, ar) -> None:
     """One forward pass of each model, so the first race's clocks do not include first-call costs."""
+    import torch
+
     from decoding import ar_steps, generation_steps
 
     gc = GenConfig(length=1, steps=1, out="")

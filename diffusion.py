@@ -25,6 +25,8 @@ import math
 
 import torch
 
+from tokens import special_token_ids
+
 IGNORE = -100  # label of positions that carry no loss
 
 
@@ -92,11 +94,6 @@ def sample_rates(n: int, cfg, g: torch.Generator) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 # Masking
 # ---------------------------------------------------------------------------------------------
-
-
-def special_token_ids(tokenizer) -> list[int]:
-    """Ids that are never masked (<s>, </s>, <pad>, ...): every special token but <mask>."""
-    return sorted(set(tokenizer.all_special_ids) - {tokenizer.mask_token_id})
 
 
 def prefix_lengths(n: int, mode: str, prefix_len: int, g: torch.Generator) -> torch.Tensor:

@@ -21,16 +21,28 @@ that JSON alone into GENERATION_VALIDATION.md.
 
 import dataclasses
 import os
-import platform
 import shlex
 import sys
 import time
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: spinning threads crawl on a shared CPU
+from cli import UsageError, cli, parse, to_argv  # noqa: E402
+from config import GenConfig, TrainConfig, flag, parse_names, save_config, Settings, train_presets  # noqa: E402
 
-import torch  # noqa: E402
 
-from config import EvalConfig, GenConfig, TrainConfig, UsageError, cli, parse, parse_names, save_config, train_presets
+class EvalConfig(Settings):
+    checkpoint: str = flag("results/final-model", "the diffusion model (train.py final-model)")
+    baseline: str = flag("results/ar-baseline", "baseline_ar.py --output-dir; 'none' = no AR baseline")
+    scorer: str = flag("", "causal LM for generative perplexity (hub id or folder); '' = the AR baseline")
+    prefix: int = flag(-1, "content tokens conditioned on, not scored; -1 = 0, or prefix_len if trained with a "
+                       "fixed prefix", min=-1)
+    elbo_blocks: int = flag(0, "held-out blocks scored; 0 = all", min=0)
+    elbo_draws: int = flag(8, "Monte Carlo draws of (k, mask) per block (at least 2, for the error bar)", min=2)
+    settings: str = flag("all", "comma-separated names from evaluate.SETTINGS, or 'all'")
+    num_samples: int = flag(16, "samples per generation setting (and held-out blocks in the reference row)", min=1)
+    batch_size: int = flag(64, "rows per forward pass", min=1)
+    seed: int = flag(0, "masks of the bound and every sample (each setting restarts from this seed)", min=0)
+    out_dir: str = flag("results/eval", "gets evaluation.json and eval_config.json")
+
 
 # Diffusion generation settings, as overrides of config.GenConfig. Every setting fills the whole
 # window, unprompted (the usual setup for generative perplexity) unless it names a prompt.
@@ -52,14 +64,6 @@ AR_SETTINGS = {
                             temperature=GenConfig.temperature),  # generate.py's default sampler
     "ar-sample": dict(sampling="topk", temperature=1.0, k=10**9),  # plain ancestral sampling
 }
-# Fields of GenConfig that describe a sampling setting (recorded per row; the report compares them)
-SETTING_FIELDS = ("prompt", "schedule", "sampling", "k", "p", "temperature", "order", "order_noise", "remdm",
-                  "remdm_eta", "cfg", "canvas", "decode", "threshold", "steps")
-SAMPLER_FIELDS = ("sampling", "k", "p", "temperature")  # all an AR row's setting has
-
-
-def setting_of(gc: GenConfig, fields=SETTING_FIELDS) -> dict:
-    return {f: getattr(gc, f) for f in fields}
 
 REPORT_PROMPT = "The history of the"
 REPORT_TEMPLATE = "Aristotle was a Greek [MASK:4] and [MASK:6] in the [MASK:3] century."
@@ -67,7 +71,7 @@ REPORT_TEMPLATE = "Aristotle was a Greek [MASK:4] and [MASK:6] in the [MASK:3] c
 REPORT_SAMPLES = [
     ("Unprompted", "generate.py defaults", {}),
     ("Unprompted", "cosine schedule, 32 steps", dict(schedule="cosine", steps=32)),
-    ("Unprompted", "nucleus (p 0.9), 32 steps", dict(sampling="nucleus", steps=32)),
+    ("Unprompted", "nucleus, 32 steps", dict(sampling="nucleus", steps=32)),
     ("Unprompted", "greedy", dict(sampling="greedy")),
     ("Unprompted", "threshold decoding: commit every prediction with confidence >= 0.9", dict(decode="threshold")),
     ("Unprompted", "the seed's rule: random order", dict(order="random")),
@@ -96,20 +100,15 @@ def train_command(tcfg: TrainConfig) -> str:
     """The train.py command that reproduces a run: its preset plus every field that differs."""
     preset = {"quick_test": True} if tcfg.quick_test else {"model": tcfg.model}
     base = TrainConfig(**{**train_presets(preset), **preset})
-    parts = ["python", "train.py"] + (["--quick-test"] if tcfg.quick_test else ["--model", tcfg.model])
-    for f in dataclasses.fields(TrainConfig):
-        value = getattr(tcfg, f.name)
-        if f.name in ("quick_test", "resume", "model") or value == getattr(base, f.name):
-            continue
-        flag = f.name.replace("_", "-")
-        parts += [f"--{flag}" if value else f"--no-{flag}"] if isinstance(value, bool) else [f"--{flag}", str(value)]
-    return shlex.join(parts)
+    changed = {f.name: getattr(tcfg, f.name) for f in dataclasses.fields(TrainConfig)
+               if f.name not in ("quick_test", "resume", "model") and getattr(tcfg, f.name) != getattr(base, f.name)}
+    start = ["--quick-test"] if tcfg.quick_test else ["--model", tcfg.model]
+    return shlex.join(["python", "train.py"] + start + to_argv(changed))
 
 
 def baseline_command(ar_cfg: dict) -> str:
     """baseline_ar.py with its resolved flags (auto shape written out), which reproduces the run."""
-    return shlex.join(["python", "baseline_ar.py"] + [x for k, v in ar_cfg.items()
-                                                       for x in (f"--{k.replace('_', '-')}", str(v))])
+    return shlex.join(["python", "baseline_ar.py"] + to_argv({k: v for k, v in ar_cfg.items() if k != "resume"}))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -131,8 +130,11 @@ def mark_filled(ids: list[int], fixed: list[bool], tokenizer) -> str:
 
 
 def report_samples(model, tokenizer, tcfg, ar, seed: int) -> list[dict]:
-    """[{section, caption, settings, texts}] for the report, from decoding.generate and ar_generate."""
-    from decoding import ar_generate, banned_ids, generate, parse_template
+    """[{section, caption, settings, label, texts}] for the report, from decoding.generate and ar_generate."""
+    import torch
+
+    from decoding import SAMPLERS, ar_generate, describe, generate, parse_template, sampler_setting, setting_of
+    from tokens import banned_ids
 
     out = []
     for section, caption, over in REPORT_SAMPLES:
@@ -143,7 +145,7 @@ def report_samples(model, tokenizer, tcfg, ar, seed: int) -> list[dict]:
             texts = [mark_filled(row, fixed, tokenizer) for row in ids.tolist()]
         else:
             texts = [tokenizer.decode(row) for row in ids.tolist()]
-        out.append({"section": section, "caption": caption, "settings": setting_of(gc),
+        out.append({"section": section, "caption": caption, "settings": setting_of(gc), "label": describe(gc),
                     "prompt": gc.prompt, "template": gc.template, "texts": texts})
     if ar is not None:
         prompt = tokenizer(REPORT_PROMPT, add_special_tokens=False)["input_ids"]
@@ -153,7 +155,7 @@ def report_samples(model, tokenizer, tcfg, ar, seed: int) -> list[dict]:
             ids = ar_generate(ar, first, tcfg.max_len - 2 - len(start), gc, banned_ids(tokenizer),
                               torch.Generator().manual_seed(seed))
             out.append({"section": "AR baseline", "caption": f"{caption}, left to right",
-                        "settings": setting_of(gc, SAMPLER_FIELDS),
+                        "settings": sampler_setting(gc), "label": SAMPLERS[gc.sampling].text(gc),
                         "prompt": text, "template": "", "texts": [tokenizer.decode(start + row) for row in ids.tolist()]})
     return out
 
@@ -163,32 +165,11 @@ def report_samples(model, tokenizer, tcfg, ar, seed: int) -> list[dict]:
 # ---------------------------------------------------------------------------------------------
 
 
-def machine() -> dict:
-    """Facts of the machine the numbers were taken on, recorded so the report can state them."""
-    cpu = platform.processor() or platform.machine()
-    if os.path.isfile("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
-            "device": "cuda" if torch.cuda.is_available() else "cpu"}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
+def load_models(ec: EvalConfig):
+    """(diffusion model, tokenizer, its TrainConfig, the prefix, AR baseline or None, its config, scorer
+    or None); a bad --prefix is refused before the baseline loads."""
+    from modeling import load_baseline, load_checkpoint, load_scorer
 
-
-def evaluate(ec: EvalConfig, names: list[str], command: str) -> dict:
-    """Every number, sample and setting of one evaluation, as the JSON report.py reads."""
-    import transformers
-
-    from data import build_datasets
-    from decoding import ar_generate, banned_ids, generate
-    from diffusion import special_token_ids
-    from metrics import held_out_likelihood, reference_blocks, sample_quality
-    from modeling import load_baseline, load_checkpoint, load_scorer, n_params
-
-    t_start = time.time()
     model, tokenizer, tcfg = load_checkpoint(ec.checkpoint)
     prefix = resolve_prefix(ec, tcfg)
     ar, ar_cfg = (None, None) if ec.baseline == "none" else load_baseline(ec.baseline, tokenizer, ec.checkpoint,
@@ -199,6 +180,20 @@ def evaluate(ec: EvalConfig, names: list[str], command: str) -> dict:
     scorer = load_scorer(ec.scorer) if ec.scorer else (ar, tokenizer) if ar is not None else None
     if scorer is not None:
         scorer[0].to(device)
+    return model, tokenizer, tcfg, prefix, ar, ar_cfg, scorer
+
+
+def evaluate(ec: EvalConfig, names: list[str], command: str) -> dict:
+    """Every number, sample and setting of one evaluation, as the JSON report.py reads."""
+    import torch
+
+    from data import build_datasets
+    from decoding import setting_of
+    from metrics import ar_row, diffusion_row, held_out_likelihood, machine, reference_row, versions
+    from modeling import n_params
+
+    t_start = time.time()
+    model, tokenizer, tcfg, prefix, ar, ar_cfg, scorer = load_models(ec)
     _, val_ds = build_datasets(tcfg, tokenizer)
     val = val_ds[:]["input_ids"]  # [M, L]
     blocks = val[:ec.elbo_blocks] if ec.elbo_blocks else val
@@ -208,10 +203,7 @@ def evaluate(ec: EvalConfig, names: list[str], command: str) -> dict:
               "checkpoint_config": dataclasses.asdict(tcfg), "baseline_config": ar_cfg,
               "scorer": ec.scorer or ("AR baseline" if ar is not None else None),
               "parameters": {"diffusion": n_params(model), "ar": n_params(ar) if ar is not None else None},
-              "default_settings": setting_of(GenConfig()),
-              "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                           "python": platform.python_version()},
-              "machine": machine()}
+              "default_settings": setting_of(GenConfig()), "versions": versions(), "machine": machine()}
 
     # 1. held-out likelihood on the same tokens
     t0 = time.time()
@@ -220,34 +212,15 @@ def evaluate(ec: EvalConfig, names: list[str], command: str) -> dict:
     result["held_out"]["seconds"] = time.time() - t0
 
     # 2. samples: held-out reference, diffusion settings, AR settings
-    length = tcfg.max_len - 2
-    special = set(special_token_ids(tokenizer)) | {tokenizer.mask_token_id}
-    ref = [[t for t in row.tolist() if t not in special] for row in reference_blocks(val, ec.num_samples)]
-    ref_texts = [tokenizer.decode(r) for r in ref]
-    rows = [{"name": "held-out text", "model": "reference", "settings": {}, "texts": ref_texts[:4],
-             **sample_quality(ref, ref_texts, scorer, None, ec.batch_size)}]
-    for name in names:
-        gc = GenConfig(**{**SETTINGS[name], "num_samples": ec.num_samples, "seed": ec.seed, "out": ""})
-        t0 = time.time()
-        ids, history, n_prompt = generate(model, tokenizer, gc, tcfg.max_len, torch.Generator().manual_seed(ec.seed))
-        seconds = time.time() - t0
-        tokens = ids[:, n_prompt:].tolist()  # a prompted setting is judged on what it wrote
-        texts = [tokenizer.decode(t) for t in tokens]
-        rows.append({"name": name, "model": "diffusion", "settings": setting_of(gc), "forward_passes": len(history),
-                     "texts": texts[:4], **sample_quality(tokens, texts, scorer, seconds, ec.batch_size)})
+    run = dict(num_samples=ec.num_samples, seed=ec.seed, out="")
+    rows = [reference_row(val, tokenizer, ec.num_samples, scorer, ec.batch_size)]
+    rows += [diffusion_row(model, tokenizer, GenConfig(**{**SETTINGS[name], **run}), tcfg.max_len, scorer,
+                           ec.batch_size, name) for name in names]
     if ar is not None:
-        bos = torch.full((ec.num_samples, 1), tokenizer.bos_token_id)
-        for name, over in AR_SETTINGS.items():
-            gc = GenConfig(**over)
-            t0 = time.time()
-            ids = ar_generate(ar, bos, length, gc, banned_ids(tokenizer), torch.Generator().manual_seed(ec.seed))
-            seconds = time.time() - t0
-            tokens = ids.tolist()
-            texts = [tokenizer.decode(t) for t in tokens]
-            rows.append({"name": name, "model": "AR", "settings": setting_of(gc, SAMPLER_FIELDS), "forward_passes": length,
-                         "texts": texts[:4], **sample_quality(tokens, texts, scorer, seconds, ec.batch_size)})
+        rows += [ar_row(ar, tokenizer, GenConfig(**{**over, **run}), tcfg.max_len - 2, scorer, ec.batch_size, name)
+                 for name, over in AR_SETTINGS.items()]
     result["samples"] = rows
-    result["sample_length"] = length
+    result["sample_length"] = tcfg.max_len - 2
     result["seconds"] = time.time() - t_start  # the numbers and the table, before the report's samples
 
     # 3. samples for the report
@@ -261,7 +234,8 @@ def main(argv=None) -> int:
     names = list(SETTINGS) if ec.settings == "all" else parse_names(ec.settings, "settings", tuple(SETTINGS))
     from transformers.utils import logging as hf_logging
 
-    from report import format_table, likelihood_lines, write_json
+    from files import write_json
+    from report import format_table, likelihood_lines
 
     hf_logging.disable_progress_bar()
     command = shlex.join(["python", "evaluate.py", *argv])
@@ -272,7 +246,7 @@ def main(argv=None) -> int:
           f"generative perplexity under {result['scorer'] or '(no scorer: pass --baseline or --scorer)'}")
     print(format_table(result))
     path = os.path.join(ec.out_dir, "evaluation.json")
-    write_json(result, path)
+    write_json(path, result)
     save_config(ec, ec.out_dir, "eval_config.json")
     print(f"wrote {path} ({result['seconds']:.0f}s); render the report with: python report.py --evaluation {path}")
     return 0

@@ -16,23 +16,22 @@ decoding.py; the noise schedules (shared with training) are diffusion.SCHEDULES;
 """
 
 import dataclasses
-import os
 import sys
 import time
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: spinning threads crawl on a shared CPU
-
-import torch  # noqa: E402
-
-from config import GenConfig, append_jsonl, cli, parse
+from cli import cli, parse  # noqa: E402
+from config import GenConfig  # noqa: E402
 
 
 def main(argv=None) -> int:
     gc, _ = parse(GenConfig, argv, __doc__)
+    import torch
     from transformers.utils import logging as hf_logging
 
-    from decoding import cut_at_eos, generate, token_ids
+    from decoding import cut_at_eos, generate
+    from files import append_jsonl
     from modeling import load_checkpoint
+    from tokens import token_ids
     from visualize import animate, format_steps
 
     hf_logging.disable_progress_bar()  # quiet by default: no weight-loading bars

@@ -1,10 +1,19 @@
-"""Numbers that judge samples and compare models, beside the diffusion bound (diffusion.py).
+"""Numbers that judge samples and compare models, and the one protocol every study scores with.
 
-Text statistics on token-id lists (one list per sample), any tokenizer, no torch:
+Text statistics (torch-free), each a function in SAMPLE_METRICS, the registry every table reads:
     distinct_n(samples, n)            unique n-grams / all n-grams, over all samples
     repeated_ngram_rate(samples, n)   share of n-grams that already occurred earlier in the same sample
     unigram_entropy(samples)          entropy (bits) of the pooled token distribution
     top_word_share(texts)             the most frequent word and its share of all words
+A new statistic is one entry in SAMPLE_METRICS: sample_quality computes it for every row of
+evaluate.py, the experiments and report.py's tables.
+
+The evaluation protocol (evaluate.py, the experiments, bench.py):
+    reference_row(val, tokenizer, n, scorer)      held-out text of the samples' length, the reference
+    diffusion_row(model, tokenizer, gc, window, scorer)   one generation setting: samples, numbers,
+                                                  its settings (decoding.setting_of) and words (describe)
+    ar_row(ar, tokenizer, gc, length, n, scorer)  the AR baseline's own samples with the same sampler
+    machine()                                     the facts of the machine the numbers were taken on
 
 Scores that need a model (torch imported inside):
     pseudo_log_likelihood(model, ids, mask_id, where)   mean NLL, one position masked at a time
@@ -16,7 +25,12 @@ Scores that need a model (torch imported inside):
 """
 
 import math
+import os
+import platform
+import time
 from collections import Counter
+from dataclasses import dataclass
+from typing import Callable
 
 
 def ngrams(tokens: list, n: int) -> list[tuple]:
@@ -125,15 +139,30 @@ def score_texts(scorer, scorer_tok, texts: list[str], batch_size: int) -> tuple[
     return nats, count
 
 
+@dataclass(frozen=True)
+class Metric:
+    """A statistic of one setting's samples: fn(token lists, texts) -> number, and how tables show it."""
+    fn: Callable
+    title: str
+    fmt: str
+
+
+SAMPLE_METRICS = {
+    "unigram_entropy": Metric(lambda toks, texts: max(0.0, unigram_entropy(toks)), "entropy (bits)", "{:.2f}"),  # not -0.0
+    "distinct_1": Metric(lambda toks, texts: distinct_n(toks, 1), "distinct-1", "{:.3f}"),
+    "distinct_2": Metric(lambda toks, texts: distinct_n(toks, 2), "distinct-2", "{:.3f}"),
+    "repeated_4gram": Metric(lambda toks, texts: repeated_ngram_rate(toks, 4), "rep-4gram", "{:.3f}"),
+    "top_word_share": Metric(lambda toks, texts: top_word_share(texts)[1], "top word", "{:.1%}"),
+}
+
+
 def sample_quality(token_lists: list[list[int]], texts: list[str], scorer, seconds: float | None,
                    batch_size: int) -> dict:
-    """Unigram entropy, distinct-1/2, repeated 4-grams, seconds per sample and, with a scorer
-    (model, tokenizer), generative perplexity of one setting's samples."""
-    row = {"samples": len(texts), "unigram_entropy": max(0.0, unigram_entropy(token_lists)),  # not -0.0
-           "distinct_1": distinct_n(token_lists, 1), "distinct_2": distinct_n(token_lists, 2),
-           "repeated_4gram": repeated_ngram_rate(token_lists, 4),
-           "seconds_per_sample": None if seconds is None else seconds / len(texts), "gen_ppl": None,
-           "top_word": top_word_share(texts)[0], "top_word_share": top_word_share(texts)[1]}
+    """Every SAMPLE_METRICS statistic, the most frequent word, seconds per sample and, with a
+    scorer (model, tokenizer), generative perplexity of one setting's samples."""
+    row = {"samples": len(texts), **{name: m.fn(token_lists, texts) for name, m in SAMPLE_METRICS.items()},
+           "top_word": top_word_share(texts)[0],
+           "seconds_per_sample": None if seconds is None else seconds / len(texts), "gen_ppl": None}
     if scorer is not None:
         nats, count = score_texts(scorer[0], scorer[1], texts, batch_size)
         row["gen_ppl"] = math.exp(min(nats / count, 50))
@@ -148,6 +177,84 @@ def reference_blocks(val_blocks, n: int):
     return val_blocks[idx]
 
 
+# ---------------------------------------------------------------------------------------------
+# The evaluation protocol: one row per setting, the same numbers everywhere
+# ---------------------------------------------------------------------------------------------
+
+
+def reference_row(val_blocks, tokenizer, n: int, scorer, batch_size: int = 64) -> dict:
+    """Held-out text as a row: n blocks spread over the held-out set, special tokens dropped."""
+    from tokens import special_token_ids
+
+    special = set(special_token_ids(tokenizer)) | {tokenizer.mask_token_id}
+    ref = [[t for t in row.tolist() if t not in special] for row in reference_blocks(val_blocks, n)]
+    texts = [tokenizer.decode(r) for r in ref]
+    return {"name": "held-out text", "model": "reference", "settings": {}, "label": "", "texts": texts[:4],
+            **sample_quality(ref, texts, scorer, None, batch_size)}
+
+
+def diffusion_row(model, tokenizer, gc, window: int, scorer, batch_size: int = 64, name: str = "") -> dict:
+    """gc.num_samples samples of one setting (seed gc.seed), judged on what they wrote (a prompt is
+    not scored), with the setting's fields and words recorded beside the numbers."""
+    import torch
+
+    from decoding import describe, generate, setting_of
+
+    t0 = time.time()
+    ids, history, n_prompt = generate(model, tokenizer, gc, window, torch.Generator().manual_seed(gc.seed))
+    seconds = time.time() - t0
+    tokens = ids[:, n_prompt:].tolist()
+    texts = [tokenizer.decode(t) for t in tokens]
+    return {"name": name, "model": "diffusion", "settings": setting_of(gc), "label": describe(gc),
+            "forward_passes": len(history), "texts": texts[:4],
+            **sample_quality(tokens, texts, scorer, seconds, batch_size)}
+
+
+def ar_row(ar, tokenizer, gc, length: int, scorer, batch_size: int = 64, name: str = "") -> dict:
+    """gc.num_samples unprompted samples of `length` tokens from the AR baseline with gc's sampler."""
+    import torch
+
+    from decoding import SAMPLERS, ar_generate, sampler_setting
+    from tokens import banned_ids
+
+    bos = torch.full((gc.num_samples, 1), tokenizer.bos_token_id)
+    t0 = time.time()
+    ids = ar_generate(ar, bos, length, gc, banned_ids(tokenizer), torch.Generator().manual_seed(gc.seed))
+    seconds = time.time() - t0
+    tokens = ids.tolist()
+    texts = [tokenizer.decode(t) for t in tokens]
+    return {"name": name, "model": "AR", "settings": sampler_setting(gc), "label": SAMPLERS[gc.sampling].text(gc),
+            "forward_passes": length, "texts": texts[:4], **sample_quality(tokens, texts, scorer, seconds, batch_size)}
+
+
+def machine() -> dict:
+    """Facts of the machine numbers were taken on, recorded so reports can state them."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    if os.path.isfile("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+            "device": "cuda" if torch.cuda.is_available() else "cpu", "platform": platform.platform(),
+            # OpenMP's spin-waiting threads lose most of their time on an oversubscribed machine
+            # (OMP_WAIT_POLICY=PASSIVE avoids it), so figures carry these settings with them
+            "env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS")
+                    if k in os.environ}}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def versions() -> dict:
+    import torch
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()}
+
+
 def likelihood_summary(nats_per_token: float, tokens: int, n_bytes: int) -> dict:
     return {"nats_per_token": nats_per_token, "perplexity": math.exp(min(nats_per_token, 50)),
             "bits_per_byte": nats_per_token * tokens / math.log(2) / n_bytes}
@@ -160,7 +267,8 @@ def held_out_likelihood(model, ar, blocks, tokenizer, prefix: int, draws: int, b
     `prefix`; special tokens are conditioned on, not scored. Bits per byte of the scored text too."""
     import torch
 
-    from diffusion import elbo_estimate, protected_positions, special_token_ids
+    from diffusion import elbo_estimate, protected_positions
+    from tokens import special_token_ids
 
     bound = elbo_estimate(model, blocks, tokenizer, prefix, draws, batch_size, g, precision, progress=True)
     protected = protected_positions(blocks, special_token_ids(tokenizer),

@@ -19,7 +19,9 @@ import os
 import torch
 import torch.nn.functional as F
 
-from config import TrainConfig, UsageError
+from cli import UsageError
+from config import TrainConfig
+from tokens import bos_eos, fingerprint
 
 
 def load_pretrained(cls, name: str, **kwargs):
@@ -47,21 +49,37 @@ def n_params(model) -> int:
     return sum(p.numel() for p in model.parameters())  # shared (tied) tensors count once
 
 
-def scratch_model_config(cfg: TrainConfig, tokenizer):
-    from transformers import BertConfig, ModernBertConfig, RobertaConfig
+def modernbert_config(cfg: TrainConfig, common: dict):
+    from transformers import ModernBertConfig
 
+    return ModernBertConfig(**common, max_position_embeddings=cfg.max_len, cls_token_id=common["bos_token_id"],
+                            sep_token_id=common["eos_token_id"], global_attn_every_n_layers=1,
+                            local_attention=cfg.max_len, embedding_dropout=0.0, mlp_dropout=0.0, attention_dropout=0.0)
+
+
+def roberta_config(cfg: TrainConfig, common: dict):
+    from transformers import RobertaConfig
+
+    # RoBERTa offsets positions by pad_token_id + 1
+    return RobertaConfig(**common, max_position_embeddings=cfg.max_len + common["pad_token_id"] + 1)
+
+
+def bert_config(cfg: TrainConfig, common: dict):
+    from transformers import BertConfig
+
+    return BertConfig(**common, max_position_embeddings=cfg.max_len)
+
+
+# --scratch-arch: name -> (TrainConfig, shared fields) -> a transformers config
+SCRATCH_ARCHS = {"modernbert": modernbert_config, "roberta": roberta_config, "bert": bert_config}
+
+
+def scratch_model_config(cfg: TrainConfig, tokenizer):
     common = dict(vocab_size=len(tokenizer), hidden_size=cfg.scratch_hidden,
                   num_hidden_layers=cfg.scratch_layers, num_attention_heads=cfg.scratch_heads,
                   intermediate_size=cfg.scratch_intermediate, pad_token_id=tokenizer.pad_token_id,
                   bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    if cfg.scratch_arch == "modernbert":
-        return ModernBertConfig(**common, max_position_embeddings=cfg.max_len,
-                                cls_token_id=tokenizer.bos_token_id, sep_token_id=tokenizer.eos_token_id,
-                                global_attn_every_n_layers=1, local_attention=cfg.max_len,
-                                embedding_dropout=0.0, mlp_dropout=0.0, attention_dropout=0.0)
-    if cfg.scratch_arch == "roberta":  # RoBERTa offsets positions by pad_token_id + 1
-        return RobertaConfig(**common, max_position_embeddings=cfg.max_len + tokenizer.pad_token_id + 1)
-    return BertConfig(**common, max_position_embeddings=cfg.max_len)
+    return SCRATCH_ARCHS[cfg.scratch_arch](cfg, common)
 
 
 def build_model(cfg: TrainConfig, tokenizer):
@@ -142,18 +160,21 @@ def masked_lm_loss(model, input_ids, attention_mask, labels, mask_rate=None, wei
     return loss, ce, rows
 
 
+def training_loss(model, batch: dict, cfg: TrainConfig, step: int):
+    """masked_lm_loss as cfg trains at optimiser step `step`: --loss-weighting from
+    --weighting-start on, the plain mean before (DiffusionTrainer and recipe_probe.py)."""
+    weighting = cfg.loss_weighting if step >= cfg.weighting_start else "mean"
+    return masked_lm_loss(model, batch["input_ids"], batch["attention_mask"], batch["labels"], batch["mask_rate"],
+                          weighting, cfg.masked_only_head)
+
+
 # ---------------------------------------------------------------------------------------------
 # Loading a train.py checkpoint
 # ---------------------------------------------------------------------------------------------
 
 
-def load_checkpoint(path: str, device: str | None = None):
-    """(model, tokenizer, train_config) from a train.py checkpoint, or a UsageError that says
-    how to make one."""
-    from transformers import AutoModelForMaskedLM, AutoTokenizer
-
-    from config import load_train_config
-
+def check_checkpoint(path: str) -> None:
+    """A UsageError that says how to make one unless `path` holds a train.py checkpoint's files."""
     if not os.path.isdir(path):
         raise UsageError(f"no checkpoint at {path}; make one with: python train.py --quick-test")
     missing = [f for f in ("config.json", "diffusion_config.json") if not os.path.isfile(os.path.join(path, f))]
@@ -164,6 +185,16 @@ def load_checkpoint(path: str, device: str | None = None):
     if missing:
         raise UsageError(f"incomplete checkpoint {path}: missing {', '.join(missing)} "
                          f"(was training interrupted? rerun python train.py --quick-test)")
+
+
+def load_checkpoint(path: str, device: str | None = None):
+    """(model, tokenizer, train_config) from a train.py checkpoint, or a UsageError that says
+    how to make one."""
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    from config import load_train_config
+
+    check_checkpoint(path)
     cfg = load_train_config(path)
     damaged = f"; the checkpoint in {path} is damaged: use another checkpoint or retrain"
     try:
@@ -177,14 +208,6 @@ def load_checkpoint(path: str, device: str | None = None):
     check_tokenizer(path, tokenizer, model)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return model.to(device).eval(), tokenizer, cfg
-
-
-def tokenizer_fingerprint(tokenizer) -> str:
-    """sha1 of the vocabulary: saved in run.json by train.py, checked at every load."""
-    import hashlib
-    import json
-
-    return hashlib.sha1(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()
 
 
 def check_tokenizer(path: str, tokenizer, model) -> None:
@@ -201,7 +224,7 @@ def check_tokenizer(path: str, tokenizer, model) -> None:
     if os.path.isfile(run):
         with open(run) as f:
             want = json.load(f).get("tokenizer_sha1")
-        have = tokenizer_fingerprint(tokenizer)
+        have = fingerprint(tokenizer)
         if want and want != have:
             raise UsageError(f"the tokenizer in {path} is not the one this model was trained with (vocabulary "
                              f"fingerprint {have[:8]} != {want[:8]}, {len(tokenizer):,} tokens); restore the "
@@ -244,8 +267,6 @@ def width_heads_depth(config) -> tuple[int, int, int]:
 def build_ar_model(tokenizer, n_positions: int, n_embd: int, n_head: int, n_layer: int, n_inner: int, seed: int,
                    vocab_size: int | None = None):
     from transformers import AutoModelForCausalLM, GPT2Config
-
-    from data import bos_eos
 
     bos, eos = bos_eos(tokenizer)
     # no dropout, as the from-scratch diffusion models have none

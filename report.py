@@ -10,29 +10,35 @@ depends on what a setting is called. evaluate.py uses the table functions for it
 """
 
 import json
-import os
 import sys
 
-from config import ReportConfig, UsageError, cli, parse
+from cli import UsageError, cli, parse
+from config import flag, Settings
+from files import write_atomic
+from metrics import SAMPLE_METRICS
 
 ENTROPY_SLACK = 1.0  # bits below held-out text's unigram entropy that count as degenerate
-SAMPLER_FIELDS = ("sampling", "k", "p", "temperature")  # what makes two rows "the same sampler"
+
+
+class ReportConfig(Settings):
+    evaluation: str = flag("results/eval/evaluation.json", "written by evaluate.py")
+    out: str = flag("GENERATION_VALIDATION.md", "the markdown report")
 
 
 # ---------------------------------------------------------------------------------------------
 # Tables (also evaluate.py's stdout)
 # ---------------------------------------------------------------------------------------------
 
-COLUMNS = (("gen_ppl", "gen ppl", "{:.1f}"), ("unigram_entropy", "entropy (bits)", "{:.2f}"),
-           ("distinct_1", "distinct-1", "{:.3f}"), ("distinct_2", "distinct-2", "{:.3f}"),
-           ("repeated_4gram", "rep-4gram", "{:.3f}"), ("seconds_per_sample", "s/sample", "{:.4f}"))
+# (key, title, format): generative perplexity, every metrics.SAMPLE_METRICS statistic, speed
+COLUMNS = (("gen_ppl", "gen ppl", "{:.1f}"), *((k, m.title, m.fmt) for k, m in SAMPLE_METRICS.items()),
+           ("seconds_per_sample", "s/sample", "{:.4f}"))
 
 
 def table_rows(result: dict) -> list[list[str]]:
     rows = []
     for r in result["samples"]:
         cells = [r["name"], r["model"]]
-        cells += ["-" if r[key] is None else fmt.format(r[key]) for key, _, fmt in COLUMNS]
+        cells += ["-" if r.get(key) is None else fmt.format(r[key]) for key, _, fmt in COLUMNS]
         rows.append(cells)
     return rows
 
@@ -66,14 +72,6 @@ def md_table(head: list[str], rows: list[list[str]]) -> str:
                      ["| " + " | ".join(r) + " |" for r in rows])
 
 
-def write_json(result: dict, path: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(result, f, indent=2)
-        f.write("\n")
-    os.replace(path + ".tmp", path)  # never a half-written file
-
-
 # ---------------------------------------------------------------------------------------------
 # The assessment: sentences computed from recorded fields
 # ---------------------------------------------------------------------------------------------
@@ -85,79 +83,67 @@ def differs_only_in(a: dict, b: dict, keys: set) -> bool:
     return bool(diff) and diff <= keys
 
 
-def describe(settings: dict) -> str:
-    """A setting in words, from its fields (never from its name)."""
-    s = settings
-    if s.get("sampling") == "greedy":
-        sampler = "greedy"
-    elif s.get("sampling") == "topk":
-        sampler = f"top-k {s['k']}, T {s['temperature']}" if s.get("k", 0) < 10**6 else f"ancestral, T {s['temperature']}"
-    else:
-        sampler = f"nucleus p {s.get('p')}, T {s.get('temperature')}"
-    if "decode" not in s:  # an AR row: sampler only
-        return sampler
-    how = (f"threshold {s['threshold']}" if s["decode"] == "threshold"
-           else f"{s['schedule']}, {s['steps']} steps, {s['order']} order")
-    if s.get("order_noise") and s["decode"] == "schedule":
-        how += f" + Gumbel noise {s['order_noise']}"
-    if s.get("remdm", "none") != "none":
-        how += f", ReMDM {s['remdm']} eta {s['remdm_eta']}"
-    if s.get("cfg"):
-        how += f", guidance {s['cfg']}"
-    if s.get("canvas", "full") != "full":
-        how += f", {s['canvas']} canvas"
-    if s.get("prompt"):
-        how += f", prompted with \"{s['prompt']}\""
-    return f"{sampler}; {how}"
+def same_sampler(ar_row: dict, row: dict) -> bool:
+    """An AR row records only its sampler's fields (decoding.sampler_setting): it shares the
+    sampler of a diffusion row whose settings hold the same values."""
+    return all(row["settings"].get(k) == v for k, v in ar_row["settings"].items())
 
 
-def assessment(result: dict) -> list[str]:
-    h, rows = result["held_out"], result["samples"]
-    ref = next(r for r in rows if r["model"] == "reference")
+def key_rows(result: dict) -> dict:
+    """The rows the assessment talks about: reference, diffusion rows, the row at generate.py's
+    defaults (found by its recorded settings) and the AR row with the same sampler."""
+    rows = result["samples"]
     diff = [r for r in rows if r["model"] == "diffusion"]
     default = next((r for r in diff if r["settings"] == result["default_settings"]), None)
-    same_sampler = lambda r: all(r["settings"].get(k) == default["settings"].get(k) for k in SAMPLER_FIELDS)  # noqa: E731
-    art = next((r for r in rows if r["model"] == "AR" and default and same_sampler(r)), None)
-    d, lines, lik, gen = h["diffusion"], [], None, None
-    if "ar" in h:
-        a = h["ar"]
-        lik = d["perplexity"] / a["perplexity"]
-        lines.append(f"**Likelihood.** On the same {h['scored_tokens']:,} held-out tokens the diffusion model's ELBO "
-                     f"bound is perplexity <= {d['perplexity']:.1f} ({d['bits_per_byte']:.3f} bits/byte) and the AR "
-                     f"baseline's perplexity is {a['perplexity']:.1f} ({a['bits_per_byte']:.3f} bits/byte): the bound "
-                     f"is {lik:.2f}x the AR perplexity, {d['nats_per_token'] - a['nats_per_token']:+.3f} nats/token "
-                     f"(Monte Carlo standard error {d['nats_stderr']:.3f}).")
-    if ref["gen_ppl"] is not None and diff:
-        text = (f"**Generative perplexity** (scorer: {result['scorer']}; held-out text scores {ref['gen_ppl']:.1f}, "
-                f"unigram entropy {ref['unigram_entropy']:.2f} bits).")
-        if default and art:
-            gen = default["gen_ppl"] / art["gen_ppl"]
-            text += (f" With the same sampler ({describe(art['settings'])}) the diffusion model at generate.py's "
-                     f"defaults ({default['name']}) scores {default['gen_ppl']:.1f} "
-                     f"({default['unigram_entropy']:.2f} bits) and the AR baseline {art['gen_ppl']:.1f} "
-                     f"({art['unigram_entropy']:.2f} bits): {gen:.2f}x the AR samples' generative perplexity.")
-            if result["scorer"] == "AR baseline":
-                text += " The scorer wrote the AR samples itself, which favours them."
-        best = min(diff, key=lambda r: r["gen_ppl"])
-        text += f" The lowest diffusion value is {best['gen_ppl']:.1f} ({best['name']}, {best['unigram_entropy']:.2f} bits)."
-        near = min(diff, key=lambda r: abs(r["unigram_entropy"] - ref["unigram_entropy"]))
-        text += (f" Closest to held-out text's entropy is {near['name']} ({near['unigram_entropy']:.2f} bits, "
-                 f"generative perplexity {near['gen_ppl']:.1f}).")
-        low = [r for r in diff if r["unigram_entropy"] < ref["unigram_entropy"] - ENTROPY_SLACK]
-        under = [r for r in low if r["gen_ppl"] < ref["gen_ppl"]]
-        if low:
-            text += (f" {len(low)} of {len(diff)} diffusion settings have unigram entropy more than "
-                     f"{ENTROPY_SLACK:.0f} bit below held-out text's")
-            text += (f", and {len(under)} of those score a lower generative perplexity than held-out text itself: "
-                     f"they lean on frequent tokens, so a low value there is not better text." if under else ".")
-        lines.append(text)
-    if diff:
-        rep = sorted(diff, key=lambda r: r["repeated_4gram"])
-        text = (f"**Repetition.** The lowest repeated 4-gram rate among diffusion settings is "
-                f"{rep[0]['repeated_4gram']:.3f} ({rep[0]['name']}), the highest {rep[-1]['repeated_4gram']:.3f} "
-                f"({rep[-1]['name']}); held-out text has {ref['repeated_4gram']:.3f}")
-        lines.append(text + (f" and the AR baseline's samples with the same sampler {art['repeated_4gram']:.3f}."
-                             if art else "."))
+    art = next((r for r in rows if r["model"] == "AR" and default and same_sampler(r, default)), None)
+    return {"ref": next(r for r in rows if r["model"] == "reference"), "diff": diff, "default": default, "art": art}
+
+
+def likelihood_sentence(h: dict) -> str:
+    d, a = h["diffusion"], h["ar"]
+    return (f"**Likelihood.** On the same {h['scored_tokens']:,} held-out tokens the diffusion model's ELBO "
+            f"bound is perplexity <= {d['perplexity']:.1f} ({d['bits_per_byte']:.3f} bits/byte) and the AR "
+            f"baseline's perplexity is {a['perplexity']:.1f} ({a['bits_per_byte']:.3f} bits/byte): the bound "
+            f"is {d['perplexity'] / a['perplexity']:.2f}x the AR perplexity, "
+            f"{d['nats_per_token'] - a['nats_per_token']:+.3f} nats/token (Monte Carlo standard error "
+            f"{d['nats_stderr']:.3f}).")
+
+
+def generative_sentence(result: dict, k: dict) -> str:
+    ref, diff, default, art = k["ref"], k["diff"], k["default"], k["art"]
+    text = (f"**Generative perplexity** (scorer: {result['scorer']}; held-out text scores {ref['gen_ppl']:.1f}, "
+            f"unigram entropy {ref['unigram_entropy']:.2f} bits).")
+    if default and art:
+        text += (f" With the same sampler ({art['label']}) the diffusion model at generate.py's "
+                 f"defaults ({default['name']}) scores {default['gen_ppl']:.1f} "
+                 f"({default['unigram_entropy']:.2f} bits) and the AR baseline {art['gen_ppl']:.1f} "
+                 f"({art['unigram_entropy']:.2f} bits): {default['gen_ppl'] / art['gen_ppl']:.2f}x the AR samples' "
+                 f"generative perplexity.")
+        if result["scorer"] == "AR baseline":
+            text += " The scorer wrote the AR samples itself, which favours them."
+    best = min(diff, key=lambda r: r["gen_ppl"])
+    text += f" The lowest diffusion value is {best['gen_ppl']:.1f} ({best['name']}, {best['unigram_entropy']:.2f} bits)."
+    near = min(diff, key=lambda r: abs(r["unigram_entropy"] - ref["unigram_entropy"]))
+    text += (f" Closest to held-out text's entropy is {near['name']} ({near['unigram_entropy']:.2f} bits, "
+             f"generative perplexity {near['gen_ppl']:.1f}).")
+    low = [r for r in diff if r["unigram_entropy"] < ref["unigram_entropy"] - ENTROPY_SLACK]
+    under = [r for r in low if r["gen_ppl"] < ref["gen_ppl"]]
+    if low:
+        text += (f" {len(low)} of {len(diff)} diffusion settings have unigram entropy more than "
+                 f"{ENTROPY_SLACK:.0f} bit below held-out text's")
+        text += (f", and {len(under)} of those score a lower generative perplexity than held-out text itself: "
+                 f"they lean on frequent tokens, so a low value there is not better text." if under else ".")
+    return text
+
+
+def repetition_lines(k: dict) -> list[str]:
+    ref, diff, art = k["ref"], k["diff"], k["art"]
+    rep = sorted(diff, key=lambda r: r["repeated_4gram"])
+    text = (f"**Repetition.** The lowest repeated 4-gram rate among diffusion settings is "
+            f"{rep[0]['repeated_4gram']:.3f} ({rep[0]['name']}), the highest {rep[-1]['repeated_4gram']:.3f} "
+            f"({rep[-1]['name']}); held-out text has {ref['repeated_4gram']:.3f}")
+    lines = [text + (f" and the AR baseline's samples with the same sampler {art['repeated_4gram']:.3f}."
+                     if art else ".")]
     greedy = [r for r in diff if r["settings"]["sampling"] == "greedy"]
     sampled = [r for r in diff if r["settings"]["sampling"] != "greedy"]
     if greedy and sampled:
@@ -166,50 +152,78 @@ def assessment(result: dict) -> list[str]:
                      f"{mean(greedy, 'distinct_2'):.3f} and repeated 4-grams {mean(greedy, 'repeated_4gram'):.3f}; "
                      f"{len(sampled)} sampled settings {mean(sampled, 'distinct_2'):.3f} and "
                      f"{mean(sampled, 'repeated_4gram'):.3f}.")
+    return lines
+
+
+def pair_lines(k: dict, has_ppl: bool) -> list[str]:
+    """Sentences on pairs of settings that differ only in the step count, or only in the order."""
+    diff, lines = k["diff"], []
     pairs = [(a, b) for a in diff for b in diff
-             if a["settings"]["steps"] < b["settings"]["steps"] and differs_only_in(a["settings"], b["settings"], {"steps"})]
-    if pairs and ref["gen_ppl"] is not None:
+             if a["settings"].get("steps", 0) < b["settings"].get("steps", 0) and
+             differs_only_in(a["settings"], b["settings"], {"steps"})]
+    if pairs and has_ppl:
         lower = [a for a, b in pairs if b["gen_ppl"] < a["gen_ppl"]]
         poorer = [a for a, b in pairs if b["unigram_entropy"] < a["unigram_entropy"]]
         lines.append(f"**Steps.** More steps lowered generative perplexity in {len(lower)} of {len(pairs)} pairs of "
                      f"settings that differ only in the step count, and lowered unigram entropy in {len(poorer)} ("
                      + "; ".join(f"{a['name']} -> {b['name']}: {a['gen_ppl']:.1f} -> {b['gen_ppl']:.1f}, "
                                  f"{a['unigram_entropy']:.2f} -> {b['unigram_entropy']:.2f} bits" for a, b in pairs) + ").")
-    order = lambda st: st["order"] + (f" + Gumbel noise {st['order_noise']}" if st.get("order_noise") else "")  # noqa: E731
+    order = lambda st: st.get("order", "") + (f" + Gumbel noise {st['order_noise']}" if st.get("order_noise") else "")  # noqa: E731
     for a in diff:
         for b in diff:
             if order(a["settings"]) < order(b["settings"]) and \
                     differs_only_in(a["settings"], b["settings"], {"order", "order_noise"}):
                 gp = (f"generative perplexity {a['gen_ppl']:.1f} vs {b['gen_ppl']:.1f}, "
                       if a["gen_ppl"] is not None else "")
-                lines.append(f"**Order** ({describe(a['settings']).split(';')[0]}, {a['settings']['schedule']}, "
+                lines.append(f"**Order** ({a['label'].split(';')[0]}, {a['settings']['schedule']}, "
                              f"{a['settings']['steps']} steps): {order(a['settings'])} against "
                              f"{order(b['settings'])}: {gp}unigram entropy {a['unigram_entropy']:.2f} vs "
                              f"{b['unigram_entropy']:.2f} bits, repeated 4-grams {a['repeated_4gram']:.3f} vs "
                              f"{b['repeated_4gram']:.3f}.")
-    n = result["sample_length"]
-    for t in (r for r in diff if r["settings"]["decode"] == "threshold"):
+    return lines
+
+
+def speed_lines(k: dict, n: int) -> list[str]:
+    default, art, lines = k["default"], k["art"], []
+    for t in (r for r in k["diff"] if r["settings"]["decode"] == "threshold"):
         why = (": about one pass per token, so at this model size it saved no forward passes"
                if t["forward_passes"] >= 0.9 * n else "")
         vs = f", vs {default['seconds_per_sample']:.4f} at the defaults" if default else ""
-        lines.append(f"**Threshold decoding** ({describe(t['settings'])}) took {t['forward_passes']} forward passes "
+        lines.append(f"**Threshold decoding** ({t['label']}) took {t['forward_passes']} forward passes "
                      f"for the batch of {t['samples']} to write {n} tokens per sample{why} "
                      f"({t['seconds_per_sample']:.4f} s/sample{vs}).")
     if art and default:
         lines.append(f"**Speed.** Seconds per sample: AR {art['seconds_per_sample']:.4f} ({n} forward passes with a "
                      f"KV cache), diffusion at the defaults {default['seconds_per_sample']:.4f} "
                      f"({default['forward_passes']} forward passes).")
-    if lik is not None:
-        side = lambda x: "behind" if x > 1.1 else "ahead of" if x < 1 / 1.1 else "on par with"  # noqa: E731
-        verdict = (f"**Verdict.** Against an AR model with the same tokenizer, data, parameter count and token budget, "
-                   f"the diffusion model is {side(lik)} it in likelihood ({lik:.2f}x perplexity, bound vs exact)")
-        if gen is not None:
-            verdict += f" and {side(gen)} it in generative perplexity with the same sampler ({gen:.2f}x)"
-            entropy_gap = art["unigram_entropy"] - default["unigram_entropy"]
-            if entropy_gap > ENTROPY_SLACK:
-                verdict += f", while its samples have {entropy_gap:.1f} bits less unigram entropy"
-        lines.insert(0, verdict + ".")
     return lines
+
+
+def verdict(h: dict, k: dict) -> str:
+    default, art = k["default"], k["art"]
+    lik = h["diffusion"]["perplexity"] / h["ar"]["perplexity"]
+    side = lambda x: "behind" if x > 1.1 else "ahead of" if x < 1 / 1.1 else "on par with"  # noqa: E731
+    text = (f"**Verdict.** Against an AR model with the same tokenizer, data, parameter count and token budget, "
+            f"the diffusion model is {side(lik)} it in likelihood ({lik:.2f}x perplexity, bound vs exact)")
+    if default and art and k["ref"]["gen_ppl"] is not None:
+        gen = default["gen_ppl"] / art["gen_ppl"]
+        text += f" and {side(gen)} it in generative perplexity with the same sampler ({gen:.2f}x)"
+        entropy_gap = art["unigram_entropy"] - default["unigram_entropy"]
+        if entropy_gap > ENTROPY_SLACK:
+            text += f", while its samples have {entropy_gap:.1f} bits less unigram entropy"
+    return text + "."
+
+
+def assessment(result: dict) -> list[str]:
+    """The assessment's sentences, each computed from recorded numbers and settings."""
+    h, k = result["held_out"], key_rows(result)
+    has_ppl = k["ref"]["gen_ppl"] is not None
+    lines = [verdict(h, k), likelihood_sentence(h)] if "ar" in h else []
+    if has_ppl and k["diff"]:
+        lines.append(generative_sentence(result, k))
+    if k["diff"]:
+        lines += repetition_lines(k)
+    return lines + pair_lines(k, has_ppl) + speed_lines(k, result["sample_length"])
 
 
 def known_limits(result: dict) -> list[str]:
@@ -249,26 +263,17 @@ def known_limits(result: dict) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 
 
-def render(result: dict, json_path: str) -> str:
-    h, p, t, v = result["held_out"], result["parameters"], result["checkpoint_config"], result["versions"]
-    lik = [["diffusion (ELBO bound)", f"{h['diffusion']['nats_per_token']:.4f} ± {h['diffusion']['nats_stderr']:.4f}",
-            f"<= {h['diffusion']['perplexity']:.1f}", f"{h['diffusion']['bits_per_byte']:.3f}"]]
-    if "ar" in h:
-        lik.append(["AR baseline (exact)", f"{h['ar']['nats_per_token']:.4f}", f"{h['ar']['perplexity']:.1f}",
-                    f"{h['ar']['bits_per_byte']:.3f}"])
+def config_part(result: dict, json_path: str) -> list[str]:
+    """The page's head: what it is, the commands, the models, the machine, the resolved configs."""
+    p, t, v, m = result["parameters"], result["checkpoint_config"], result["versions"], result["machine"]
     tokens = t["max_steps"] * t["batch_size"] * t["grad_accum"] * t["max_len"]
-    m = result["machine"]
-    parts = [
-        "# Generation validation",
-        "",
+    return [
+        "# Generation validation", "",
         f"How good is the generator? Rendered by `report.py` from `{json_path}` (written by `evaluate.py`); every "
         "number and sample below comes from that one evaluation. Regenerate both whenever defaults change "
-        "(commands below, in order).",
-        "",
-        "## Commands and config",
-        "",
-        "```bash\n" + "\n".join(result["commands"]) + "\n```",
-        "",
+        "(commands below, in order).", "",
+        "## Commands and config", "",
+        "```bash\n" + "\n".join(result["commands"]) + "\n```", "",
         f"- Diffusion model: `{t['model']}` ({t['scratch_arch'] if t['model'] == 'scratch' else 'pretrained'}), "
         f"{p['diffusion']:,} parameters, window {t['max_len']}, {t['max_steps']} steps x {t['batch_size']} x "
         f"{t['grad_accum']} x {t['max_len']} = {tokens:,} training tokens.",
@@ -276,46 +281,47 @@ def render(result: dict, json_path: str) -> str:
          f"packed blocks, held-out split and token budget." if p["ar"] else "- AR baseline: none (`--baseline none`)."),
         f"- Evaluation (numbers and table): {result['seconds']:.0f} s wall on {m['cpu']} ({m['device']}, "
         f"{m['torch_threads']} torch threads), torch {v['torch']}, transformers {v['transformers']}, "
-        f"Python {v['python']}.",
-        "",
-        "<details><summary>Resolved configs (evaluation, diffusion checkpoint, AR baseline)</summary>",
-        "",
+        f"Python {v['python']}.", "",
+        "<details><summary>Resolved configs (evaluation, diffusion checkpoint, AR baseline)</summary>", "",
         "```json\n" + json.dumps({"evaluation": result["config"], "diffusion": result["checkpoint_config"],
-                                  "ar_baseline": result["baseline_config"]}, indent=2) + "\n```",
-        "",
-        "</details>",
-        "",
-        "## Held-out likelihood, same tokens for both models",
-        "",
+                                  "ar_baseline": result["baseline_config"]}, indent=2) + "\n```", "",
+        "</details>", ""]
+
+
+def likelihood_part(h: dict) -> list[str]:
+    lik = [["diffusion (ELBO bound)", f"{h['diffusion']['nats_per_token']:.4f} ± {h['diffusion']['nats_stderr']:.4f}",
+            f"<= {h['diffusion']['perplexity']:.1f}", f"{h['diffusion']['bits_per_byte']:.3f}"]]
+    if "ar" in h:
+        lik.append(["AR baseline (exact)", f"{h['ar']['nats_per_token']:.4f}", f"{h['ar']['perplexity']:.1f}",
+                    f"{h['ar']['bits_per_byte']:.3f}"])
+    parts = [
+        "## Held-out likelihood, same tokens for both models", "",
         f"{h['scored_tokens']:,} tokens ({h['scored_bytes']:,} UTF-8 bytes) of {h['blocks']} held-out blocks: every "
         f"content token after a prefix of {h['prefix']}; `<s>` and every `</s>` (block end, document separators) "
         f"are conditioned on, not scored. The diffusion model's bound uses {h['draws']} Monte Carlo draws per "
         f"block of k ~ U{{1..n}} masked tokens (stratified), weighted n/k; the AR model scores each of the same "
-        f"tokens from its left context.",
-        "",
-        md_table(["model", "nats/token", "perplexity", "bits/byte"], lik),
-        "",
+        f"tokens from its left context.", "",
+        md_table(["model", "nats/token", "perplexity", "bits/byte"], lik), "",
         "How the gap moves with the training objective, and with 2x and 4x the training budget: "
-        "[docs/objective_study.md](docs/objective_study.md) (`experiments/objective_study.py`).",
-        "",
-    ]
+        "[docs/objective_study.md](docs/objective_study.md) (`experiments/objective_study.py`).", ""]
     if "ar_all_tokens_after_bos" in h:
         usual = h["ar_all_tokens_after_bos"]["perplexity"]
         parts += [f"The AR model's usual number, over every token after `<s>` including the `</s>` that always ends a "
                   f"block, is perplexity {usual:.1f} ({'lower' if usual < h['ar']['perplexity'] else 'higher'}); it "
                   f"is not comparable with the bound, which never scores special tokens.", ""]
-    parts += [
-        "## Sample quality",
-        "",
+    return parts
+
+
+def samples_part(result: dict) -> list[str]:
+    """The quality table with every setting in words, then the report's samples."""
+    parts = [
+        "## Sample quality", "",
         f"{result['config']['num_samples']} unprompted samples of {result['sample_length']} tokens per setting, "
         f"all settings from seed {result['config']['seed']}; generative perplexity under "
         f"{result['scorer'] or '(no scorer)'}; n-gram statistics on token ids; held-out text of the same length "
-        f"is the reference row. Each setting in full:",
-        "",
-        md_table(["setting", "model"] + [t for _, t, _ in COLUMNS], table_rows(result)),
-        "",
-    ]
-    parts += [f"- `{r['name']}`: {describe(r['settings'])}" for r in result["samples"] if r["settings"]]
+        f"is the reference row. Each setting in full:", "",
+        md_table(["setting", "model"] + [t for _, t, _ in COLUMNS], table_rows(result)), ""]
+    parts += [f"- `{r['name']}`: {r['label']}" for r in result["samples"] if r["settings"]]
     parts += ["", "## Samples", "",
               f"Two samples per setting, seed {result['config']['seed']}; infill spans filled by the model in ⟦ ⟧."]
     section = None
@@ -325,8 +331,13 @@ def render(result: dict, json_path: str) -> str:
             section = s["section"]
         given = f" Template `{s['template']}`." if s["template"] else ""
         same = " (both samples identical)" if len(set(s["texts"])) == 1 and len(s["texts"]) > 1 else ""
-        parts += ["", f"*{s['caption']}: {describe(s['settings'])}.{given}*{same}", "",
+        parts += ["", f"*{s['caption']}: {s['label']}.{given}*{same}", "",
                   "```text\n" + "\n".join(x.replace("\n", " ") for x in s["texts"]) + "\n```"]
+    return parts
+
+
+def render(result: dict, json_path: str) -> str:
+    parts = config_part(result, json_path) + likelihood_part(result["held_out"]) + samples_part(result)
     parts += ["", "## Assessment", "", "Computed from the recorded numbers and settings by `report.assessment`.", ""]
     parts += [f"- {line}" for line in assessment(result)]
     parts += ["", "## Known limits", ""] + [f"- {line}" for line in known_limits(result)]
@@ -346,9 +357,7 @@ def main(argv=None) -> int:
         text = render(result, rc.evaluation)
     except (KeyError, TypeError, StopIteration) as e:
         raise UsageError(f"{rc.evaluation} is not an evaluate.py result (missing {e}); rerun python evaluate.py")
-    with open(rc.out + ".tmp", "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(rc.out + ".tmp", rc.out)
+    write_atomic(rc.out, text)
     print(f"wrote {rc.out}")
     return 0
 

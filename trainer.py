@@ -1,48 +1,38 @@
-"""Training machinery on the HF Trainer: the diffusion loss, held-out evaluation at every masking
-level, one log line per interval, metrics.jsonl and its plots, checkpoints and the model card.
+"""The diffusion model's training machinery on the HF Trainer: the loss, held-out evaluation at
+every masking level, one log line per interval, metrics.jsonl and its plots, the model card.
 
-    DiffusionTrainer     Trainer whose loss is CE at masked positions (LM head there only), with a
-                         running training loss per masking level and an evaluate() that scores
-                         every level and the ELBO bound (diffusion.level_losses / elbo_estimate)
+    DiffusionTrainer     Trainer whose loss is CE at masked positions (modeling.training_loss, the
+                         LM head there only), with a running training loss per masking level, a
+                         finite-loss guard, and an evaluate() that scores every level and the ELBO
+                         bound (diffusion.level_losses / elbo_estimate)
     RunLog               callback: one line per logging interval, metrics.jsonl, progress.txt
                          (baseline_ar.py's run uses it too)
     QuietProgress        the Trainer's tqdm bar without its dict dump on every log
     training_arguments   TrainingArguments from a TrainConfig (speed_arguments: the speed part)
-    read_metrics / write_curves / write_model_card / last_complete_checkpoint / check_writable
+    write_curves         loss_by_level.csv / .png from metrics.jsonl
+    write_model_card     final-model/README.md from the config and the last evaluation
+The run's folder (lock, run id, resume, checkpoints, Ctrl-C, final save) is runs.py.
 """
 
 import csv
-import fcntl
-import json
 import math
 import os
-import shutil
-import socket
 import sys
 import time
-import uuid
-import zipfile
 
 import torch
 from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import ProgressCallback
 
-from config import TrainConfig, UsageError, append_jsonl, read_jsonl, save_config
+from cli import Diverged, UsageError
+from config import TrainConfig, save_config
 from diffusion import (bound_prefix, elbo_estimate, eval_batches, level_losses, nearest_level, report_levels,
                        show_predictions)
-from modeling import masked_lm_loss, tokenizer_fingerprint
-
-METRICS = "metrics.jsonl"
-PROGRESS = "progress.txt"  # what the last log printed: monitor_training.sh shows it as is
-RUN = "run.json"  # run id and tokenizer fingerprint: in the output folder and every checkpoint
-LOCK = "train.lock"  # held (flock) by the run writing the folder, for its whole life
-COLLATOR_STATE = "collator_state.pt"  # the mask generator, so a resumed run draws the same masks
-
-
-class Diverged(UsageError):
-    """The loss (or the held-out bound) stopped being a finite number."""
-
+from data_collator import STATE_FILE as COLLATOR_STATE
+from files import append_jsonl, write_atomic
+from modeling import training_loss
+from runs import METRICS, PROGRESS, last_complete_checkpoint, read_metrics
 
 # ---------------------------------------------------------------------------------------------
 # The Trainer
@@ -63,9 +53,7 @@ class DiffusionTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         rates = inputs["mask_rate"]  # [B]
-        weighting = self.cfg.loss_weighting if self.state.global_step >= self.cfg.weighting_start else "mean"
-        loss, ce, rows = masked_lm_loss(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"],
-                                        rates, weighting, self.cfg.masked_only_head)
+        loss, ce, rows = training_loss(model, inputs, self.cfg, self.state.global_step)
         with torch.no_grad():  # running loss per level, reported at the next log
             sums = torch.zeros(len(rates), device=ce.device).index_add_(0, rows, ce.detach())  # [B]
             counts = torch.bincount(rows, minlength=len(rates))  # [B]
@@ -122,7 +110,6 @@ class DiffusionTrainer(Trainer):
         out = output_dir or self.args.output_dir
         super()._save(out, state_dict)
         save_config(self.cfg, out)  # every checkpoint knows its settings
-        shutil.copy(os.path.join(self.args.output_dir, RUN), os.path.join(out, RUN))  # and its run
         collator = self.data_collator
         if hasattr(collator, "state_before"):
             # the generator as it was before the first batch after this step: a resumed run's first batch
@@ -146,6 +133,20 @@ def tied_keys(model) -> set[str]:
     for name, tensor in model.state_dict(keep_vars=True).items():
         by_ptr.setdefault(tensor.data_ptr(), []).append(name)
     return {n for names in by_ptr.values() if len(names) > 1 for n in names}
+
+
+class StepClock(TrainerCallback):
+    """Reads the clock after optimiser steps `first` and `last`, so the timed span holds
+    (last - first) whole steps: data loading, collation, forward, backward, optimiser (bench.py).
+    sync() waits for the device first."""
+
+    def __init__(self, first: int, last: int, sync):
+        self.first, self.last, self.sync, self.marks = first, last, sync, {}
+
+    def on_step_end(self, args, state, control, **kw):
+        if state.global_step in (self.first, self.last):
+            self.sync()
+            self.marks[state.global_step] = (time.perf_counter(), time.process_time())
 
 
 class QuietProgress(ProgressCallback):
@@ -217,7 +218,7 @@ class RunLog(TrainerCallback):
         if "loss" in logs:
             step0, t0 = self.mark
             rate = (state.global_step - step0) / max(now - t0, 1e-9)
-            tokens = self.cfg.batch_size * self.cfg.grad_accum * self.cfg.max_len * args.world_size
+            tokens = self.cfg.tokens_per_step() * args.world_size
             row.update(steps_per_s=round(rate, 3), tokens_per_s=round(rate * tokens, 1),
                        eta_s=round((state.max_steps - state.global_step) / rate, 1) if rate > 0 else 0.0)
             self.mark = (state.global_step, now)
@@ -239,17 +240,6 @@ class RunLog(TrainerCallback):
     def on_train_end(self, args, state, control, **kw):
         if state.is_world_process_zero:
             write_curves(self.out_dir)
-
-
-def write_atomic(path: str, text: str) -> None:
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
-
-
-def read_metrics(out_dir: str) -> list[dict]:
-    """metrics.jsonl's rows; a torn line (a run killed mid-write) is skipped."""
-    return read_jsonl(os.path.join(out_dir, METRICS))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -302,7 +292,7 @@ def plot_curves(rows: list[dict], path: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# TrainingArguments, checkpoints, model card
+# TrainingArguments, model card
 # ---------------------------------------------------------------------------------------------
 
 
@@ -348,204 +338,6 @@ def training_arguments(cfg: TrainConfig, evaluate_first: bool, use_cpu: bool = F
     return TrainingArguments(**{**args, **over})
 
 
-def check_writable(folder: str) -> None:
-    try:
-        os.makedirs(folder, exist_ok=True)
-        probe = os.path.join(folder, ".write-test")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
-    except OSError as e:
-        raise UsageError(f"output dir {folder} is not writable ({e.strerror})")
-
-
-def checkpoint_steps(out: str) -> list[int]:
-    names = os.listdir(out) if os.path.isdir(out) else []
-    return sorted(int(n[len("checkpoint-"):]) for n in names if n.startswith("checkpoint-") and n[11:].isdigit())
-
-
-def checkpoint_problem(folder: str, run_id: str | None = None) -> str | None:
-    """Why `folder` cannot be resumed from (None if it can): judged by content, not by which files
-    exist. Every JSON parses, the weights load and are finite, the optimiser/scheduler/RNG files
-    are whole archives, and the checkpoint belongs to run `run_id` (when given)."""
-    for name in ("trainer_state.json", "diffusion_config.json", "config.json"):
-        try:
-            with open(os.path.join(folder, name)) as f:
-                json.load(f)
-        except (OSError, ValueError) as e:
-            return f"{name} is missing or damaged ({type(e).__name__})"
-    if run_id is not None:
-        try:
-            with open(os.path.join(folder, RUN)) as f:
-                other = json.load(f).get("run_id")
-        except (OSError, ValueError):
-            other = None
-        if other != run_id:
-            return f"it belongs to another run ({other or 'unknown'}), not this folder's run {run_id}"
-    weights = os.path.join(folder, "model.safetensors")
-    try:
-        from safetensors.torch import load_file
-
-        tensors = load_file(weights)
-    except Exception as e:  # a truncated file raises safetensors' own error type
-        return f"model.safetensors does not load ({type(e).__name__})"
-    if not all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point()):
-        return "its weights are not finite (saved after training diverged)"
-    for name in os.listdir(folder):
-        if name.endswith((".pt", ".pth")) and not zipfile.is_zipfile(os.path.join(folder, name)):
-            return f"{name} is damaged"
-    return None
-
-
-def last_complete_checkpoint(out: str, run_id: str | None = None, quiet: bool = False) -> str | None:
-    """The newest checkpoint-N in `out` that a run can resume from (checkpoint_problem), saying
-    why each newer one is skipped: a run killed while saving, a full disk, a diverged run or
-    another run's checkpoint never gets resumed from."""
-    for step in reversed(checkpoint_steps(out)):
-        folder = os.path.join(out, f"checkpoint-{step}")
-        problem = checkpoint_problem(folder, run_id)
-        if problem is None:
-            return folder
-        if not quiet:
-            print(f"skipping {folder}: {problem}", flush=True)
-    return None
-
-
-def rotate_checkpoints(out: str, keep: int) -> list[str]:
-    """Keep the newest `keep` resumable checkpoints (by step, not by folder time); delete older
-    ones, and broken ones older than the newest good one. Returns what was deleted."""
-    good = [s for s in checkpoint_steps(out) if checkpoint_problem(os.path.join(out, f"checkpoint-{s}")) is None]
-    if not good:
-        return []
-    kept = set(good[-keep:])
-    gone = [os.path.join(out, f"checkpoint-{s}") for s in checkpoint_steps(out) if s not in kept and s < good[-1]]
-    for folder in gone:
-        shutil.rmtree(folder, ignore_errors=True)
-    return gone
-
-
-class Rotate(TrainerCallback):
-    """Checkpoint rotation after each save (the Trainer's own rotates by folder time and would
-    keep a broken newest folder over good older ones)."""
-
-    def __init__(self, keep: int):
-        self.keep = keep
-
-    def on_save(self, args, state, control, **kw):
-        if state.is_world_process_zero:
-            rotate_checkpoints(args.output_dir, self.keep)
-
-
-class StopOnInterrupt(TrainerCallback):
-    """Ctrl-C (SIGINT) stops at the end of the current step and saves a checkpoint there, so the
-    run can continue with --resume; a second Ctrl-C interrupts at once."""
-
-    def __init__(self):
-        import signal
-
-        self.requested = False
-        self.previous = signal.getsignal(signal.SIGINT)
-        if self.previous is not signal.SIG_IGN:  # a background job that ignores Ctrl-C keeps ignoring it
-            signal.signal(signal.SIGINT, self.request)
-
-    def request(self, signum, frame):
-        import signal
-
-        self.requested = True
-        signal.signal(signal.SIGINT, self.previous)  # the next Ctrl-C is the default: interrupt now
-        tqdm.write("Ctrl-C: stopping after this step and saving a checkpoint (Ctrl-C again to abort now)",
-                   file=sys.stdout)
-
-    def on_step_end(self, args, state, control, **kw):
-        if self.requested:
-            control.should_save = True
-            control.should_training_stop = True
-        return control
-
-    def close(self) -> None:
-        import signal
-
-        if not self.requested and self.previous is not signal.SIG_IGN:
-            signal.signal(signal.SIGINT, self.previous)
-
-
-# ---------------------------------------------------------------------------------------------
-# A run owns its output folder: a lock for its life, a run id, no mixing with other runs
-# ---------------------------------------------------------------------------------------------
-
-
-class FolderLock:
-    """flock on out/train.lock for the life of the run (released by the OS even on SIGKILL). A
-    second run into the same folder fails at once, naming the holder."""
-
-    def __init__(self, out: str):
-        self.path = os.path.join(out, LOCK)
-        self.f = open(self.path, "a+")
-        try:
-            fcntl.flock(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self.f.seek(0)
-            holder = self.f.read().strip() or "another process"
-            self.f.close()
-            raise UsageError(f"{out} is in use by another training run ({holder}); wait for it to finish "
-                             f"or choose another --output-dir")
-        self.f.seek(0)
-        self.f.truncate()
-        self.f.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-        self.f.flush()
-
-    def release(self) -> None:
-        fcntl.flock(self.f, fcntl.LOCK_UN)
-        self.f.close()
-
-
-PREVIOUS = "previous"  # where a fresh run moves the outputs of the run that used the folder before
-
-
-def start_fresh(out: str, tokenizer) -> str:
-    """A fresh run's folder: another run's checkpoints, final-model and logs move to out/previous/
-    (replacing what an earlier fresh run moved there), so runs never mix and a finished result is
-    never deleted by the next run. Writes out/run.json with a new run id. Returns that id."""
-    leftovers = [n for n in os.listdir(out) if n.startswith("checkpoint-") or n in (
-        "final-model", "final-model.tmp", METRICS, PROGRESS, RUN, COLLATOR_STATE, "loss_by_level.csv",
-        "loss_by_level.png")]
-    if leftovers:
-        prev = os.path.join(out, PREVIOUS)
-        shutil.rmtree(prev, ignore_errors=True)
-        os.makedirs(prev)
-        for name in leftovers:
-            os.replace(os.path.join(out, name), os.path.join(prev, name))
-        print(f"moved the previous run's outputs in {out} to {prev}/ (a fresh run never mixes with another; "
-              f"use --resume to continue a run instead)", flush=True)
-    run_id = uuid.uuid4().hex[:12]
-    with open(os.path.join(out, RUN), "w") as f:
-        json.dump({"run_id": run_id, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-                   "tokenizer_sha1": tokenizer_fingerprint(tokenizer), "vocab_size": len(tokenizer)}, f, indent=2)
-    return run_id
-
-
-def run_id_of(out: str) -> str | None:
-    try:
-        with open(os.path.join(out, RUN)) as f:
-            return json.load(f).get("run_id")
-    except (OSError, ValueError):
-        return None
-
-
-def truncate_log(out: str, step: int) -> None:
-    """On resume: metrics.jsonl keeps only whole rows up to the resumed step (the killed run's
-    later rows, and any torn line, go), rewritten in one atomic replace."""
-    path = os.path.join(out, METRICS)
-    rows = [r for r in read_jsonl(path) if r.get("step", 0) <= step]
-    write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
-
-
-def no_space(e: OSError, out: str) -> UsageError:
-    last = last_complete_checkpoint(out, quiet=True)
-    return UsageError(f"no space left on the device holding {out} ({e.filename or 'while saving'}); free some space "
-                      f"and continue with --resume" + (f" (from {os.path.basename(last)})" if last else ""))
-
-
 def write_model_card(folder: str, cfg: TrainConfig, rows: list[dict], n_params: int, model_class: str,
                      final: str) -> None:
     """folder/README.md: what the model is, how it was trained, its held-out numbers (the last
@@ -553,7 +345,7 @@ def write_model_card(folder: str, cfg: TrainConfig, rows: list[dict], n_params: 
     generate with it."""
     ev = [r for r in rows if "eval_elbo_nats" in r]
     last = ev[-1] if ev else None
-    tokens = cfg.max_steps * cfg.batch_size * cfg.grad_accum * cfg.max_len
+    tokens = cfg.token_budget()
     corpus = ("the embedded corpus (106 English Wikipedia articles from the gensim wheel)"
               if cfg.dataset == "embedded" else f"`{cfg.dataset}`" + (f" ({cfg.dataset_config})" if cfg.dataset_config else ""))
     start = f"trained from scratch ({cfg.scratch_arch}, tokenizer trained on the corpus)" if cfg.model == "scratch" \

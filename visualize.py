@@ -11,7 +11,8 @@ import html
 import math
 import os
 
-from decoding import Step, banned_ids
+from decoding import Step
+from tokens import banned_ids
 
 MASK_GLYPH = "█"
 
@@ -99,17 +100,14 @@ def animate(history: list[Step], tokenizer, path: str, cols: int = 16) -> None:
 # HTML for demo.py (the page's stylesheet gives the classes their look)
 # ---------------------------------------------------------------------------------------------
 
-KINDS = ("fixed", "mask", "new", "done", "remasked")  # prompt/template text, still masked, committed
-# at this step, committed earlier, re-masked at this step
-
-
 def confidence_color(conf: float) -> str:
     """Pale blue (unsure) to strong blue (sure): the background of a committed token."""
     return f"hsl(212 90% {94 - 36 * min(max(conf, 0.0), 1.0):.0f}%)"
 
 
 def canvas_html(tokens: list[int], kinds: list[str], confidence: list, tokenizer) -> str:
-    """One canvas row as HTML: a span per token, classed by kinds[i] (KINDS), committed tokens
+    """One canvas row as HTML: a span per token, classed by kinds[i] ("fixed" prompt or template
+    text, "mask", "new" = committed at this step, "done" = committed earlier, "remasked"), committed tokens
     coloured by confidence[i] (a probability, or None where unknown), each mask drawn as █.
     A token's leading space stays outside its span, so highlights hug the words."""
     out = []

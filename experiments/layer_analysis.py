@@ -27,25 +27,35 @@ in layer_analysis_<tag>.csv (long format), and the settings in layer_analysis_<t
 import os
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)  # the repo's modules live one folder up
+import repo_root  # noqa: F401  (first: puts the repo's modules on sys.path)
 
-import csv  # noqa: E402
-import math  # noqa: E402
+import csv
+import math
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: spinning threads crawl on a shared CPU
-
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from config import LayerConfig, UsageError, cli, parse, parse_floats, save_config  # noqa: E402
+from cli import UsageError, cli, parse
+from config import flag, parse_rates, save_config, Settings
 
 
-def parse_rates(text: str, flag: str) -> list[float]:
-    rates = parse_floats(text, flag)
-    if not rates or any(not 0.0 < t <= 1.0 for t in rates):
-        raise UsageError(f"--{flag} must be rates in (0, 1], got {text!r}")
-    return sorted(set(rates))
+class LayerConfig(Settings):
+    checkpoint: str = flag("results/final-model", "train.py checkpoint (any checkpoint-N or final-model)")
+    levels: str = flag("", "comma-separated masking rates; '' = the levels train.py reports losses at")
+    batches: int = flag(8, "held-out batches (the first ones, as train.py's evaluation takes them)", min=1)
+    batch_size: int = flag(0, "blocks per batch; 0 = the checkpoint's --batch-size", min=0)
+    cka_levels: str = flag("0.1,0.5,1.0", "masking rates with a CKA panel each")
+    bins: int = flag(10, "equal-width confidence bins for the reliability diagram and ECE", min=1)
+    seed: int = flag(-1, "masks; -1 = the checkpoint's seed, i.e. the masks of train.py's held-out eval", min=-1)
+    threads: int = flag(1, "torch CPU threads (0 = torch's default); one avoids thread contention on shared cores",
+                        min=0)
+    out_dir: str = flag("results/figures", "PNGs, CSV and the settings JSON go here")
+
+    def check(self) -> None:
+        if self.levels:
+            parse_rates(self.levels, "levels")
+        parse_rates(self.cka_levels, "cka-levels")
+
+
+def rates(text: str, flag_: str) -> list[float]:
+    return sorted(set(parse_rates(text, flag_)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -53,7 +63,7 @@ def parse_rates(text: str, flag: str) -> list[float]:
 # ---------------------------------------------------------------------------------------------
 
 
-def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
+def linear_cka(x, y) -> float:
     """Linear CKA (Kornblith et al., 2019) of two representations [N, D1], [N, D2] of the same N
     items: 1 when one is a rotation + isotropic scaling of the other, near 0 when unrelated."""
     x = x.double() - x.double().mean(0)
@@ -63,7 +73,7 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
     return float(cross / norm) if norm > 0 else float("nan")
 
 
-def reliability(conf: torch.Tensor, correct: torch.Tensor, bins: int) -> tuple[float, list[tuple]]:
+def reliability(conf, correct, bins: int) -> tuple[float, list[tuple]]:
     """(ECE, [(bin low, bin high, count, mean confidence, accuracy)]) over equal-width bins.
     ECE = sum over bins of (share of tokens) x |accuracy - mean confidence|."""
     conf, correct = conf.double(), correct.double()
@@ -81,7 +91,7 @@ def reliability(conf: torch.Tensor, correct: torch.Tensor, bins: int) -> tuple[f
     return ece, table
 
 
-def attention_entropy(attn: torch.Tensor) -> torch.Tensor:
+def attention_entropy(attn):
     """[B, heads, L, L] attention rows -> [B, heads, L] entropy in bits of each query's row."""
     return -(attn * attn.clamp_min(1e-12).log2()).sum(-1)
 
@@ -93,6 +103,8 @@ def attention_entropy(attn: torch.Tensor) -> torch.Tensor:
 
 def lens_reader(model):
     """(encoder, head fn, norm applied to intermediate layers) from modeling.HEADS."""
+    import torch
+
     from modeling import HEADS
 
     name = type(model).__name__
@@ -106,11 +118,21 @@ def lens_reader(model):
     return encoder, head, norm
 
 
-@torch.no_grad()
-def analyse_level(model, batches, tokenizer, cfg, level: float, g: torch.Generator, keep_reps: bool) -> dict:
+def analyse_level(model, batches, tokenizer, cfg, level: float, g, keep_reps: bool) -> dict:
     """At one masking level: lens accuracy/CE per layer, attention entropy per layer x head,
     final-layer confidences and correctness, and (keep_reps) every layer's representations."""
-    from diffusion import mask_tokens, prefix_lengths, protected_positions, special_token_ids
+    import torch
+
+    with torch.no_grad():
+        return analyse(model, batches, tokenizer, cfg, level, g, keep_reps)
+
+
+def analyse(model, batches, tokenizer, cfg, level: float, g, keep_reps: bool) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    from diffusion import mask_tokens, prefix_lengths, protected_positions
+    from tokens import special_token_ids
 
     encoder, head, norm = lens_reader(model)
     device = next(model.parameters()).device
@@ -385,9 +407,7 @@ def write_csv(path, res, cal, cka, losses, levels) -> None:
 
 def main(argv=None) -> int:
     lc, _ = parse(LayerConfig, argv, __doc__)
-    if lc.levels:
-        parse_rates(lc.levels, "levels")
-    parse_rates(lc.cka_levels, "cka-levels")
+    import torch
     from tqdm import tqdm
     from transformers.utils import logging as hf_logging
 
@@ -401,15 +421,14 @@ def main(argv=None) -> int:
     model, tokenizer, cfg = load_checkpoint(lc.checkpoint)
     lens_reader(model)  # fails early on an unknown architecture
     model.set_attn_implementation("eager")  # sdpa kernels return no attention weights
-    levels = parse_rates(lc.levels, "levels") if lc.levels else report_levels(cfg)
-    cka_levels = parse_rates(lc.cka_levels, "cka-levels")
+    levels = rates(lc.levels, "levels") if lc.levels else report_levels(cfg)
+    cka_levels = rates(lc.cka_levels, "cka-levels")
     missing = [t for t in cka_levels if t not in levels]
     if missing:
         raise UsageError(f"--cka-levels {', '.join(map(str, missing))} not among the levels analysed ({levels})")
     seed = cfg.seed if lc.seed < 0 else lc.seed
     _, val = build_datasets(cfg, tokenizer)
     batches = eval_batches(val, lc.batch_size or cfg.batch_size, lc.batches)
-    tag = os.path.basename(os.path.normpath(lc.checkpoint))
 
     # 1. the same masks as train.py's held-out evaluation, one level at a time
     res = {}
@@ -422,15 +441,22 @@ def main(argv=None) -> int:
     cka = {t: [[linear_cka(a, b) for b in res[t]["reps"]] for a in res[t]["reps"]] for t in cka_levels}
 
     # 2. table, findings, files
-    blocks = sum(len(b) for b in batches)
-    print(f"{lc.checkpoint}: {type(model).__name__}, {len(res[levels[0]]['acc']) - 1} layers; {blocks} held-out "
-          f"blocks of {cfg.max_len} tokens, masks seeded as train.py's evaluation (seed {seed})")
+    print(f"{lc.checkpoint}: {type(model).__name__}, {len(res[levels[0]]['acc']) - 1} layers; "
+          f"{sum(len(b) for b in batches)} held-out blocks of {cfg.max_len} tokens, masks seeded as train.py's "
+          f"evaluation (seed {seed})")
+    write_outputs(lc, res, cal, cka, losses, levels, cfg.max_len, drift)
+    return 0
+
+
+def write_outputs(lc, res, cal, cka, losses, levels, window: int, drift: float) -> None:
+    """The table and findings on stdout; figures, CSV and settings in --out-dir."""
+    tag = os.path.basename(os.path.normpath(lc.checkpoint))
     print("CE = diffusion.level_losses (final layer, nats/token); acc = logit-lens top-1 accuracy per layer; "
           "conf/ECE = final layer; H = attention entropy of masked queries (bits)")
     print(format_table(res, cal, losses, levels))
     print(f"(final-layer lens CE agrees with diffusion.level_losses to {drift:.1e} nats)")
     print()
-    for line in findings(res, cal, cka, levels, cfg.max_len):
+    for line in findings(res, cal, cka, levels, window):
         print("- " + line)
     os.makedirs(lc.out_dir, exist_ok=True)
     paths = {k: os.path.join(lc.out_dir, f"{name}_{tag}.{ext}") for k, name, ext in (
@@ -438,7 +464,7 @@ def main(argv=None) -> int:
         ("cka", "layer_cka", "png"), ("calibration", "layer_calibration", "png"),
         ("csv", "layer_analysis", "csv"), ("json", "layer_analysis", "json"))}
     plot_lens(res, levels, tag, paths["lens"])
-    plot_entropy(res, levels, cfg.max_len, tag, paths["entropy"])
+    plot_entropy(res, levels, window, tag, paths["entropy"])
     plot_cka(cka, tag, paths["cka"])
     plot_calibration(cal, res, levels, tag, paths["calibration"])
     write_csv(paths["csv"], res, cal, cka, losses, levels)
@@ -446,7 +472,6 @@ def main(argv=None) -> int:
     print()
     for key in paths:
         print(f"wrote {paths[key]}")
-    return 0
 
 
 if __name__ == "__main__":

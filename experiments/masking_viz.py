@@ -21,17 +21,29 @@ masking_viz.json beside the figures.
 import os
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)  # the repo's modules live one folder up
+import repo_root  # noqa: F401  (first: puts the repo's modules on sys.path)
 
-import dataclasses  # noqa: E402
-import textwrap  # noqa: E402
+import dataclasses
+import math
+import textwrap
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: spinning threads crawl on a shared CPU
+from cli import UsageError, cli, parse
+from config import QUICK_TEST, TrainConfig, flag, parse_rates, save_config, Settings
 
-import torch  # noqa: E402
 
-from config import QUICK_TEST, TrainConfig, UsageError, VizConfig, cli, parse, parse_floats, save_config  # noqa: E402
+class VizConfig(Settings):
+    checkpoint: str = flag("", "train.py checkpoint whose tokenizer and settings to use; '' = quick-test preset")
+    levels: str = flag("0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0", "masking rates shown in the terminal")
+    block: int = flag(0, "which held-out block to show", min=0)
+    prefix: int = flag(0, "leading content tokens kept visible in the terminal view (a prompt)", min=0)
+    steps: int = flag(10, "denoising steps for the tokens-per-step panel", min=1)
+    draws: int = flag(20000, "masking rates drawn per distribution for the histograms", min=1)
+    width: int = flag(100, "terminal line width for the masked text", min=1)
+    seed: int = flag(0, "fixes the masks and the drawn rates", min=0)
+    out_dir: str = flag("results/figures", "PNGs and the settings JSON go here")
+
+    def check(self) -> None:
+        parse_rates(self.levels, "levels")
 
 
 def load_setting(vc: VizConfig):
@@ -54,10 +66,13 @@ def load_setting(vc: VizConfig):
 # ---------------------------------------------------------------------------------------------
 
 
-def masked_views(ids: torch.Tensor, levels: list[float], prefix: int, tokenizer, seed: int):
+def masked_views(ids, levels: list[float], prefix: int, tokenizer, seed: int):
     """[(level, masked block [L], masked count, maskable count)] for one block [L]. The generator
     is reseeded per level, so mask_tokens ranks positions identically and the masks are nested."""
-    from diffusion import mask_tokens, protected_positions, special_token_ids
+    import torch
+
+    from diffusion import mask_tokens, protected_positions
+    from tokens import special_token_ids
 
     protected = protected_positions(ids[None], special_token_ids(tokenizer), torch.tensor([prefix]))  # [1, L]
     views = []
@@ -70,7 +85,7 @@ def masked_views(ids: torch.Tensor, levels: list[float], prefix: int, tokenizer,
 
 def format_views(views, tokenizer, width: int) -> str:
     """Each view as text with every mask drawn as █ (visualize.render), wrapped to width."""
-    from decoding import banned_ids
+    from tokens import banned_ids
     from visualize import render
 
     skip = set(banned_ids(tokenizer)) - {tokenizer.mask_token_id}
@@ -131,11 +146,14 @@ def plot_schedules(n_tokens: int, steps: int, path: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def realised_fractions(blocks: torch.Tensor, cfg: TrainConfig, tokenizer, g: torch.Generator):
+def realised_fractions(blocks, cfg: TrainConfig, tokenizer, g):
     """(drawn rates [N], share of each block's content tokens masked [N]) under the training
     recipe of cfg: the rate applies to the positions left after the protected prompt prefix, so
     the share of the whole block is lower than t."""
-    from diffusion import mask_tokens, prefix_lengths, protected_positions, sample_rates, special_token_ids
+    import torch
+
+    from diffusion import mask_tokens, prefix_lengths, protected_positions, sample_rates
+    from tokens import special_token_ids
 
     special = special_token_ids(tokenizer)
     content = ~torch.isin(blocks, torch.tensor(special))  # [N, L]
@@ -145,16 +163,24 @@ def realised_fractions(blocks: torch.Tensor, cfg: TrainConfig, tokenizer, g: tor
     return rates, (labels != -100).sum(1) / content.sum(1)  # [N], [N]
 
 
-def plot_distributions(cfg: TrainConfig, draws: int, realised: torch.Tensor, path: str, seed: int) -> None:
+def panel_grid(n: int, cols: int = 3):
+    """(rows, cols) of a grid that holds n panels, at most `cols` across."""
+    cols = min(cols, n)
+    return math.ceil(n / cols), cols
+
+
+def plot_distributions(cfg: TrainConfig, draws: int, realised, path: str, seed: int) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import torch
 
     from diffusion import SCHEDULES, sample_rates
 
-    names = ("levels",) + tuple(SCHEDULES)
-    fig, axes = plt.subplots(2, 3, figsize=(16, 8.5))
+    names = ("levels",) + tuple(SCHEDULES)  # one panel per training distribution, then the realised shares
+    rows, cols = panel_grid(len(names) + 1)
+    fig, axes = plt.subplots(rows, cols, figsize=(16 / 3 * cols, 4.25 * rows), squeeze=False)
     axes = axes.ravel()
     for ax in axes[len(names) + 1:]:
         ax.axis("off")
@@ -196,7 +222,8 @@ def plot_distributions(cfg: TrainConfig, draws: int, realised: torch.Tensor, pat
 
 def main(argv=None) -> int:
     vc, _ = parse(VizConfig, argv, __doc__)
-    levels = parse_floats(vc.levels, "levels")
+    levels = parse_rates(vc.levels, "levels")
+    import torch
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()

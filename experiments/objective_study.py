@@ -27,18 +27,48 @@ objective_study.png to --out-dir; --docs writes the markdown, JSON and figure to
 import os
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)  # the repo's modules live one folder up
+from repo_root import ROOT  # first: puts the repo's modules on sys.path
 
-import csv  # noqa: E402
-import dataclasses  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import shlex  # noqa: E402
-import subprocess  # noqa: E402
-import time  # noqa: E402
+import csv
+import dataclasses
+import json
+import math
+import shlex
+import subprocess
+import time
 
-from config import QUICK_TEST, StudyConfig, UsageError, cli, parse, parse_names  # noqa: E402
+from cli import UsageError, cli, parse, to_argv
+from config import QUICK_TEST, flag, parse_ints, parse_names, Settings
+
+
+class StudyConfig(Settings):
+    objectives: str = flag("all", "comma-separated names from experiments/objective_study.py's OBJECTIVES, or 'all'")
+    scales: str = flag("1,2,4", "token budgets, as multiples of the quick test's (steps x batch x window)")
+    best: str = flag("", "objective trained at every scale; '' = the one with the lowest bound at 1x")
+    elbo_draws: int = flag(8, "Monte Carlo draws of (k, mask) per held-out block for each final bound (as "
+                           "evaluate.py)", min=2)
+    num_samples: int = flag(16, "unprompted samples per model at generate.py's defaults (entropy, generative "
+                            "perplexity)", min=1)
+    seed: int = flag(0, "masks of the final bounds and every sample (evaluate.py's default)", min=0)
+    train_flags: str = flag("", "extra train.py flags for every run, after --quick-test and the objective's")
+    out_dir: str = flag("results/objective_study", "a folder per run; objective_study.json / .csv / .md / .png")
+    docs: bool = flag(False, "also write docs/objective_study.md, docs/objective_study.json, "
+                      "docs/figures/objective_study.png")
+    render_only: bool = flag(False, "redraw the markdown and figure from --out-dir's objective_study.json; "
+                             "train nothing")
+
+    def scale_list(self) -> list[int]:
+        return parse_ints(self.scales, "scales")
+
+    def check(self) -> None:
+        scales = self.scale_list()
+        if not scales or min(scales) < 1 or 1 not in scales:
+            raise UsageError(f"--scales must be positive integers including 1 (the budget objectives are compared "
+                             f"at), got {self.scales!r}")
+        try:
+            shlex.split(self.train_flags)
+        except ValueError as e:
+            raise UsageError(f"--train-flags cannot be split into flags ({e})")
 
 # Training objectives, as train.py flags on top of --quick-test. Every one trains the same model on
 # the same data for the same steps with the same seed; only how rates are drawn and weighted differs.
@@ -60,18 +90,9 @@ OBJECTIVES = {
 LEVELS = (0.02, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0)  # held-out loss per masking rate (2% of 62 = 1 token)
 TABLE_LEVELS = (0.02, 0.1, 0.25, 0.5, 0.75, 1.0)  # the ones the table shows
 STUDY_FILE = "objective_study"
-# generate.py's decoding settings the samples were drawn with (recorded, and shown on the page)
-DECODING_FIELDS = ("steps", "schedule", "sampling", "k", "p", "temperature", "order", "order_noise", "remdm",
-                   "remdm_eta", "cfg", "canvas", "decode")
-
-
 def train_flags(over: dict) -> list[str]:
     """{"mask_min": 0.001, "antithetic": True} -> ["--mask-min", "0.001", "--antithetic"]."""
-    out = []
-    for name, value in over.items():
-        flag = "--" + name.replace("_", "-")
-        out += ([flag] if value else ["--no-" + flag[2:]]) if isinstance(value, bool) else [flag, str(value)]
-    return out
+    return to_argv(over)
 
 
 def train_argv(name: str, scale: int, sc: StudyConfig) -> list[str]:
@@ -143,11 +164,10 @@ def score(run_dir: str, ar, ar_tok, sc: StudyConfig) -> dict:
 
     from config import GenConfig
     from data import build_datasets
-    from decoding import generate
     from diffusion import bound_prefix, eval_batches, level_losses
-    from metrics import held_out_likelihood, sample_quality
+    from metrics import diffusion_row, held_out_likelihood
     from modeling import load_checkpoint
-    from trainer import read_metrics
+    from runs import read_metrics
 
     model, tok, cfg = load_checkpoint(os.path.join(run_dir, "final-model"), device="cpu")
     if ar_tok.get_vocab() != tok.get_vocab():
@@ -158,43 +178,34 @@ def score(run_dir: str, ar, ar_tok, sc: StudyConfig) -> dict:
                                torch.Generator().manual_seed(sc.seed))
     levels = level_losses(model, eval_batches(val_ds, cfg.batch_size, cfg.eval_batches), tok, cfg, list(LEVELS),
                           seed=cfg.seed)
-    gc = GenConfig(num_samples=sc.num_samples, seed=sc.seed, out="")
-    t0 = time.time()
-    ids, _, _ = generate(model, tok, gc, cfg.max_len, torch.Generator().manual_seed(sc.seed))
-    tokens = ids.tolist()
-    texts = [tok.decode(t) for t in tokens]
-    quality = sample_quality(tokens, texts, (ar, ar_tok), time.time() - t0, 64)
-    tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.max_len
+    quality = diffusion_row(model, tok, GenConfig(num_samples=sc.num_samples, seed=sc.seed, out=""), cfg.max_len,
+                            (ar, ar_tok))
+    tokens_per_step = cfg.tokens_per_step()
     return {"train_config": dataclasses.asdict(cfg), "tokens": cfg.max_steps * tokens_per_step,
             "bound": held["diffusion"], "ar": held["ar"], "scored_tokens": held["scored_tokens"],
             "ratio": math.exp(held["diffusion"]["nats_per_token"] - held["ar"]["nats_per_token"]),
             "level_losses": {str(k): v for k, v in levels.items()},
             "train_tokens": len(train_ds) * cfg.max_len,
-            "samples": {"settings": {f: getattr(gc, f) for f in DECODING_FIELDS},
-                        "unigram_entropy": quality["unigram_entropy"], "gen_ppl": quality["gen_ppl"],
-                        "distinct_2": quality["distinct_2"], "text": texts[0]},
+            "samples": {"settings": quality["settings"], "unigram_entropy": quality["unigram_entropy"],
+                        "gen_ppl": quality["gen_ppl"], "distinct_2": quality["distinct_2"], "text": quality["texts"][0]},
             "curve": curve(read_metrics(run_dir), "eval_elbo_nats", "eval_elbo_stderr", tokens_per_step)}
 
 
 def reference_row(checkpoint: str, ar, ar_tok, sc: StudyConfig) -> dict:
     """Unigram entropy and perplexity under the 1x AR of held-out text of the samples' length."""
     from data import build_datasets
-    from diffusion import special_token_ids
-    from metrics import reference_blocks, sample_quality
+    from metrics import reference_row as held_out_row
     from modeling import load_checkpoint
 
     _, tok, cfg = load_checkpoint(checkpoint, device="cpu")
     _, val_ds = build_datasets(cfg, tok)
-    special = set(special_token_ids(tok)) | {tok.mask_token_id}
-    ref = [[t for t in row.tolist() if t not in special] for row in reference_blocks(val_ds[:]["input_ids"],
-                                                                                      sc.num_samples)]
-    q = sample_quality(ref, [tok.decode(r) for r in ref], (ar, ar_tok), None, 64)
+    q = held_out_row(val_ds[:]["input_ids"], tok, sc.num_samples, (ar, ar_tok))
     return {"unigram_entropy": q["unigram_entropy"], "gen_ppl": q["gen_ppl"], "distinct_2": q["distinct_2"]}
 
 
 def ar_curve(folder: str) -> list[dict]:
     """The AR baseline's held-out NLL on the bound's tokens at each evaluation (baseline_ar.py)."""
-    from trainer import read_metrics
+    from runs import read_metrics
 
     with open(os.path.join(folder, "final-model", "source_train_config.json")) as f:
         budget = json.load(f)  # the diffusion run it copied its budget from
@@ -215,17 +226,12 @@ def load_ar(folder: str):
 
 
 def study(sc: StudyConfig, names: list[str], command: str) -> dict:
-    import platform
-
-    import torch
-    import transformers
+    from metrics import machine, versions
 
     t_start = time.time()
     result = {"command": command, "config": dataclasses.asdict(sc), "objective_flags": {n: OBJECTIVES[n] for n in names},
               "quick_test": QUICK_TEST, "levels": list(LEVELS), "objectives": {}, "scales": [],
-              "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                           "python": platform.python_version()},
-              "machine": {"cpu_count": os.cpu_count(), "device": "cuda" if torch.cuda.is_available() else "cpu"}}
+              "versions": versions(), "machine": machine()}
 
     # 1-2. every objective at 1x, and the AR baseline of that budget
     runs = {name: train_objective(name, 1, sc) for name in names}
@@ -494,7 +500,7 @@ def plot(result: dict, path: str) -> None:
 
 
 def write_outputs(result: dict, out_dir: str, docs: bool) -> list[str]:
-    from report import write_json
+    from files import write_atomic, write_json
 
     os.makedirs(out_dir, exist_ok=True)
     paths = []
@@ -503,10 +509,9 @@ def write_outputs(result: dict, out_dir: str, docs: bool) -> list[str]:
         targets.append((os.path.join(ROOT, "docs"), os.path.join(ROOT, "docs", "figures"), f"figures/{STUDY_FILE}.png"))
     for folder, fig_dir, fig_rel in targets:
         os.makedirs(fig_dir, exist_ok=True)
-        write_json(result, os.path.join(folder, f"{STUDY_FILE}.json"))
+        write_json(os.path.join(folder, f"{STUDY_FILE}.json"), result)
         plot(result, os.path.join(fig_dir, f"{STUDY_FILE}.png"))
-        with open(os.path.join(folder, f"{STUDY_FILE}.md"), "w") as f:
-            f.write(render(result, fig_rel))
+        write_atomic(os.path.join(folder, f"{STUDY_FILE}.md"), render(result, fig_rel))
         paths += [os.path.join(folder, f"{STUDY_FILE}.{ext}") for ext in ("json", "md")]
         paths.append(os.path.join(fig_dir, f"{STUDY_FILE}.png"))
     with open(os.path.join(out_dir, f"{STUDY_FILE}.csv"), "w", newline="") as f:

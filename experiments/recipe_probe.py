@@ -5,31 +5,37 @@ wall-clock time and report its held-out loss at 10%, 50% and 100% masking.
     python experiments/recipe_probe.py --seconds 40 --learning-rate 3e-3     # one change on top of it
     python experiments/recipe_probe.py --seconds 40 --scratch-arch roberta --no-per-sample-rate
 
-Every train.py flag is accepted and applies on top of the quick-test preset; run it once per
-recipe and compare the lines appended to --out. It is a plain loop (AdamW, 30-step warm-up, clip
-1.0) over the repo's own collator and loss, without the Trainer, so that only the recipe differs.
-Results are noisy from seed to seed: the escape from the plateau is a sudden event.
+Every train.py flag is accepted on top of the quick-test preset; the model, data, masking, loss
+(modeling.training_loss, the rule train.py trains with, --weighting-start included), learning rate
+and weight decay apply. The Trainer's own flags do not (--max-steps, --warmup-steps, --lr-scheduler,
+--batch-size's accumulation, logging, evaluation and checkpoints): it is a plain loop (AdamW,
+30-step warm-up, clip 1.0) over the repo's own collator and loss, so that only the recipe differs.
+Run it once per recipe and compare the lines appended to --out. Results are noisy from seed to
+seed: the escape from the plateau is a sudden event.
 """
 
 import json
-import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import repo_root  # noqa: F401  (first: puts the repo's modules on sys.path)
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: spinning threads crawl on a shared CPU
+from cli import add_args, cli, given, parse
+from config import QUICK_TEST, TrainConfig, flag, Settings
 
-import torch  # noqa: E402
 
-from config import QUICK_TEST, ProbeConfig, TrainConfig, add_args, cli, given, parse  # noqa: E402
+class ProbeConfig(Settings):
+    seconds: float = flag(40.0, "training wall time of the probe", above=0)
+    out: str = flag("results/recipe_probe.jsonl", "one JSON line per probe is appended here")
 
 
 def probe(cfg: TrainConfig, seconds: float) -> dict:
+    import torch
+
     from data import build_datasets, get_tokenizer
     from data_collator import DiffusionCollator
     from diffusion import eval_batches, level_losses
-    from modeling import build_model, masked_lm_loss
+    from modeling import build_model, training_loss
 
     tok = get_tokenizer(cfg)
     train_ds, val_ds = build_datasets(cfg, tok)
@@ -43,8 +49,7 @@ def probe(cfg: TrainConfig, seconds: float) -> dict:
         batch = collate([train_ds[int(i)] for i in idx])
         for group in opt.param_groups:
             group["lr"] = cfg.learning_rate * min(1.0, (step + 1) / 30)
-        loss, _, _ = masked_lm_loss(model, batch["input_ids"], batch["attention_mask"], batch["labels"],
-                                    batch["mask_rate"], cfg.loss_weighting, cfg.masked_only_head)
+        loss, _, _ = training_loss(model, batch, cfg, step)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -55,14 +60,14 @@ def probe(cfg: TrainConfig, seconds: float) -> dict:
 
 
 def main(argv=None) -> int:
+    from files import append_jsonl
+
     cfg, args = parse(TrainConfig, argv, __doc__, presets=lambda flags: dict(QUICK_TEST),
                       extra=lambda p: add_args(p, ProbeConfig))
     pc = ProbeConfig(**given(args, ProbeConfig))
     row = {"recipe": given(args, TrainConfig), **probe(cfg, pc.seconds)}
     print(json.dumps(row), flush=True)
-    os.makedirs(os.path.dirname(os.path.abspath(pc.out)), exist_ok=True)
-    with open(pc.out, "a") as f:
-        f.write(json.dumps(row) + "\n")
+    append_jsonl(pc.out, row)
     return 0
 
 

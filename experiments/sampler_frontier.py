@@ -1,6 +1,6 @@
 """Where does each decoding rule sit between dull and noisy? The quality frontier of the sampler.
 
-    python experiments/sampler_frontier.py                       # every rule, T 0.8..1.4, top-k 50
+    python experiments/sampler_frontier.py                       # every rule, T 0.7..1.2, nucleus 0.95
     python experiments/sampler_frontier.py --rules random,random-remdm-conf --temperatures 0.9,1.0,1.1
 
 Each rule (RULES: an order, order noise, ReMDM re-masking) is swept across sampling temperatures;
@@ -21,20 +21,33 @@ entropy.
 import os
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)  # the repo's modules live one folder up
+import repo_root  # noqa: F401  (first: puts the repo's modules on sys.path)
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: spinning threads crawl on a shared CPU
+import csv
+import dataclasses
+import math
 
-import csv  # noqa: E402
-import dataclasses  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import time  # noqa: E402
+from cli import cli, parse
+from config import GenConfig, Registry, flag, parse_floats, parse_names, save_config, Settings
 
-import torch  # noqa: E402
 
-from config import FrontierConfig, GenConfig, cli, parse, parse_floats, parse_names, save_config  # noqa: E402
+class FrontierConfig(Settings):
+    checkpoint: str = flag("results/final-model", "the diffusion model (train.py final-model)")
+    baseline: str = flag("results/ar-baseline", "the AR baseline: scores every sample (generative perplexity)")
+    rules: str = flag("all", "comma-separated names from experiments/sampler_frontier.RULES, or 'all'")
+    temperatures: str = flag("0.7,0.8,0.9,1.0,1.2", "each rule is swept across these sampling temperatures")
+    sampling: str = flag("nucleus", "the sampler every rule uses (with --k / --p)", choices=Registry("decoding", "SAMPLERS"))
+    k: int = flag(50, "top-k size", min=1)
+    p: float = flag(0.95, "nucleus mass", above=0, max=1)
+    steps: int = flag(10, "denoising steps", min=1)
+    num_samples: int = flag(16, "samples per setting (evaluate.py's protocol)", min=1)
+    prompt: str = flag("", "continue this text (samples are judged on the continuation); '' = unprompted")
+    length: int = flag(0, "tokens to write; 0 = the window", min=0)
+    block_size: int = flag(0, ">0: semi-autoregressive blocks, as generate.py --block-size", min=0)
+    canvas: str = flag("full", "full | fit, as generate.py --canvas", choices=("full", "fit"))
+    seed: int = flag(0, "every setting restarts from this seed", min=0)
+    out_dir: str = flag("results/figures", "sampler_frontier.png / .csv / .json")
+
 
 # GenConfig overrides per rule: which predictions are committed first, and what may go back
 RULES = {
@@ -109,62 +122,32 @@ def plot(rows: list[dict], refs: list[dict], chosen: dict | None, path: str) -> 
     plt.close(fig)
 
 
-def main(argv=None) -> int:
-    fc, _ = parse(FrontierConfig, argv, __doc__)
-    rules = list(RULES) if fc.rules == "all" else parse_names(fc.rules, "rules", tuple(RULES))
-    temps = parse_floats(fc.temperatures, "temperatures")
-    shared = dict(sampling=fc.sampling, k=fc.k, p=fc.p, steps=fc.steps, num_samples=fc.num_samples, seed=fc.seed,
-                  prompt=fc.prompt, length=fc.length, block_size=fc.block_size, canvas=fc.canvas, out="")
-    settings = {(rule, t): GenConfig(**{**shared, **RULES[rule], "temperature": t})
-                for rule in rules for t in temps}  # every setting is checked before any work starts
+def measure(fc: FrontierConfig, settings_: dict) -> tuple[list[dict], list[dict]]:
+    """(reference rows: held-out text and the AR baseline's own samples; one row per setting)."""
     from tqdm import tqdm
-    from transformers.utils import logging as hf_logging
 
     from data import build_datasets
-    from decoding import ar_generate, banned_ids, generate
-    from diffusion import special_token_ids
-    from metrics import reference_blocks, sample_quality
+    from metrics import ar_row, diffusion_row, reference_row
     from modeling import load_baseline, load_checkpoint
 
-    hf_logging.disable_progress_bar()
     model, tokenizer, tcfg = load_checkpoint(fc.checkpoint)
     ar, _ = load_baseline(fc.baseline, tokenizer, fc.checkpoint, tcfg.max_len)
     ar.to(next(model.parameters()).device)
     scorer = (ar, tokenizer)
-    length = tcfg.max_len - 2
-
-    # reference points: held-out text of the same length, the AR baseline's own samples
     _, val = build_datasets(tcfg, tokenizer)
-    special = set(special_token_ids(tokenizer)) | {tokenizer.mask_token_id}
-    ref_tokens = [[t for t in row.tolist() if t not in special] for row in reference_blocks(val[:]["input_ids"],
-                                                                                             fc.num_samples)]
-    refs = [{"label": "held-out text", **sample_quality(ref_tokens, [tokenizer.decode(r) for r in ref_tokens], scorer,
-                                                         None, 64)}]
-    bos = torch.full((fc.num_samples, 1), tokenizer.bos_token_id)
+    refs = [{**reference_row(val[:]["input_ids"], tokenizer, fc.num_samples, scorer), "label": "held-out text"}]
+    run = dict(num_samples=fc.num_samples, seed=fc.seed, out="")
     for label, over in (("AR baseline, ancestral (T 1.0)", dict(sampling="topk", k=10**9, temperature=1.0)),
                         (f"AR baseline, {fc.sampling} T 0.8", dict(sampling=fc.sampling, k=fc.k, p=fc.p, temperature=0.8))):
-        ids = ar_generate(ar, bos, length, GenConfig(**over), banned_ids(tokenizer), torch.Generator().manual_seed(fc.seed))
-        toks = ids.tolist()
-        refs.append({"label": label, **sample_quality(toks, [tokenizer.decode(t) for t in toks], scorer, None, 64)})
-
-    # every rule x temperature
+        refs.append({**ar_row(ar, tokenizer, GenConfig(**over, **run), tcfg.max_len - 2, scorer), "label": label})
     rows = []
-    for (rule, t), gc in tqdm(settings.items(), desc="settings", leave=False):
-        t0 = time.time()
-        ids, history, n_prompt = generate(model, tokenizer, gc, tcfg.max_len, torch.Generator().manual_seed(fc.seed))
-        seconds = time.time() - t0
-        toks = ids[:, n_prompt:].tolist()  # judged on what it wrote
-        texts = [tokenizer.decode(x) for x in toks]
-        rows.append({"rule": rule, "temperature": t, "forward_passes": len(history), "sample": texts[0],
-                     **{k: v for k, v in dataclasses.asdict(gc).items() if k in RULES[rule] or k in ("sampling",)},
-                     **sample_quality(toks, texts, scorer, seconds, 64)})
+    for (rule, t), gc in tqdm(settings_.items(), desc="settings", leave=False):
+        row = diffusion_row(model, tokenizer, gc, tcfg.max_len, scorer, name=rule)
+        rows.append({"rule": rule, "temperature": t, "sample": row["texts"][0], **row})
+    return refs, rows
 
-    # the setting that meets the quality floor at the lowest generative perplexity, against the seed's rule
-    held = refs[0]
-    above = [r for r in rows if meets_floor(r, held)]
-    chosen = min(above, key=lambda r: r["gen_ppl"]) if above else None
-    seed_rule = [(r["unigram_entropy"], r["gen_ppl"]) for r in rows if r["rule"] == "random"]
 
+def print_table(fc: FrontierConfig, refs: list[dict], rows: list[dict], chosen: dict | None) -> None:
     head = f"{'rule':<24}{'T':>5}{'gen ppl':>9}{'entropy':>9}{'dist-2':>8}{'rep-4':>7}  top word"
     what = f"continuing {fc.prompt!r}" if fc.prompt else "unprompted"
     print(f"{fc.num_samples} samples per setting ({what}, length {fc.length or 'the window'}, {fc.canvas} canvas"
@@ -172,34 +155,57 @@ def main(argv=None) -> int:
           f"generative perplexity under the AR baseline")
     print(head)
     for r in refs + rows:
-        name = r.get("label") or r["rule"]
+        name = r.get("rule") or r["label"]
         print(f"{name[:24]:<24}{r.get('temperature', ''):>5}{r['gen_ppl']:>9.1f}{r['unigram_entropy']:>9.2f}"
               f"{r['distinct_2']:>8.3f}{r['repeated_4gram']:>7.3f}  {r['top_word']!r} {r['top_word_share']:.0%}")
     if chosen is None:
         print("\nno setting meets the quality floor")
-    else:
-        at = ppl_at(chosen["unigram_entropy"], seed_rule) if seed_rule else None
-        versus = (f"; the seed's rule (random order) reaches {at:.1f} at that entropy" if at is not None
-                  else "; the seed's rule's sweep does not reach that entropy")
-        print(f"\nlowest generative perplexity above the quality floor: {chosen['rule']} at T {chosen['temperature']}: "
-              f"{chosen['gen_ppl']:.1f} at {chosen['unigram_entropy']:.2f} bits{versus}")
+        return
+    seed_rule = [(r["unigram_entropy"], r["gen_ppl"]) for r in rows if r["rule"] == "random"]
+    at = ppl_at(chosen["unigram_entropy"], seed_rule) if seed_rule else None
+    versus = (f"; the seed's rule (random order) reaches {at:.1f} at that entropy" if at is not None
+              else "; the seed's rule's sweep does not reach that entropy")
+    print(f"\nlowest generative perplexity above the quality floor: {chosen['rule']} at T {chosen['temperature']}: "
+          f"{chosen['gen_ppl']:.1f} at {chosen['unigram_entropy']:.2f} bits{versus}")
+
+
+def write_outputs(fc: FrontierConfig, rules: list[str], refs: list[dict], rows: list[dict], chosen) -> None:
+    from files import write_json
+    from metrics import SAMPLE_METRICS
 
     os.makedirs(fc.out_dir, exist_ok=True)
     paths = {ext: os.path.join(fc.out_dir, f"sampler_frontier.{ext}") for ext in ("png", "csv", "json")}
     plot(rows, refs, chosen, paths["png"])
-    keys = ["rule", "temperature", "gen_ppl", "unigram_entropy", "distinct_1", "distinct_2", "repeated_4gram",
-            "top_word", "top_word_share", "forward_passes", "seconds_per_sample"]
+    keys = ["rule", "temperature", "gen_ppl", *SAMPLE_METRICS, "top_word", "forward_passes", "seconds_per_sample"]
     with open(paths["csv"], "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(keys)
         for r in refs + rows:
             w.writerow([r.get(k, r.get("label")) if k == "rule" else r.get(k, "") for k in keys])
-    with open(paths["json"], "w") as f:
-        json.dump({"config": dataclasses.asdict(fc), "rules": {k: RULES[k] for k in rules},
-                   "quality_floor": QUALITY_FLOOR, "references": refs, "rows": rows, "chosen": chosen}, f, indent=2)
+    write_json(paths["json"], {"config": dataclasses.asdict(fc), "rules": {k: RULES[k] for k in rules},
+                               "quality_floor": QUALITY_FLOOR, "references": refs, "rows": rows, "chosen": chosen})
     save_config(fc, fc.out_dir, "sampler_frontier_config.json")
     for p in paths.values():
         print(f"wrote {p}")
+
+
+def main(argv=None) -> int:
+    fc, _ = parse(FrontierConfig, argv, __doc__)
+    rules = list(RULES) if fc.rules == "all" else parse_names(fc.rules, "rules", tuple(RULES))
+    temps = parse_floats(fc.temperatures, "temperatures")
+    shared = dict(sampling=fc.sampling, k=fc.k, p=fc.p, steps=fc.steps, num_samples=fc.num_samples, seed=fc.seed,
+                  prompt=fc.prompt, length=fc.length, block_size=fc.block_size, canvas=fc.canvas, out="")
+    settings_ = {(rule, t): GenConfig(**{**shared, **RULES[rule], "temperature": t})
+                 for rule in rules for t in temps}  # every setting is checked before any work starts
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    refs, rows = measure(fc, settings_)
+    # the setting that meets the quality floor at the lowest generative perplexity, against the seed's rule
+    above = [r for r in rows if meets_floor(r, refs[0])]
+    chosen = min(above, key=lambda r: r["gen_ppl"]) if above else None
+    print_table(fc, refs, rows, chosen)
+    write_outputs(fc, rules, refs, rows, chosen)
     return 0
 
 

@@ -6,8 +6,8 @@
 Every configuration continues the same prompts: the first --prompt-len tokens of --prompts
 held-out blocks (spread over the held-out split), filling the rest of the window. Scores:
 
-    distinct-1/2    unique token uni-/bigrams over all samples (BPE tokens); low = repetitive
-    rep-4           share of 4-grams that repeat an earlier 4-gram of the same sample
+    metrics.SAMPLE_METRICS   every sample statistic evaluate.py reports (unigram entropy,
+                    distinct-1/2, repeated 4-grams, the most frequent word's share), on token ids
     H ratio         unigram entropy of the samples / that of the true held-out continuations of
                     the same prompts (same token count); 1 = as varied as real text
     PLL             pseudo-log-likelihood, nats/token: each generated token masked alone, the rest
@@ -27,34 +27,50 @@ each position was committed, one panel per schedule).
 import os
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)  # the repo's modules live one folder up
+import repo_root  # noqa: F401  (first: puts the repo's modules on sys.path)
 
-import csv  # noqa: E402
-import time  # noqa: E402
+import csv
+import math
+import time
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: spinning threads crawl on a shared CPU
+from cli import UsageError, cli, parse
+from config import GenConfig, Registry, flag, parse_ints, parse_names, save_config, Settings
 
-import torch  # noqa: E402
 
-from config import CompareConfig, GenConfig, UsageError, cli, parse, parse_ints, parse_names, save_config  # noqa: E402
+class CompareConfig(Settings):
+    checkpoint: str = flag("results/final-model", "train.py checkpoint that generates")
+    schedules: str = flag("linear,cosine,exponential", "comma-separated names from diffusion.SCHEDULES")
+    steps: str = flag("4,8,16", "comma-separated denoising step counts")
+    samplers: str = flag("greedy,topk,nucleus", "comma-separated names from decoding.SAMPLERS")
+    orders: str = flag("low-confidence,random", "comma-separated names from decoding.ORDERS")
+    prompts: int = flag(16, "held-out blocks to take prompts from (one sample each, one batch)", min=1)
+    prompt_len: int = flag(-1, "prompt tokens; -1 = the checkpoint's --prefix-len", min=-1)
+    temperature: float = flag(GenConfig.temperature, "sampling temperature (greedy ignores it)", min=0)
+    k: int = flag(GenConfig.k, "top-k size", min=1)
+    p: float = flag(GenConfig.p, "nucleus mass", above=0, max=1)
+    judge: str = flag("", "checkpoint that scores PLL; '' = the generating model itself (self-graded)")
+    plot_order: str = flag("low-confidence", "order shown in the two figures", choices=Registry("decoding", "ORDERS"))
+    heatmap_sampler: str = flag("topk", "sampler shown in the decoding-order heatmap",
+                                choices=Registry("decoding", "SAMPLERS"))
+    heatmap_steps: int = flag(16, "step count shown in the decoding-order heatmap", min=1)
+    seed: int = flag(0, "one generator seeded with this per configuration: same draws for all", min=0)
+    threads: int = flag(1, "torch CPU threads (0 = torch's default); one avoids thread contention on shared cores",
+                        min=0)
+    out_dir: str = flag("results/figures", "CSV, PNGs and the settings JSON go here")
 
 
 def resolve_grid(cc: CompareConfig) -> dict:
-    from decoding import ORDERS, SAMPLERS
-    from diffusion import SCHEDULES
-
-    grid = {"schedules": parse_names(cc.schedules, "schedules", tuple(SCHEDULES)),
+    grid = {"schedules": parse_names(cc.schedules, "schedules", Registry("diffusion", "SCHEDULES")()),
             "steps": list(dict.fromkeys(parse_ints(cc.steps, "steps"))),
-            "samplers": parse_names(cc.samplers, "samplers", tuple(SAMPLERS)),
-            "orders": parse_names(cc.orders, "orders", tuple(ORDERS))}
+            "samplers": parse_names(cc.samplers, "samplers", Registry("decoding", "SAMPLERS")()),
+            "orders": parse_names(cc.orders, "orders", Registry("decoding", "ORDERS")())}
     if not grid["steps"] or any(s < 1 for s in grid["steps"]):
         raise UsageError(f"--steps must all be at least 1, got {cc.steps!r}")
-    for flag, value, key in (("plot-order", cc.plot_order, "orders"),
+    for name, value, key in (("plot-order", cc.plot_order, "orders"),
                              ("heatmap-sampler", cc.heatmap_sampler, "samplers"),
                              ("heatmap-steps", cc.heatmap_steps, "steps")):
         if value not in grid[key]:
-            raise UsageError(f"--{flag} {value} is not among --{key} ({', '.join(map(str, grid[key]))})")
+            raise UsageError(f"--{name} {value} is not among --{key} ({', '.join(map(str, grid[key]))})")
     return grid
 
 
@@ -68,40 +84,51 @@ def gen_config(cc: CompareConfig, schedule: str, steps: int, sampler: str, order
 # ---------------------------------------------------------------------------------------------
 
 
-def held_out_prompts(val_ids: torch.Tensor, n: int) -> torch.Tensor:
-    """n held-out blocks [n, L] spread evenly over the split, so prompts come from many articles."""
-    if n > len(val_ids):
-        raise UsageError(f"--prompts {n}: the held-out split has {len(val_ids)} blocks")
-    idx = torch.linspace(0, len(val_ids) - 1, n).round().long()  # [n]
-    return val_ids[idx]
+def prompt_canvas(blocks, plen: int, tokenizer):
+    """decoding.Canvas continuing each held-out block's first plen tokens to the window's end."""
+    import torch
+
+    from decoding import Canvas
+    from tokens import bos_eos
+
+    bos, eos = bos_eos(tokenizer)
+    P, L = blocks.shape
+    canvas = torch.cat([torch.full((P, 1), bos), blocks[:, 1:1 + plen],
+                        torch.full((P, L - 2 - plen), tokenizer.mask_token_id), torch.full((P, 1), eos)], 1)  # [P, L]
+    pos = torch.arange(L).expand_as(canvas)  # [P, L]
+    return Canvas(canvas, canvas == tokenizer.mask_token_id, (pos >= 1) & (pos <= plen), start=1 + plen)
 
 
-def score(tokens: torch.Tensor, plen: int, judge, mask_id: int, ref_entropy: float) -> dict:
-    """Scores of the generated part of canvases [B, L] (<s> prompt generated </s>)."""
-    from metrics import distinct_n, pseudo_log_likelihood, repeated_ngram_rate, unigram_entropy
+def score(tokens, plen: int, tokenizer, judge, ref_entropy: float, seconds: float | None = None) -> dict:
+    """Every metrics.SAMPLE_METRICS statistic of the generated part of canvases [B, L] (<s> prompt
+    generated </s>), its entropy relative to the true continuations', and its PLL under judge."""
+    import torch
 
-    gen = tokens[:, 1 + plen:-1]  # [B, n]
-    samples = gen.tolist()
+    from metrics import pseudo_log_likelihood, sample_quality
+
+    samples = tokens[:, 1 + plen:-1].tolist()  # [B, n]
     where = torch.zeros_like(tokens, dtype=torch.bool)  # [B, L]
     where[:, 1 + plen:-1] = True
-    h = abs(unigram_entropy(samples))  # -0.0 when every sample is one repeated token
-    return {"distinct_1": distinct_n(samples, 1), "distinct_2": distinct_n(samples, 2),
-            "rep_4": repeated_ngram_rate(samples, 4), "entropy_bits": h,
-            "entropy_ratio": h / ref_entropy if ref_entropy else float("nan"),
-            "pll_nats": pseudo_log_likelihood(judge, tokens, mask_id, where)}
+    row = sample_quality(samples, [tokenizer.decode(x) for x in samples], None, seconds, 64)
+    return {**row, "entropy_ratio": row["unigram_entropy"] / ref_entropy if ref_entropy else float("nan"),
+            "pll_nats": pseudo_log_likelihood(judge, tokens, tokenizer.mask_token_id, where)}
 
 
-def commit_steps(history, shape) -> torch.Tensor:
+def commit_steps(history, shape):
     """[B, L] the step at which each position was committed (nan where nothing was generated)."""
+    import torch
+
     order = torch.full(shape, float("nan"))
     for h in history:
         order[h.committed] = float(h.step)
     return order
 
 
-def left_to_right(order: torch.Tensor) -> float:
+def left_to_right(order) -> float:
     """Pearson correlation of commit step with position over generated positions:
     +1 = strictly left to right, 0 = no positional order, -1 = right to left."""
+    import torch
+
     rows, cols = (~order.isnan()).nonzero(as_tuple=True)
     x, y = cols.float(), order[rows, cols]
     if x.std() == 0 or y.std() == 0:
@@ -113,11 +140,16 @@ def left_to_right(order: torch.Tensor) -> float:
 # Figures
 # ---------------------------------------------------------------------------------------------
 
-METRICS = [("pll_nats", "PLL, nats/token (lower = likelier)"),
-           ("distinct_2", "distinct-2 (higher = more varied)"),
-           ("rep_4", "repeated 4-gram rate (lower = less looping)"),
-           ("entropy_ratio", "unigram entropy / held-out text's"),
-           ("seconds_per_sample", "seconds per sample (shared CPU: noisy)")]
+
+def panels() -> list[tuple[str, str]]:
+    """(key, title) of each quality panel: PLL, every metrics.SAMPLE_METRICS statistic, the
+    entropy ratio, speed."""
+    from metrics import SAMPLE_METRICS
+
+    return ([("pll_nats", "PLL, nats/token (lower = likelier)")]
+            + [(k, m.title) for k, m in SAMPLE_METRICS.items()]
+            + [("entropy_ratio", "unigram entropy / held-out text's"),
+               ("seconds_per_sample", "seconds per sample (shared CPU: noisy)")])
 
 
 def plot_quality(rows: list[dict], ref: dict, grid: dict, order: str, judge_name: str, judge_short: str,
@@ -130,9 +162,12 @@ def plot_quality(rows: list[dict], ref: dict, grid: dict, order: str, judge_name
 
     colors = dict(zip(grid["schedules"], plt.get_cmap("tab10").colors))
     styles = dict(zip(grid["samplers"], ["-", "--", ":", "-."] * 3))
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
+    keys = panels()
+    cols = 3
+    n_rows = math.ceil((len(keys) + 1) / cols)  # the last cell holds the legend
+    fig, axes = plt.subplots(n_rows, cols, figsize=(15, 4.25 * n_rows), squeeze=False)
     axes = axes.ravel()
-    for ax, (key, label) in zip(axes, METRICS):
+    for ax, (key, label) in zip(axes, keys):
         for sched in grid["schedules"]:
             for sampler in grid["samplers"]:
                 pts = sorted((r["steps"], r[key]) for r in rows
@@ -147,8 +182,9 @@ def plot_quality(rows: list[dict], ref: dict, grid: dict, order: str, judge_name
         ax.set_xlabel("denoising steps")
         ax.grid(alpha=0.3)
     axes[0].set_title(f"PLL, nats/token ({judge_short}; lower = likelier)", fontsize=11)
-    legend_ax = axes[-1]
-    legend_ax.axis("off")
+    for ax in axes[len(keys):]:
+        ax.axis("off")
+    legend_ax = axes[len(keys)]
     handles = [Line2D([], [], color=colors[s], lw=2.5, label=s) for s in grid["schedules"]]
     first = legend_ax.legend(handles=handles, title="schedule (colour)", loc="upper left", fontsize=11)
     legend_ax.add_artist(first)
@@ -168,6 +204,7 @@ def plot_orders(orders: dict, plen: int, title: str, path: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import torch
 
     fig, axes = plt.subplots(len(orders), 1, figsize=(12, 1.3 + 2.5 * len(orders)), squeeze=False,
                              constrained_layout=True)
@@ -190,46 +227,28 @@ def plot_orders(orders: dict, plen: int, title: str, path: str) -> None:
 # Main
 # ---------------------------------------------------------------------------------------------
 
-COLUMNS = ["kind", "schedule", "steps", "sampler", "order", "distinct_1", "distinct_2", "rep_4",
-           "entropy_bits", "entropy_ratio", "pll_nats", "seconds_per_sample", "forward_passes"]
-
-
 def format_table(ref: dict, rows: list[dict], judge_name: str) -> str:
-    head = (f"{'schedule':<12}{'steps':>6}  {'sampler':<8}{'order':<15}{'dist-1':>7}{'dist-2':>7}{'rep-4':>7}"
-            f"{'H ratio':>8}{'PLL':>7}{'s/sample':>9}{'passes':>7}")
-    lines = [f"PLL = pseudo-log-likelihood under {judge_name}, nats/token", head, "-" * len(head)]
+    from metrics import SAMPLE_METRICS
 
-    def line(r):
-        return (f"{r['schedule']:<12}{r['steps']:>6}  {r['sampler']:<8}{r['order']:<15}{r['distinct_1']:>7.3f}"
-                f"{r['distinct_2']:>7.3f}{r['rep_4']:>7.3f}{r['entropy_ratio']:>8.3f}{r['pll_nats']:>7.2f}"
-                f"{r['seconds_per_sample']:>9.3f}{r['forward_passes']:>7}")
-
-    lines.append(line(ref))
-    for r in rows:
-        lines.append(line(r))
+    stats = [(k, m.title, m.fmt) for k, m in SAMPLE_METRICS.items()] + [
+        ("entropy_ratio", "H ratio", "{:.3f}"), ("pll_nats", "PLL", "{:.2f}"),
+        ("seconds_per_sample", "s/sample", "{:.3f}"), ("forward_passes", "passes", "{}")]
+    head = ["schedule", "steps", "sampler", "order"] + [title for _, title, _ in stats]
+    cells = [head] + [[str(r["schedule"]), str(r["steps"]), r["sampler"], r["order"]]
+                      + [fmt.format(r[k]) for k, _, fmt in stats] for r in [ref] + rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(head))]
+    lines = [f"PLL = pseudo-log-likelihood under {judge_name}, nats/token"]
+    lines += ["  ".join(c.ljust(w) if i < 4 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+              for row in cells]
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    cc, _ = parse(CompareConfig, argv, __doc__)
-    grid = resolve_grid(cc)
-    for sched in grid["schedules"]:  # every GenConfig of the grid is valid before any work starts
-        for steps in grid["steps"]:
-            for sampler in grid["samplers"]:
-                for order in grid["orders"]:
-                    gen_config(cc, sched, steps, sampler, order)
-
-    from tqdm import tqdm
-    from transformers.utils import logging as hf_logging
-
-    from data import bos_eos, build_datasets
-    from decoding import Canvas, denoise, token_ids
+def load(cc: CompareConfig):
+    """(model, tokenizer, TrainConfig, judge model, judge name, prompt length, prompt blocks [P, L])."""
+    from data import build_datasets
+    from metrics import reference_blocks
     from modeling import load_checkpoint
-    from metrics import unigram_entropy
 
-    hf_logging.disable_progress_bar()
-    if cc.threads:
-        torch.set_num_threads(cc.threads)
     model, tokenizer, cfg = load_checkpoint(cc.checkpoint)
     judge, judge_name = model, "the generating model (self-graded)"
     if cc.judge:
@@ -243,49 +262,76 @@ def main(argv=None) -> int:
     if not 0 <= plen <= cfg.max_len - 3:
         raise UsageError(f"--prompt-len must be in [0, {cfg.max_len - 3}] for a window of {cfg.max_len}, got {plen}")
     _, val = build_datasets(cfg, tokenizer)
-    blocks = held_out_prompts(val[:]["input_ids"], cc.prompts)  # [P, L]
-    tag = os.path.basename(os.path.normpath(cc.checkpoint))
-    paths = {k: os.path.join(cc.out_dir, f"{name}_{tag}.{ext}") for k, name, ext in (
-        ("csv", "schedule_comparison", "csv"), ("json", "schedule_comparison", "json"),
-        ("quality", "schedule_quality", "png"), ("order", "schedule_decoding_order", "png"))}
+    if cc.prompts > len(val):
+        raise UsageError(f"--prompts {cc.prompts}: the held-out split has {len(val)} blocks")
+    return model, tokenizer, cfg, judge, judge_name, plen, reference_blocks(val[:]["input_ids"], cc.prompts)
 
-    # 1. the reference: the true continuations of the same prompts
-    ids = token_ids(tokenizer)
-    mask_id = ids["mask"]
-    ref_entropy = unigram_entropy(blocks[:, 1 + plen:-1].tolist())
-    ref = {"kind": "held-out", "schedule": "(held-out)", "steps": 0, "sampler": "-", "order": "-",
-           **score(blocks, plen, judge, mask_id, ref_entropy), "seconds_per_sample": 0.0, "forward_passes": 0}
 
-    # 2. every configuration continues the same prompts
-    bos, eos = bos_eos(tokenizer)
-    n_gen = cfg.max_len - 2 - plen
-    canvas = torch.cat([torch.full((len(blocks), 1), bos), blocks[:, 1:1 + plen],
-                        torch.full((len(blocks), n_gen), mask_id), torch.full((len(blocks), 1), eos)], 1)  # [P, L]
-    pos = torch.arange(canvas.shape[1]).expand_as(canvas)  # [P, L]
-    start = Canvas(canvas, canvas == mask_id, (pos >= 1) & (pos <= plen), start=1 + plen)
+def run_grid(cc: CompareConfig, grid: dict, model, tokenizer, judge, plen: int, blocks, ref_entropy: float):
+    """(a row per schedule x sampler x order x steps, {schedule: (commit steps, left-to-right corr)})."""
+    import torch
+    from tqdm import tqdm
+
+    from decoding import denoise
+    from tokens import token_ids
+
+    start = prompt_canvas(blocks, plen, tokenizer)
     configs = [(s, n, sm, rm) for s in grid["schedules"] for sm in grid["samplers"] for rm in grid["orders"]
                for n in grid["steps"]]
     rows, orders = [], {}
     for sched, steps, sampler, order in tqdm(configs, desc="configurations", leave=False):
         gc = gen_config(cc, sched, steps, sampler, order)
-        g = torch.Generator().manual_seed(cc.seed)
         t0 = time.perf_counter()
-        final, history = denoise(model, start, ids, gc, g)
+        final, history = denoise(model, start, token_ids(tokenizer), gc, torch.Generator().manual_seed(cc.seed))
         seconds = time.perf_counter() - t0
         rows.append({"kind": "sample", "schedule": sched, "steps": steps, "sampler": sampler, "order": order,
-                     **score(final, plen, judge, mask_id, ref_entropy),
-                     "seconds_per_sample": seconds / len(blocks), "forward_passes": len(history)})
+                     **score(final, plen, tokenizer, judge, ref_entropy, seconds), "forward_passes": len(history)})
         if (sampler, order, steps) == (cc.heatmap_sampler, cc.plot_order, cc.heatmap_steps):
-            order = commit_steps(history, final.shape)
-            orders[sched] = (order, left_to_right(order))
+            commits = commit_steps(history, final.shape)
+            orders[sched] = (commits, left_to_right(commits))
+    return rows, orders
 
+
+def main(argv=None) -> int:
+    cc, _ = parse(CompareConfig, argv, __doc__)
+    grid = resolve_grid(cc)
+    for sched in grid["schedules"]:  # every GenConfig of the grid is valid before any work starts
+        for steps in grid["steps"]:
+            for sampler in grid["samplers"]:
+                for order in grid["orders"]:
+                    gen_config(cc, sched, steps, sampler, order)
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    from metrics import unigram_entropy
+
+    hf_logging.disable_progress_bar()
+    if cc.threads:
+        torch.set_num_threads(cc.threads)
+    model, tokenizer, cfg, judge, judge_name, plen, blocks = load(cc)
+    # 1. the reference: the true continuations of the same prompts; 2. every configuration continues them
+    ref_entropy = unigram_entropy(blocks[:, 1 + plen:-1].tolist())
+    ref = {"kind": "held-out", "schedule": "(held-out)", "steps": 0, "sampler": "-", "order": "-",
+           **score(blocks, plen, tokenizer, judge, ref_entropy, 0.0), "forward_passes": 0}
+    rows, orders = run_grid(cc, grid, model, tokenizer, judge, plen, blocks, ref_entropy)
     # 3. outputs
-    print(f"{len(blocks)} held-out prompts of {plen} tokens from {cc.checkpoint}, {n_gen} tokens generated each; "
-          f"held-out continuations: unigram entropy {ref_entropy:.2f} bits")
+    print(f"{len(blocks)} held-out prompts of {plen} tokens from {cc.checkpoint}, {cfg.max_len - 2 - plen} tokens "
+          f"generated each; held-out continuations: unigram entropy {ref_entropy:.2f} bits")
     print(format_table(ref, rows, judge_name))
+    write_outputs(cc, grid, ref, rows, orders, plen, judge_name)
+    return 0
+
+
+def write_outputs(cc: CompareConfig, grid: dict, ref: dict, rows: list[dict], orders: dict, plen: int,
+                  judge_name: str) -> None:
+    tag = os.path.basename(os.path.normpath(cc.checkpoint))
+    paths = {k: os.path.join(cc.out_dir, f"{name}_{tag}.{ext}") for k, name, ext in (
+        ("csv", "schedule_comparison", "csv"), ("json", "schedule_comparison", "json"),
+        ("quality", "schedule_quality", "png"), ("order", "schedule_decoding_order", "png"))}
     os.makedirs(cc.out_dir, exist_ok=True)
+    columns = list(dict.fromkeys(k for r in [ref] + rows for k in r))
     with open(paths["csv"], "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w = csv.DictWriter(f, fieldnames=columns)
         w.writeheader()
         for r in [ref] + rows:
             w.writerow({k: (round(v, 5) if isinstance(v, float) else v) for k, v in r.items()})
@@ -294,18 +340,15 @@ def main(argv=None) -> int:
                  paths["quality"])
     plot_orders(orders, plen, f"Decoding order: {cc.heatmap_sampler}, {cc.plot_order} order, "
                               f"{cc.heatmap_steps} steps ({tag})", paths["order"])
-
     print("\nper schedule (" + cc.plot_order + " order, mean over samplers and step counts):")
     for sched in grid["schedules"]:
         sel = [r for r in rows if r["schedule"] == sched and r["order"] == cc.plot_order]
-        mean = {k: sum(r[k] for r in sel) / len(sel) for k in ("pll_nats", "distinct_2", "rep_4")}
-        r = orders[sched][1]
+        mean = {k: sum(r[k] for r in sel) / len(sel) for k in ("pll_nats", "distinct_2", "repeated_4gram")}
         print(f"  {sched:<12} PLL {mean['pll_nats']:.2f} (held-out {ref['pll_nats']:.2f})  distinct-2 "
-              f"{mean['distinct_2']:.3f} (held-out {ref['distinct_2']:.3f})  rep-4 {mean['rep_4']:.3f}  "
-              f"order corr(position, step) at {cc.heatmap_steps} steps {r:+.2f}")
+              f"{mean['distinct_2']:.3f} (held-out {ref['distinct_2']:.3f})  rep-4 {mean['repeated_4gram']:.3f}  "
+              f"order corr(position, step) at {cc.heatmap_steps} steps {orders[sched][1]:+.2f}")
     for key in ("csv", "json", "quality", "order"):
         print(f"wrote {paths[key]}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ import torch
 
 import modeling
 from conftest import CACHE, ROOT
-from config import TrainConfig, UsageError, cli
+from cli import UsageError, cli
+from config import TrainConfig
 
 # ---------------------------------------------------------------------------------------------
 # Masked-only LM head == full head (fp32)

@@ -2,7 +2,6 @@
 requests at once both finish, and a bad request shows a message while the next one still works.
 The server runs the tiny run's model and AR baseline on a free port of 127.0.0.1."""
 
-import dataclasses
 import os
 import re
 import shutil
@@ -12,9 +11,11 @@ import tempfile
 import pytest
 import torch
 
-import config
+import cli
 import demo
-from config import DemoConfig, GenConfig, UsageError
+from cli import UsageError
+from config import GenConfig
+from demo import DemoConfig
 from diffusion import mask_counts
 from visualize import MASK_GLYPH, canvas_html
 
@@ -31,8 +32,14 @@ def expected_passes(schedule: str, n: int, steps: int) -> int:
 
 
 def settings(**over) -> list:
-    """The page's settings in page order: GenConfig's defaults with `over` applied."""
+    """The page's settings in page order (the API's): GenConfig's defaults with `over` applied."""
     return [over.get(f.name, f.default) for f in demo.page_fields()]
+
+
+def page(mode="prompt", text="", **over) -> dict:
+    """One request's values by name, as the page's handler receives them."""
+    return {"mode": mode, "prompt": text if mode == "prompt" else "", "template": text if mode == "template" else "",
+            **{f.name: over.get(f.name, f.default) for f in demo.page_fields()}}
 
 
 def free_port() -> int:
@@ -46,12 +53,13 @@ def free_port() -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-def test_page_has_a_control_per_generation_field():
-    names = {f.name for f in demo.page_fields()}
-    assert names == {f.name for f in dataclasses.fields(GenConfig)} - set(demo.PAGE_SKIP)
-    assert {"steps", "schedule", "sampling", "k", "p", "temperature", "order", "order_noise", "remdm", "cfg",
-            "stop_at_eos", "decode", "threshold",
-            "block_size", "seed", "length"} <= names
+def test_page_values_are_read_by_name_not_position():
+    values = page("prompt", "x", steps=3, k=7)
+    shuffled = dict(reversed(list(values.items())))
+    assert demo.page_config(shuffled, max_tokens=1024) == demo.page_config(values, max_tokens=1024)
+    del values["steps"]
+    with pytest.raises(UsageError, match="missing settings: steps"):
+        demo.page_config(values, max_tokens=1024)
 
 
 @pytest.mark.parametrize("mode,text,over,message", [
@@ -66,12 +74,12 @@ def test_page_has_a_control_per_generation_field():
 ])
 def test_bad_page_values_are_one_line(mode, text, over, message):
     with pytest.raises(UsageError) as e:
-        demo.page_config(mode, text, settings(**over), max_tokens=1024)
+        demo.page_config({**page(text=text, **over), "mode": mode}, max_tokens=1024)
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
 def test_page_values_become_a_gen_config():
-    gc = demo.page_config("template", "A [MASK:2] b", settings(steps=3.0, k="7", seed=5), max_tokens=1024)
+    gc = demo.page_config(page("template", "A [MASK:2] b", steps=3.0, k="7", seed=5), max_tokens=1024)
     assert (gc.template, gc.prompt, gc.steps, gc.k, gc.seed, gc.num_samples) == ("A [MASK:2] b", "", 3, 7, 5, 1)
 
 
@@ -89,7 +97,8 @@ def test_canvas_html_marks_each_kind(tiny_model):
 
 
 def test_ar_generate_is_ar_steps_collected(tiny_model, tiny_baseline):
-    from decoding import ar_generate, ar_steps, banned_ids
+    from decoding import ar_generate, ar_steps
+    from tokens import banned_ids
     from modeling import load_baseline
 
     _, tok, cfg = tiny_model
@@ -110,7 +119,7 @@ def test_only_loopback_counts_as_local(host, loopback):
 def test_missing_or_incomplete_checkpoint_is_one_line_before_serving(tmp_path, capsys):
     port = free_port()
     for path, message in ((tmp_path / "missing", "no checkpoint"), (tmp_path, "incomplete checkpoint")):
-        assert config.cli(demo.main, ["--checkpoint", str(path), "--port", str(port)]) == 2
+        assert cli.cli(demo.main, ["--checkpoint", str(path), "--port", str(port)]) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"error: {message}") and "python train.py --quick-test" in err and err.count("\n") == 1
     with socket.socket() as s:  # nothing was started on the port
@@ -122,7 +131,7 @@ def test_busy_port_is_one_line(tiny_run, tiny_baseline, capsys):
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        code = config.cli(demo.main, ["--checkpoint", tiny_run[1], "--baseline", tiny_baseline, "--port", str(port)])
+        code = cli.cli(demo.main, ["--checkpoint", tiny_run[1], "--baseline", tiny_baseline, "--port", str(port)])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith(f"error: cannot serve on 127.0.0.1:{port}") and err.count("\n") == 1
 

@@ -334,9 +334,9 @@ def test_monitor_reads_a_local_run_without_python(tiny_run, tmp_path):
     (stopped / "progress.txt").write_text("\n".join(lines[:-1]) + "\n")  # no "saved ... final-model" line
     res = subprocess.run(["./monitor_training.sh", "--dir", str(stopped)], cwd=ROOT, capture_output=True, text=True)
     assert res.returncode == 1 and res.stdout.splitlines()[-1].startswith("status: stopped")
-    import trainer
+    import runs
 
-    lock = trainer.FolderLock(str(stopped))
+    lock = runs.FolderLock(str(stopped))
     try:
         res = subprocess.run(["./monitor_training.sh", "--dir", str(stopped)], cwd=ROOT, capture_output=True, text=True)
         assert res.returncode == 3 and res.stdout.splitlines()[-1].startswith("status: running")

@@ -129,3 +129,48 @@ def test_project_index_lists_every_file_and_is_the_only_file_list():
     assert not missing, f"PROJECT_INDEX.md does not list {missing}"
     for doc in ("README.md", "PROJECT_SUMMARY.md"):
         assert "(PROJECT_INDEX.md)" in read(doc), doc
+
+
+@functools.lru_cache(maxsize=None)
+def code_text() -> str:
+    """Every tracked source and shell file but this one, the tracked paths, and every script's
+    --help: where a name a doc mentions can exist."""
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    files = [f for f in tracked if (f.endswith((".py", ".sh")) or f == ".ci/run") and f != "tests/test_docs.py"]
+    scripts = [f for f in tracked if f.endswith(".py") and not f.startswith("tests/") and "__main__" in read(f)]
+    return "\n".join([read(f) for f in files] + tracked + [help_text(f) for f in scripts])
+
+
+def looks_like_code(word: str) -> bool:
+    """snake_case, CamelCase or CONSTANT_CASE: a word a reader would search the code for."""
+    return bool(re.fullmatch(r"[A-Za-z]\w*", word)) and (
+        "_" in word.strip("_") or re.fullmatch(r"[A-Z][a-z0-9]+[A-Z]\w*", word) is not None
+        or re.fullmatch(r"[A-Z][A-Z0-9]{2,}", word) is not None)
+
+
+OTHER_PROGRAMS = ("ssh", "rsync", "torchrun", "accelerate", ".venv/bin/accelerate", "pip", "apt-get", "git")
+OTHER_FLAGS = {"--mkpath", "--nnodes", "--node_rank", "--master_addr", "--master_port"}  # rsync's and torchrun's
+OTHER_NAMES = {"NCCL_DEBUG"}  # NCCL's environment variable
+
+
+@pytest.mark.parametrize("doc", existing_docs())
+def test_every_name_in_code_font_exists_somewhere(doc):
+    """A name a doc puts in `code font` (a module constant, tokens.bos_eos, --order-noise) must
+    exist in some form: in a source or shell file, among the tracked paths, or among some
+    script's flags. Catches docs that keep naming what a refactor removed. Values and metavars
+    (`--prompt TEXT`, `X=VALUE`) and other programs' command lines are not names."""
+    code = code_text()
+    text = re.sub(r"```.*?```", "", read(doc), flags=re.S)  # command blocks: test_commands_name_real_scripts_and_flags
+    missing = set()
+    for span in re.findall(r"`([^`\n]+)`", text):
+        if span.split()[0] in OTHER_PROGRAMS:
+            continue
+        for flag in set(re.findall(r"(?<![\w-])--[a-z][a-z0-9_-]*", span)) - OTHER_FLAGS:
+            if not re.search(rf"--(no-)?{re.escape(flag[2:].removeprefix('no-'))}\b", code):
+                missing.add(flag)
+        names = re.sub(r"(=|--[\w-]+ )[^\s,;)]*", " ", span)  # drop values and metavars
+        names = re.sub(r"(?<![\w-])--[\w-]+", " ", names)  # and the flags checked above
+        for word in set(re.findall(r"[A-Za-z_][\w]*", names)) - OTHER_NAMES:
+            if looks_like_code(word) and not re.search(rf"\b{re.escape(word)}\b", code):
+                missing.add(word)
+    assert not missing, f"{doc} names what exists nowhere in the code: {sorted(missing)}"

@@ -10,12 +10,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+import cli
 import baseline_ar
 import evaluate as E
 import modeling
 import report
 from config import UsageError
-from diffusion import elbo_terms, protected_positions, special_token_ids, stratified_ks
+from diffusion import elbo_terms, protected_positions, stratified_ks
+from tokens import special_token_ids
 from metrics import causal_token_nll, held_out_likelihood
 
 # ---------------------------------------------------------------------------------------------
@@ -273,17 +275,14 @@ def test_train_eval_and_evaluate_report_one_estimator(tiny_run, tmp_path):
     (["--prefix", "40"], "--prefix"),
 ])
 def test_evaluate_errors_are_one_line(tiny_run, tmp_path, capsys, extra, message):
-    import config
-
     out = tmp_path / "eval"
-    code = config.cli(E.main, ["--checkpoint", tiny_run[1], "--out-dir", str(out), *extra])
+    code = cli.cli(E.main, ["--checkpoint", tiny_run[1], "--out-dir", str(out), *extra])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1
     assert not out.exists()  # nothing half-written
 
 
 def test_baseline_errors_are_one_line(tmp_path, capsys):
-    import config
-
-    assert config.cli(baseline_ar.main, ["--checkpoint", str(tmp_path / "missing")]) == 2
-    assert capsys.readouterr().err.startswith("error: no checkpoint")
+    out = tmp_path / "ar"
+    assert cli.cli(baseline_ar.main, ["--checkpoint", str(tmp_path / "missing"), "--output-dir", str(out)]) == 2
+    assert capsys.readouterr().err.startswith("error: no checkpoint") and not out.exists()

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from config import cli
+from cli import cli
 from decoding import Step
 from metrics import pseudo_log_likelihood
 

@@ -14,6 +14,10 @@ import time
 import pytest
 import torch
 
+import files
+import data_collator
+import runs
+import cli
 import config
 import generate
 import train
@@ -31,7 +35,7 @@ def tiny(out, **kw):
 def run_cli(main, argv, capsys):
     """(exit code, the error line): the last line of stderr (after the progress bar's carriage
     returns); anything like a traceback before it fails the test."""
-    code = config.cli(main, argv)
+    code = cli.cli(main, argv)
     err = capsys.readouterr().err
     assert "Traceback" not in err, err[-3000:]
     lines = err.replace("\r", "\n").strip().splitlines()
@@ -45,7 +49,7 @@ def popen(args):
 
 
 def losses(out) -> dict:
-    return {r["step"]: r["loss"] for r in trainer.read_metrics(str(out)) if "loss" in r}
+    return {r["step"]: r["loss"] for r in runs.read_metrics(str(out)) if "loss" in r}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -64,7 +68,7 @@ def straight(tmp_path_factory):
 def test_resume_draws_the_masks_an_uninterrupted_run_draws(straight, tmp_path):
     out = tmp_path / "resumed"
     assert train.main(tiny(out, max_steps=5, save_steps=5)) == 0
-    assert (out / "checkpoint-5" / trainer.COLLATOR_STATE).exists()
+    assert (out / "checkpoint-5" / data_collator.STATE_FILE).exists()
     assert train.main(["--resume", "--output-dir", str(out), "--max-steps", "12"]) == 0
     a, b = losses(straight), losses(out)
     assert sorted(b) == list(range(1, 13))  # one row per step: the first leg's rows are not repeated
@@ -82,12 +86,12 @@ def test_torn_log_and_broken_newest_checkpoint_resume_from_the_last_good_one(str
         f.truncate(100)
     with open(out / "metrics.jsonl", "a") as f:
         f.write('{"step": 13, "loss": 4.')  # a kill mid-write
-    assert trainer.last_complete_checkpoint(str(out)) == str(out / "checkpoint-5")
+    assert runs.last_complete_checkpoint(str(out)) == str(out / "checkpoint-5")
     said = capsys.readouterr().out
     assert "checkpoint-15: trainer_state.json is missing or damaged" in said
     assert "checkpoint-10: model.safetensors does not load" in said
     assert train.main(["--resume", "--output-dir", str(out), "--max-steps", "8"]) == 0
-    steps = [r["step"] for r in trainer.read_metrics(str(out)) if "loss" in r]
+    steps = [r["step"] for r in runs.read_metrics(str(out)) if "loss" in r]
     assert steps == list(range(1, 9))  # rows after the resumed step 5 (and the torn one) were dropped
     assert (out / "final-model" / "model.safetensors").exists()
 
@@ -101,10 +105,10 @@ def test_rotation_keeps_the_newest_good_checkpoints_by_step(straight, tmp_path):
     (out / "checkpoint-20" / "config.json").write_text("{")  # the newest is broken
     for i, step in enumerate((12, 10, 5, 3, 2, 1)):  # folder times in the opposite order of steps
         os.utime(out / f"checkpoint-{step}", (1000 + i, 1000 + i))
-    gone = trainer.rotate_checkpoints(str(out), keep=2)
+    gone = runs.rotate_checkpoints(str(out), keep=2)
     left = sorted(p.name for p in out.glob("checkpoint-*"))
     assert left == ["checkpoint-10", "checkpoint-12", "checkpoint-20"] and len(gone) == 4
-    assert trainer.last_complete_checkpoint(str(out), quiet=True) == str(out / "checkpoint-12")
+    assert runs.last_complete_checkpoint(str(out), quiet=True) == str(out / "checkpoint-12")
 
 
 def test_a_fresh_run_moves_the_previous_one_aside_and_resume_sticks_to_its_own(straight, tmp_path, capsys):
@@ -113,13 +117,13 @@ def test_a_fresh_run_moves_the_previous_one_aside_and_resume_sticks_to_its_own(s
     old = json.loads((out / "run.json").read_text())["run_id"]
     assert train.main(tiny(out, max_steps=3, save_steps=3)) == 0  # the README's quick test, run twice, just works
     assert "moved the previous run's outputs" in capsys.readouterr().out
-    prev = out / trainer.PREVIOUS
+    prev = out / runs.PREVIOUS
     assert (prev / "final-model" / "model.safetensors").exists() and (prev / "checkpoint-12").exists()
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3"]
     new = json.loads((out / "run.json").read_text())["run_id"]
     assert new != old and json.loads((out / "checkpoint-3" / "run.json").read_text())["run_id"] == new
     shutil.copytree(prev / "checkpoint-12", out / "checkpoint-12")  # another run's newer checkpoint creeps in
-    assert trainer.last_complete_checkpoint(str(out), new) == str(out / "checkpoint-3")
+    assert runs.last_complete_checkpoint(str(out), new) == str(out / "checkpoint-3")
     assert "belongs to another run" in capsys.readouterr().out
 
 
@@ -150,10 +154,10 @@ def test_a_second_run_into_the_same_folder_refuses_and_names_the_holder(tmp_path
 def test_divergence_stops_the_run_with_one_line_and_keeps_no_nan_model(tmp_path, capsys):
     out = tmp_path / "nan"
     code, err = run_cli(train.main, tiny(out, learning_rate=1e30, max_steps=20, save_steps=1), capsys)
-    assert code == 2
+    assert code == cli.EXIT_DIVERGED == 3  # not "bad input" (2): the flags were valid
     assert err.startswith("error: training diverged at step") and "lower --learning-rate" in err
     assert not (out / "final-model").exists()
-    last = trainer.last_complete_checkpoint(str(out), quiet=True)
+    last = runs.last_complete_checkpoint(str(out), quiet=True)
     if last is not None:  # whatever may be resumed holds finite weights
         from safetensors.torch import load_file
 
@@ -164,19 +168,71 @@ def test_ctrl_c_saves_a_checkpoint_and_the_run_resumes(tmp_path):
     out = tmp_path / "int"
     proc = popen(tiny(out, max_steps=100000, save_steps=100000, logging_steps=1))
     deadline = time.time() + 90
-    while not any("loss" in r and r["step"] >= 3 for r in trainer.read_metrics(str(out))):
+    while not any("loss" in r and r["step"] >= 3 for r in runs.read_metrics(str(out))):
         assert proc.poll() is None and time.time() < deadline, "no training step"
         time.sleep(0.1)
     proc.send_signal(signal.SIGINT)
     log, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, log[-2000:]
     assert "Traceback" not in log and "stopped by Ctrl-C at step" in log
-    last = trainer.last_complete_checkpoint(str(out), quiet=True)
+    last = runs.last_complete_checkpoint(str(out), quiet=True)
     step = int(last.rsplit("-", 1)[1])
     assert step >= 3
     resumed = subprocess.run([sys.executable, "train.py", "--resume", "--output-dir", str(out), "--max-steps",
                               str(step + 2)], cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert resumed.returncode == 0 and (out / "final-model").exists(), resumed.stdout[-2000:]
+
+
+# ---------------------------------------------------------------------------------------------
+# The AR baseline's run goes through the same lifecycle (runs.RunFolder)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def long_run(tmp_path_factory):
+    """A finished 60-step diffusion run, checkpoints every 10: an AR baseline trains as long."""
+    out = tmp_path_factory.mktemp("long")
+    assert train.main(tiny(out, max_steps=60, save_steps=10, eval_steps=30)) == 0
+    return out
+
+
+def test_baseline_refuses_a_second_run_and_a_diffusion_runs_folder(long_run, tmp_path, capsys):
+    import baseline_ar
+
+    final = str(long_run / "final-model")
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    lock = runs.FolderLock(str(busy))  # another run holds the folder
+    try:
+        code, err = run_cli(baseline_ar.main, ["--checkpoint", final, "--output-dir", str(busy)], capsys)
+    finally:
+        lock.release()
+    assert code == 2 and "is in use by another training run (pid" in err and not (busy / "final-model").exists()
+    before = (long_run / "metrics.jsonl").read_text()
+    code, err = run_cli(baseline_ar.main, ["--checkpoint", final, "--output-dir", str(long_run)], capsys)
+    assert code == 2 and "holds a diffusion run" in err
+    assert (long_run / "metrics.jsonl").read_text() == before and (long_run / "final-model" / "model.safetensors").exists()
+
+
+def test_baseline_resumes_after_a_kill(long_run, tmp_path):
+    out = tmp_path / "ar"
+    proc = subprocess.Popen([sys.executable, "baseline_ar.py", "--checkpoint", str(long_run / "final-model"),
+                             "--output-dir", str(out)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    deadline = time.time() + 120
+    while runs.last_complete_checkpoint(str(out), quiet=True) is None:
+        assert proc.poll() is None and time.time() < deadline, "no checkpoint before the run ended"
+        time.sleep(0.05)
+    proc.kill()  # SIGKILL: no handler runs, whatever was being written stays as it was
+    proc.wait()
+    assert not (out / "final-model").exists()
+    killed_at = int(runs.last_complete_checkpoint(str(out), quiet=True).rsplit("-", 1)[1])
+    assert killed_at < 60
+    resumed = subprocess.run([sys.executable, "baseline_ar.py", "--resume", "--output-dir", str(out)], cwd=ROOT,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    assert f"resuming {out}/checkpoint-" in resumed.stdout and (out / "final-model" / "model.safetensors").exists()
+    steps = [r["step"] for r in runs.read_metrics(str(out)) if "loss" in r]
+    assert steps == list(range(1, 61))  # every step once: the killed run's rows after its checkpoint were dropped
 
 
 def test_a_full_disk_while_saving_is_one_line(tmp_path, capsys, monkeypatch):
@@ -234,7 +290,7 @@ def test_a_torn_generations_line_does_not_swallow_the_next_record(tiny_run, tmp_
     assert generate.main(["--checkpoint", tiny_run[1], "--steps", "2", "--out", str(log)]) == 0
     lines = log.read_text().splitlines()
     assert len(lines) == 2 and json.loads(lines[1])["config"]["steps"] == 2
-    assert len(config.read_jsonl(str(log))) == 1
+    assert len(files.read_jsonl(str(log))) == 1
 
 
 def test_animation_of_several_blocks(tiny_run, tmp_path):

@@ -49,12 +49,46 @@ def test_schedule_shapes_differ():
 # ---------------------------------------------------------------------------------------------
 
 
-def test_registries_are_the_flag_choices():
+def test_flag_choices_are_the_registries_read_from_source():
+    """--help lists a registry's keys without importing decoding (torch): read from the dict
+    literal in the source, which must be the dict the loop uses."""
     import config
 
-    assert tuple(D.SAMPLERS) == config.SAMPLER_NAMES == config.CHOICES["GenConfig"]["sampling"]
-    assert tuple(D.ORDERS) == config.ORDER_NAMES == config.CHOICES["GenConfig"]["order"]
-    assert D.REMDM == config.REMDM_NAMES == config.CHOICES["GenConfig"]["remdm"]
+    for module, name in (("decoding", "SAMPLERS"), ("decoding", "ORDERS"), ("decoding", "REMDM"),
+                         ("decoding", "DECODES"), ("diffusion", "SCHEDULES"), ("modeling", "SCRATCH_ARCHS")):
+        live = tuple(getattr(__import__(module), name))
+        assert config.source_keys(module, name) == live and config.Registry(module, name)() == live
+
+
+def test_a_new_sampler_is_one_registry_entry(monkeypatch, tiny_model):
+    """A sampler with its own parameter: one Rule naming the GenConfig field it reads. It becomes a
+    valid --sampling choice, the loop passes it that field, setting_of records it and describe
+    words it; nothing else changes."""
+    model, tok, cfg = tiny_model
+    seen = []
+
+    def first_choice(logits, g, temperature, k):  # reads temperature and k, as topk does
+        seen.append(k)
+        return logits.topk(k, -1).indices[:, 0]
+
+    monkeypatch.setitem(D.SAMPLERS, "first-of-k", D.Rule(first_choice, ("temperature", "k"), "first of {k}"))
+    gc = GenConfig(sampling="first-of-k", k=3, steps=2, length=6, out="")
+    ids, _, _ = D.generate(model, tok, gc, cfg.max_len, torch.Generator().manual_seed(0))
+    assert ids.shape == (1, 6) and seen == [3, 3]
+    assert D.setting_of(gc)["k"] == 3 and "p" not in D.setting_of(gc)
+    assert D.describe(gc).startswith("first of 3; linear, 2 steps")
+    with pytest.raises(UsageError, match="--sampling must be one of"):
+        GenConfig(sampling="no-such-sampler")
+
+
+def test_setting_of_keeps_only_the_fields_the_chosen_rules_read():
+    base = D.setting_of(GenConfig())
+    assert base["p"] == 0.95 and "k" not in base and base["order_noise"] == 8.0 and "threshold" not in base
+    random = D.setting_of(GenConfig(order="random"))
+    assert "order_noise" not in random  # the random order reads no noise
+    thr = D.setting_of(GenConfig(decode="threshold", sampling="greedy"))
+    assert thr["threshold"] == 0.9 and not {"steps", "order", "order_noise", "temperature", "p"} & set(thr)
+    assert D.sampler_setting(GenConfig(sampling="topk", k=7)) == {"sampling": "topk", "temperature": 0.9, "k": 7}
 
 
 def logits_fixture(N=64, V=30, seed=0):
@@ -66,7 +100,7 @@ def test_greedy_is_argmax_and_temperature_zero_is_greedy():
     g = torch.Generator().manual_seed(0)
     assert torch.equal(D.greedy(lg, g), lg.argmax(-1))
     for name in ("topk", "nucleus"):
-        assert torch.equal(D.SAMPLERS[name](lg, g, temperature=0.0, k=5, p=0.5), lg.argmax(-1))
+        assert torch.equal(D.sample(lg, g, GenConfig(sampling=name, temperature=0.0, k=5, p=0.5)), lg.argmax(-1))
 
 
 def test_topk_never_outside_top_k():
@@ -101,9 +135,9 @@ def test_temperature_sharpens():
 
 def test_samplers_are_seeded():
     lg = logits_fixture()
-    a = D.nucleus(lg, torch.Generator().manual_seed(9), p=0.9)
-    b = D.nucleus(lg, torch.Generator().manual_seed(9), p=0.9)
-    c = D.nucleus(lg, torch.Generator().manual_seed(10), p=0.9)
+    a = D.nucleus(lg, torch.Generator().manual_seed(9), temperature=1.0, p=0.9)
+    b = D.nucleus(lg, torch.Generator().manual_seed(9), temperature=1.0, p=0.9)
+    c = D.nucleus(lg, torch.Generator().manual_seed(10), temperature=1.0, p=0.9)
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
@@ -121,11 +155,11 @@ def probs_fixture():
 def test_orders_rank_predictions_as_defined():
     p, tok = probs_fixture()
     g = torch.Generator().manual_seed(0)
-    conf = D.ORDERS["low-confidence"](p, tok, g)
+    conf = D.ORDERS["low-confidence"].fn(p, tok, g)
     assert torch.allclose(conf.exp(), torch.tensor([0.7, 0.5, 0.45], dtype=torch.float64))
-    margin = D.ORDERS["margin"](p, tok, g)
+    margin = D.ORDERS["margin"].fn(p, tok, g)
     assert torch.allclose(margin.exp(), torch.tensor([0.5, 0.3, 0.0], dtype=torch.float64), atol=1e-7)
-    ent = D.ORDERS["entropy"](p, tok, g)  # negative entropy: the peaked first row ranks first
+    ent = D.ORDERS["entropy"].fn(p, tok, g)  # negative entropy: the peaked first row ranks first
     assert ent.argsort(descending=True).tolist() == [0, 2, 1]
     assert conf.argsort(descending=True).tolist() == [0, 1, 2]
 
@@ -440,7 +474,7 @@ def test_canvas_errors(tiny_model):
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
-    from config import cli
+    from cli import cli
 
     assert cli(G.main, ["--checkpoint", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err.strip()

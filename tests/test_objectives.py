@@ -80,9 +80,9 @@ def test_antithetic_levels_are_balanced_and_batch_means_steady():
     # batch of B uniform rates on (m, 1] its sd is (1-m)/sqrt(12 B) independently, and (1-m)/(B sqrt 12)
     # antithetically (the whole batch moves with one u of range 1/B)
     B, m = 16, 0.05
-    spread = {a: float(torch.stack([rates("linear", a, n=B, seed=s).mean() for s in range(400)]).std()) for a in (0, 1)}
-    assert spread[0] == pytest.approx((1 - m) / math.sqrt(12 * B), rel=0.15)
-    assert spread[1] == pytest.approx((1 - m) / (B * math.sqrt(12)), rel=0.15)
+    spread = {a: float(torch.stack([rates("linear", a, n=B, seed=s).mean() for s in range(400)]).std()) for a in (False, True)}
+    assert spread[False] == pytest.approx((1 - m) / math.sqrt(12 * B), rel=0.15)
+    assert spread[True] == pytest.approx((1 - m) / (B * math.sqrt(12)), rel=0.15)
 
 
 def test_antithetic_needs_per_sample_rates():
@@ -273,7 +273,8 @@ def test_weighting_starts_at_its_step():
 
 
 def test_every_objective_is_a_valid_distinct_train_config():
-    from config import parse, train_presets
+    from cli import parse
+    from config import train_presets
 
     seen = set()
     for name, over in OS.OBJECTIVES.items():
@@ -288,7 +289,8 @@ def test_every_objective_is_a_valid_distinct_train_config():
 
 
 def test_scaled_runs_multiply_steps_and_intervals():
-    from config import QUICK_TEST, StudyConfig
+    from config import QUICK_TEST
+    from objective_study import StudyConfig
 
     argv = OS.train_argv("mdlm", 4, StudyConfig(out_dir="/tmp/x"))
     flags = dict(zip(argv[::1], argv[1::1]))

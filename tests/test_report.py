@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+import cli
 import report
 from conftest import ROOT
 
@@ -18,7 +19,9 @@ DEFAULT = dict(prompt="", schedule="linear", sampling="topk", k=50, p=0.9, tempe
 
 
 def row(name, model, settings, gen_ppl, entropy, rep=0.01, d2=0.8, seconds=0.01, passes=10):
-    return {"name": name, "model": model, "settings": settings, "gen_ppl": gen_ppl, "unigram_entropy": entropy,
+    label = "; ".join(f"{k} {v}" for k, v in settings.items())  # decoding.describe's words, as recorded
+    return {"name": name, "model": model, "settings": settings, "label": label, "gen_ppl": gen_ppl,
+            "unigram_entropy": entropy,
             "distinct_1": 0.5, "distinct_2": d2, "repeated_4gram": rep, "seconds_per_sample": seconds,
             "forward_passes": passes, "samples": 16, "texts": ["a b c"]}
 
@@ -33,7 +36,7 @@ def result(**over):
         row("c", "diffusion", {**DEFAULT, "steps": 32}, 50.0, 4.0, rep=0.05, d2=0.3, passes=32),
         row("d", "diffusion", {**DEFAULT, "order": "random"}, 210.0, 6.7, rep=0.001, d2=0.79),
         row("e", "diffusion", {**DEFAULT, "decode": "threshold"}, 90.0, 5.0, passes=62),
-        row("ar-1", "AR", {k: DEFAULT[k] for k in report.SAMPLER_FIELDS}, 28.0, 7.3, rep=0.0, passes=62),
+        row("ar-1", "AR", {k: DEFAULT[k] for k in ("sampling", "k", "temperature")}, 28.0, 7.3, rep=0.0, passes=62),
     ]
     r = {"held_out": {"scored_tokens": 42096, "scored_bytes": 180000, "blocks": 679, "prefix": 0, "draws": 8,
                       "diffusion": {"nats_per_token": 6.086, "nats_stderr": 0.011, "perplexity": 439.8,
@@ -127,12 +130,10 @@ def test_render_needs_no_torch(tmp_path):
 
 @pytest.mark.parametrize("content,msg", [(None, "no "), ("{not json", "not valid JSON"), ('{"a": 1}', "not an evaluate.py")])
 def test_bad_evaluation_file_is_one_line(tmp_path, capsys, content, msg):
-    import config
-
     path = tmp_path / "e.json"
     if content is not None:
         path.write_text(content)
-    assert config.cli(report.main, ["--evaluation", str(path), "--out", str(tmp_path / "r.md")]) == 2
+    assert cli.cli(report.main, ["--evaluation", str(path), "--out", str(tmp_path / "r.md")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and msg in err and err.count("\n") == 1 and not (tmp_path / "r.md").exists()
 
