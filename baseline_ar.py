@@ -52,7 +52,7 @@ def ar_trainer(prefix: int, **kw):
 
     from diffusion import protected_positions
     from metrics import ar_held_out_nll
-    from tokens import special_token_ids
+    from tokens import never_masked_ids
 
     class ARTrainer(Trainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -65,7 +65,7 @@ def ar_trainer(prefix: int, **kw):
 
         def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
             blocks = torch.as_tensor(self.eval_dataset[:]["input_ids"])  # [M, L]
-            protected = protected_positions(blocks, special_token_ids(self.processing_class),
+            protected = protected_positions(blocks, never_masked_ids(self.processing_class),
                                             torch.full((len(blocks),), prefix, dtype=torch.long))  # [M, L]
             was_training = self.model.training
             self.model.eval()

@@ -12,7 +12,7 @@ import os
 import torch
 
 from diffusion import mask_tokens, prefix_lengths, protected_positions, realized_rates, sample_rates
-from tokens import special_token_ids
+from tokens import never_masked_ids
 
 STATE_FILE = "collator_state.pt"  # saved in every checkpoint (trainer.DiffusionTrainer._save)
 
@@ -36,7 +36,7 @@ class DiffusionCollator:
         self.cfg = cfg
         self.mask_id = tokenizer.mask_token_id
         self.pad_id = tokenizer.pad_token_id
-        self.special_ids = special_token_ids(tokenizer)
+        self.never_masked = never_masked_ids(tokenizer)
         self.seed = cfg.seed if seed is None else seed
         self.g = torch.Generator().manual_seed(self.seed)
         self._worker = None
@@ -85,7 +85,7 @@ class DiffusionCollator:
         self.calls += 1
         ids = torch.stack([torch.as_tensor(f["input_ids"]) for f in features])  # [B, L]
         prefix = prefix_lengths(len(ids), self.cfg.prefix_mode, self.cfg.prefix_len, g)  # [B]
-        protected = protected_positions(ids, self.special_ids, prefix)  # [B, L]
+        protected = protected_positions(ids, self.never_masked, prefix)  # [B, L]
         rates = sample_rates(len(ids), self.cfg, g)  # [B]
         inputs, labels = mask_tokens(ids, rates, protected, self.mask_id, g)
         # the rate each row was masked at, rounded to its whole count k/n: the t of the 1/t weight

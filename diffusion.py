@@ -11,7 +11,9 @@ One noise schedule serves training and generation (as in MaskGIT / MDLM):
 
 Masking (pure functions, explicit generators):
     prefix_lengths(n, mode, prefix_len, g)              -> [n] prompt tokens kept visible
-    protected_positions(ids, special_ids, prefix)       -> [B, L] bool, never masked
+    protected_positions(ids, never_masked, prefix)      -> [B, L] bool, never masked nor scored:
+                           the frame (<s> first, the closing </s> last), <pad> and the like, the prefix;
+                           a </s> inside the block (a document's end, or padding after it) is text
     mask_tokens(ids, rates, protected, mask_id, g)      -> (inputs, labels)
     realized_rates(labels, protected)                   -> [B] k/n actually masked (the 1/t weight's t)
 
@@ -25,7 +27,7 @@ import math
 
 import torch
 
-from tokens import special_token_ids
+from tokens import never_masked_ids
 
 IGNORE = -100  # label of positions that carry no loss
 
@@ -105,13 +107,19 @@ def prefix_lengths(n: int, mode: str, prefix_len: int, g: torch.Generator) -> to
     return torch.randint(prefix_len + 1, (n,), generator=g)  # variable: uniform in [0, prefix_len]
 
 
-def protected_positions(ids: torch.Tensor, special_ids: list[int], prefix: torch.Tensor) -> torch.Tensor:
-    """[B, L] True where a token must never be masked: special/padding tokens and the prefix.
-    The prefix counts content tokens after the leading <s>, as a prompt does at generation."""
+def protected_positions(ids: torch.Tensor, never_masked: list[int], prefix: torch.Tensor) -> torch.Tensor:
+    """[B, L] True where a token is never masked, so never predicted nor scored: the block's frame
+    (position 0, <s>, and position L-1, the closing </s>: every training block and every generation
+    canvas has both), tokens in never_masked (tokens.never_masked_ids: <pad>, <unk>, ...) and the
+    prefix. The prefix counts content tokens after the leading <s>, as a prompt does at generation.
+    A </s> anywhere else is a document's end (or padding after it): masked and scored like text.
+    The collator, level_losses, elbo_estimate, the AR baseline's held-out NLL and the experiments
+    all use this one definition."""
     B, L = ids.shape
-    special = torch.isin(ids, torch.tensor(special_ids, device=ids.device))  # [B, L]
+    special = torch.isin(ids, torch.tensor(never_masked, dtype=ids.dtype, device=ids.device))  # [B, L]
     pos = torch.arange(L, device=ids.device).expand(B, L)  # [B, L]
-    return special | (pos <= prefix.to(ids.device)[:, None])  # position 0 is <s>
+    frame = (pos == 0) | (pos == L - 1)  # [B, L] <s> ... </s>
+    return special | frame | (pos <= prefix.to(ids.device)[:, None])
 
 
 def mask_tokens(ids: torch.Tensor, rates: torch.Tensor, protected: torch.Tensor, mask_id: int,
@@ -175,7 +183,7 @@ def level_losses(model, batches, tokenizer, cfg, levels: list[float], seed: int 
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    special = special_token_ids(tokenizer)
+    special = never_masked_ids(tokenizer)
     out = {}
     for i, level in enumerate(levels):
         g = torch.Generator().manual_seed(seed + i)
@@ -227,14 +235,14 @@ def elbo_terms(model, ids: torch.Tensor, protected: torch.Tensor, mask_id: int, 
 @torch.no_grad()
 def elbo_estimate(model, blocks: torch.Tensor, tokenizer, prefix: int, draws: int, batch_size: int,
                   g: torch.Generator, precision: str = "auto", progress: bool = False) -> dict:
-    """The held-out NLL bound over blocks [M, L]: every content token after `prefix` is scored,
-    special tokens are conditioned on. Returns nats per scored token with its Monte Carlo
+    """The held-out NLL bound over blocks [M, L]: every position protected_positions leaves open is
+    scored (content after `prefix`, document-ending </s> included); the frame is conditioned on. Returns nats per scored token with its Monte Carlo
     standard error, perplexity, and the per-block terms' totals (for bits per byte)."""
     from tqdm import tqdm
 
     was_training = model.training
     model.eval()
-    special = special_token_ids(tokenizer)
+    special = never_masked_ids(tokenizer)
     per_batch = max(1, batch_size // draws)
     bound, mc_var, n_tok = [], [], 0
     starts = range(0, len(blocks), per_batch)
@@ -263,7 +271,7 @@ def show_predictions(model, ids: torch.Tensor, tokenizer, rates=(0.15, 0.5, 0.9)
     model.eval()
     device = next(model.parameters()).device
     g = torch.Generator().manual_seed(seed)
-    protected = protected_positions(ids[None], special_token_ids(tokenizer), torch.zeros(1, dtype=torch.long))
+    protected = protected_positions(ids[None], never_masked_ids(tokenizer), torch.zeros(1, dtype=torch.long))
     out = []
     for rate in rates:
         inputs, labels = mask_tokens(ids[None], torch.tensor([rate]), protected, tokenizer.mask_token_id, g)

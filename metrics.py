@@ -5,13 +5,16 @@ Text statistics (torch-free), each a function in SAMPLE_METRICS, the registry ev
     repeated_ngram_rate(samples, n)   share of n-grams that already occurred earlier in the same sample
     unigram_entropy(samples)          entropy (bits) of the pooled token distribution
     top_word_share(texts)             the most frequent word and its share of all words
+    text_ends(rows, eos)              where text ends: share of rows holding a </s>, tokens before it
 A new statistic is one entry in SAMPLE_METRICS: sample_quality computes it for every row of
 evaluate.py, the experiments and report.py's tables.
 
 The evaluation protocol (evaluate.py, the experiments, bench.py):
     reference_row(val, tokenizer, n, scorer)      held-out text of the samples' length, the reference
+                                                  (with text_ends of its blocks)
     diffusion_row(model, tokenizer, gc, window, scorer)   one generation setting: samples, numbers,
-                                                  its settings (decoding.setting_of) and words (describe)
+                                                  its settings (decoding.setting_of) and words (describe);
+                                                  with --stop-at-eos each sample cut at its </s>, and text_ends
     ar_row(ar, tokenizer, gc, length, n, scorer)  the AR baseline's own samples with the same sampler
     machine()                                     the facts of the machine the numbers were taken on
 
@@ -139,6 +142,18 @@ def score_texts(scorer, scorer_tok, texts: list[str], batch_size: int) -> tuple[
     return nats, count
 
 
+def text_ends(rows: list[list[int]], eos: int) -> dict:
+    """Where text ends in rows of generated (or held-out content) tokens: the share of rows that
+    hold a </s> (text that ends inside the window), and the tokens before each row's first one."""
+    import statistics
+
+    lengths = [row.index(eos) for row in rows if eos in row]
+    quartiles = statistics.quantiles(lengths, n=4, method="inclusive") if len(lengths) > 1 else lengths * 3
+    return {"rows": len(rows), "ended": len(lengths), "share_ended": len(lengths) / len(rows) if rows else 0.0,
+            "median_length": statistics.median(lengths) if lengths else None,
+            "quartiles": quartiles, "lengths": lengths}
+
+
 @dataclass(frozen=True)
 class Metric:
     """A statistic of one setting's samples: fn(token lists, texts) -> number, and how tables show it."""
@@ -165,7 +180,7 @@ def sample_quality(token_lists: list[list[int]], texts: list[str], scorer, secon
            "seconds_per_sample": None if seconds is None else seconds / len(texts), "gen_ppl": None}
     if scorer is not None:
         nats, count = score_texts(scorer[0], scorer[1], texts, batch_size)
-        row["gen_ppl"] = math.exp(min(nats / count, 50))
+        row["gen_ppl"] = math.exp(min(nats / count, 50)) if count else None  # None: every sample empty
     return row
 
 
@@ -184,12 +199,14 @@ def reference_blocks(val_blocks, n: int):
 
 def reference_row(val_blocks, tokenizer, n: int, scorer, batch_size: int = 64) -> dict:
     """Held-out text as a row: n blocks spread over the held-out set, special tokens dropped."""
-    from tokens import special_token_ids
+    from tokens import banned_ids, bos_eos
 
-    special = set(special_token_ids(tokenizer)) | {tokenizer.mask_token_id}
-    ref = [[t for t in row.tolist() if t not in special] for row in reference_blocks(val_blocks, n)]
+    special = set(banned_ids(tokenizer))
+    blocks = reference_blocks(val_blocks, n)
+    ref = [[t for t in row.tolist() if t not in special] for row in blocks]
     texts = [tokenizer.decode(r) for r in ref]
     return {"name": "held-out text", "model": "reference", "settings": {}, "label": "", "texts": texts[:4],
+            "ends": text_ends(blocks[:, 1:-1].tolist(), bos_eos(tokenizer)[1]),  # inside the frame
             **sample_quality(ref, texts, scorer, None, batch_size)}
 
 
@@ -198,15 +215,21 @@ def diffusion_row(model, tokenizer, gc, window: int, scorer, batch_size: int = 6
     not scored), with the setting's fields and words recorded beside the numbers."""
     import torch
 
-    from decoding import describe, generate, setting_of
+    from decoding import cut_at_eos, describe, generate, setting_of
+    from tokens import token_ids
 
     t0 = time.time()
     ids, history, n_prompt = generate(model, tokenizer, gc, window, torch.Generator().manual_seed(gc.seed))
     seconds = time.time() - t0
     tokens = ids[:, n_prompt:].tolist()
+    ends = {}
+    if gc.stop_at_eos:  # judged on what generate.py prints: each sample up to its </s>
+        eos = token_ids(tokenizer)["eos"]
+        ends = {"ends": text_ends(tokens, eos)}
+        tokens = [row[n_prompt:] for row in cut_at_eos(ids, eos, n_prompt)]
     texts = [tokenizer.decode(t) for t in tokens]
     return {"name": name, "model": "diffusion", "settings": setting_of(gc), "label": describe(gc),
-            "forward_passes": len(history), "texts": texts[:4],
+            "forward_passes": len(history), "texts": texts[:4], **ends,
             **sample_quality(tokens, texts, scorer, seconds, batch_size)}
 
 
@@ -263,18 +286,21 @@ def likelihood_summary(nats_per_token: float, tokens: int, n_bytes: int) -> dict
 def held_out_likelihood(model, ar, blocks, tokenizer, prefix: int, draws: int, batch_size: int, g,
                         precision: str = "auto") -> dict:
     """The diffusion model's ELBO bound (diffusion.elbo_estimate) and the AR model's exact NLL
-    (ar None = skip) on the same scored positions of blocks [M, L]: every content token after
-    `prefix`; special tokens are conditioned on, not scored. Bits per byte of the scored text too."""
+    (ar None = skip) on the same scored positions of blocks [M, L] (diffusion.protected_positions:
+    every content token after `prefix`, document-ending </s> included; the frame is conditioned on,
+    not scored). Bits per byte of the scored text too."""
     import torch
 
     from diffusion import elbo_estimate, protected_positions
-    from tokens import special_token_ids
+    from tokens import never_masked_ids
 
     bound = elbo_estimate(model, blocks, tokenizer, prefix, draws, batch_size, g, precision, progress=True)
-    protected = protected_positions(blocks, special_token_ids(tokenizer),
+    protected = protected_positions(blocks, never_masked_ids(tokenizer),
                                     torch.full((len(blocks),), prefix, dtype=torch.long))  # [M, L]
     n_tok = int((~protected).sum())
-    n_bytes = sum(len(tokenizer.decode(row[~p].tolist()).encode("utf-8")) for row, p in zip(blocks, protected))
+    # bytes of the scored text: a scored </s> (a document's end) adds nats but no bytes
+    n_bytes = sum(len(tokenizer.decode(row[~p].tolist(), skip_special_tokens=True).encode("utf-8"))
+                  for row, p in zip(blocks, protected))
     out = {"blocks": len(blocks), "prefix": prefix, "draws": draws, "scored_tokens": n_tok, "scored_bytes": n_bytes,
            "diffusion": likelihood_summary(bound["nats_per_token"], n_tok, n_bytes)
            | {"nats_stderr": bound["nats_stderr"]}}

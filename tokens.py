@@ -3,7 +3,7 @@ never sampled, a fingerprint that ties a tokenizer to the weights trained with i
 byte-level BPE that from-scratch models train on their corpus.
 
     bos_eos(tok)              (<s>, </s>) ids, or ([CLS], [SEP]) for BERT-style tokenizers
-    special_token_ids(tok)    never masked in training: every special token but <mask>
+    never_masked_ids(tok)     never masked wherever they stand: every special token but <mask> and </s>
     banned_ids(tok)           never sampled into text: every special token
     token_ids(tok)            what the denoising loop needs: mask, eos, banned (</s> allowed by --stop-at-eos)
     fingerprint(tok)          sha1 of the vocabulary: saved in run.json, checked at every load
@@ -25,9 +25,13 @@ def bos_eos(tokenizer) -> tuple[int, int]:
     return bos, eos
 
 
-def special_token_ids(tokenizer) -> list[int]:
-    """Ids that are never masked (<s>, </s>, <pad>, ...): every special token but <mask>."""
-    return sorted(set(tokenizer.all_special_ids) - {tokenizer.mask_token_id})
+def never_masked_ids(tokenizer) -> list[int]:
+    """Ids never masked nor scored wherever they stand (<s>, <pad>, <unk>, ...): every special token
+    but <mask> and </s>. A </s> inside a block ends a document (or pads one after its end): text the
+    model learns to write, so --stop-at-eos can fire (LLaDA trains its EOS the same way). The
+    block's closing </s> is protected by its position instead (diffusion.protected_positions)."""
+    _, eos = bos_eos(tokenizer)
+    return sorted(set(tokenizer.all_special_ids) - {tokenizer.mask_token_id, eos})
 
 
 def banned_ids(tokenizer) -> list[int]:

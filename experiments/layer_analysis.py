@@ -132,11 +132,11 @@ def analyse(model, batches, tokenizer, cfg, level: float, g, keep_reps: bool) ->
     import torch.nn.functional as F
 
     from diffusion import mask_tokens, prefix_lengths, protected_positions
-    from tokens import special_token_ids
+    from tokens import never_masked_ids
 
     encoder, head, norm = lens_reader(model)
     device = next(model.parameters()).device
-    special = special_token_ids(tokenizer)
+    special = never_masked_ids(tokenizer)
     n_layers = model.config.num_hidden_layers
     ce_sum, acc_sum = torch.zeros(n_layers + 1), torch.zeros(n_layers + 1)
     ent_sum = torch.zeros(n_layers, model.config.num_attention_heads)

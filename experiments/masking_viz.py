@@ -72,9 +72,9 @@ def masked_views(ids, levels: list[float], prefix: int, tokenizer, seed: int):
     import torch
 
     from diffusion import mask_tokens, protected_positions
-    from tokens import special_token_ids
+    from tokens import never_masked_ids
 
-    protected = protected_positions(ids[None], special_token_ids(tokenizer), torch.tensor([prefix]))  # [1, L]
+    protected = protected_positions(ids[None], never_masked_ids(tokenizer), torch.tensor([prefix]))  # [1, L]
     views = []
     for level in levels:
         g = torch.Generator().manual_seed(seed)
@@ -153,10 +153,10 @@ def realised_fractions(blocks, cfg: TrainConfig, tokenizer, g):
     import torch
 
     from diffusion import mask_tokens, prefix_lengths, protected_positions, sample_rates
-    from tokens import special_token_ids
+    from tokens import never_masked_ids
 
-    special = special_token_ids(tokenizer)
-    content = ~torch.isin(blocks, torch.tensor(special))  # [N, L]
+    special = never_masked_ids(tokenizer)
+    content = ~protected_positions(blocks, special, torch.zeros(len(blocks), dtype=torch.long))  # [N, L]
     prefix = prefix_lengths(len(blocks), cfg.prefix_mode, cfg.prefix_len, g)  # [N]
     rates = sample_rates(len(blocks), dataclasses.replace(cfg, per_sample_rate=True), g)  # [N]
     _, labels = mask_tokens(blocks, rates, protected_positions(blocks, special, prefix), tokenizer.mask_token_id, g)

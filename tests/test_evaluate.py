@@ -17,7 +17,7 @@ import modeling
 import report
 from config import UsageError
 from diffusion import elbo_terms, protected_positions, stratified_ks
-from tokens import special_token_ids
+from tokens import never_masked_ids
 from metrics import causal_token_nll, held_out_likelihood
 
 # ---------------------------------------------------------------------------------------------
@@ -115,7 +115,7 @@ def test_monte_carlo_bound_matches_brute_force(tiny_model, n):
     ids = torch.tensor([tok.bos_token_id] + words + [tok.eos_token_id])  # [n + 2]
     assert len(words) == n
     exact = brute_force_bound(model, ids, list(range(1, n + 1)), tok.mask_token_id)
-    protected = protected_positions(ids[None], special_token_ids(tok), torch.zeros(1, dtype=torch.long))
+    protected = protected_positions(ids[None], never_masked_ids(tok), torch.zeros(1, dtype=torch.long))
     terms = elbo_terms(model, ids[None], protected, tok.mask_token_id, 4000, torch.Generator().manual_seed(0))[0]
     mc, stderr = terms.mean().item(), terms.std().item() / math.sqrt(len(terms))
     if n == 1:  # one token, one mask: no randomness left
@@ -151,25 +151,27 @@ class EosLM(UniformMLM):
 
 
 def test_held_out_scores_the_same_tokens_for_both_models(tiny_model):
+    """Both models score the same positions: content after the prefix, a document's </s> included
+    (cheap for the AR model that bets on </s>), the frame and <pad> never."""
     model, tok, cfg = tiny_model
-    V = len(tok)
-    from data import build_datasets
-
-    blocks = build_datasets(cfg, tok)[1][:6]["input_ids"]  # [6, L]
-    assert tok.eos_token_id == 2
-    out = held_out_likelihood(UniformMLM(V), EosLM(V), blocks, tok, prefix=5, draws=3, batch_size=8,
-                                g=torch.Generator().manual_seed(0))
-    scored = ~protected_positions(blocks, special_token_ids(tok), torch.full((6,), 5))
-    assert out["scored_tokens"] == int(scored.sum()) <= 6 * (cfg.max_len - 2 - 5)
-    # no </s> is scored, so every scored token costs the same under each model
-    expected = {"diffusion": math.log(V), "ar": math.log(V - 1 + math.exp(5.0))}
+    V, (a, b, c), eos, pad = len(tok), tok("The old city", add_special_tokens=False)["input_ids"][:3], 2, 1
+    assert tok.eos_token_id == eos and tok.pad_token_id == pad
+    blocks = torch.tensor([[0, a, b, c, eos, a, b, eos],  # packed: a document ends at position 4
+                           [0, a, b, eos, eos, eos, eos, eos],  # --packing none: ends at 3, padded with </s>
+                           [0, a, b, c, a, pad, b, eos]])  # a <pad> is never scored
+    out = held_out_likelihood(UniformMLM(V), EosLM(V), blocks, tok, prefix=1, draws=3, batch_size=8,
+                              g=torch.Generator().manual_seed(0))
+    # scored: positions 2..6 but the <pad>: 5 + 5 + 4 tokens, of which 1 + 4 + 0 are </s>
+    assert out["scored_tokens"] == 14
+    log_z = math.log(V - 1 + math.exp(5.0))
+    expected = {"diffusion": math.log(V), "ar": (5 * (log_z - 5.0) + 9 * log_z) / 14}
     for name, nats in expected.items():
         assert out[name]["nats_per_token"] == pytest.approx(nats, rel=1e-5)
         bpb = nats * out["scored_tokens"] / math.log(2) / out["scored_bytes"]
         assert out[name]["bits_per_byte"] == pytest.approx(bpb, rel=1e-5)
+    scored_text = [tok.decode([b, c, a, b]), tok.decode([b]), tok.decode([b, c, a, b])]  # </s> adds no bytes
+    assert out["scored_bytes"] == sum(len(t.encode("utf-8")) for t in scored_text)
     assert out["diffusion"]["nats_stderr"] == pytest.approx(0.0, abs=1e-5)
-    # the usual AR number includes the block-final </s>, which this model predicts cheaply
-    assert out["ar_all_tokens_after_bos"]["nats_per_token"] < expected["ar"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,7 +234,7 @@ def test_evaluate_end_to_end_and_report(tiny_run, tiny_baseline, tmp_path, capsy
     _, tok, cfg = modeling.load_checkpoint(tiny_run[1], device="cpu")
     blocks = build_datasets(cfg, tok)[1][:6]["input_ids"]  # the first 6 held-out blocks, prefix 0
     assert h["blocks"] == 6 and h["prefix"] == 0
-    assert h["scored_tokens"] == int((~torch.isin(blocks, torch.tensor(special_token_ids(tok)))).sum())
+    assert h["scored_tokens"] == 6 * (blocks.shape[1] - 2)  # every position inside the frame, any </s> too
     names = [r["name"] for r in result["samples"]]
     assert names == ["held-out text", "defaults", "greedy", "defaults-32-steps", "no-order-noise",
                      "defaults-prompted", "ar-same-sampler", "ar-sample"]

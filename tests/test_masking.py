@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import diffusion
+import tokens
 from config import TrainConfig, UsageError
 from data_collator import DiffusionCollator
 from diffusion import IGNORE, SCHEDULES, mask_tokens, prefix_lengths, protected_positions, sample_rates
@@ -15,7 +16,7 @@ SPECIAL = [BOS, PAD, EOS]
 
 
 class FakeTok:
-    mask_token_id, pad_token_id = MASK, PAD
+    mask_token_id, pad_token_id, bos_token_id, eos_token_id = MASK, PAD, BOS, EOS
     all_special_ids = [BOS, PAD, EOS, 3, MASK]
 
 
@@ -61,6 +62,22 @@ def test_prefix_specials_and_padding_never_masked():
         assert (inputs[i, : p + 1] == ids[i, : p + 1]).all()  # <s> and the prefix survive at rate 1.0
     assert (inputs[:, -5:] == ids[:, -5:]).all()  # padding and </s>
     assert ((inputs == MASK) == ~protected).all()  # rate 1.0 masks everything else
+
+
+def test_a_document_end_is_masked_and_scored_the_frame_never():
+    """A packed block's inner </s> (a document boundary) is text the model learns; its frame
+    (<s> first, the closing </s> last) and <pad> are not. At rate 1.0 the collator masks exactly
+    the rest, with the original token as label."""
+    ids = torch.tensor([[BOS, 7, 8, EOS, 9, PAD, 10, EOS],
+                        [BOS, 7, EOS, EOS, EOS, EOS, EOS, EOS]])  # --packing none: a document padded with </s>
+    assert tokens.never_masked_ids(FakeTok()) == [BOS, PAD, 3]
+    cfg = TrainConfig(model="scratch", mask_levels="1.0", prefix_mode="none")
+    out = DiffusionCollator(FakeTok(), cfg, seed=0)([{"input_ids": row} for row in ids])
+    scored = out["labels"] != IGNORE
+    assert scored.tolist() == [[False, True, True, True, True, False, True, False],
+                               [False, True, True, True, True, True, True, False]]
+    assert torch.equal(out["labels"][scored], ids[scored])  # the inner </s> is a label like any token
+    assert (out["input_ids"][scored] == MASK).all() and torch.equal(out["input_ids"][~scored], ids[~scored])
 
 
 def test_fully_protected_row_gets_no_mask():
