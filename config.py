@@ -179,8 +179,13 @@ class TrainConfig(Settings):
                         "(offline); a path = a .txt / .jsonl file or a folder of them; otherwise a HF hub dataset")
     dataset_config: str = flag("", "hub dataset config, e.g. wikitext-2-raw-v1")
     text_column: str = flag("text", "field holding the text in .jsonl files and hub datasets")
-    max_len: int = flag(128, "window: tokens per packed block, <s> and </s> included", min=8)
-    val_fraction: float = flag(0.05, "share of packed blocks held out for evaluation", above=0, below=0.5)
+    max_len: int = flag(128, "window: tokens per block, <s> and </s> included", min=8)
+    packing: str = flag("packed", "packed = documents joined by </s> into one stream cut into full blocks (long "
+                        "documents); none = one document per block, cut to the window and padded with </s> (short "
+                        "documents: the model learns where text ends). Either way a </s> inside a block is "
+                        "masked and scored like text", choices=Registry("data", "PACKINGS"))
+    val_fraction: float = flag(0.05, "share of blocks held out for evaluation: the stream's tail (packed), or "
+                               "documents spread evenly over the corpus (none)", above=0, below=0.5)
     max_train_blocks: int = flag(0, "0 = all; cap for quick experiments on big corpora", min=0)
     cache_dir: str = flag(".cache", "tokenizer and tokenised-dataset cache (ignored by git)")
 

@@ -1,14 +1,20 @@
-"""Corpus -> tokenizer -> packed fixed-length blocks (train / validation), cached on disk.
+"""Corpus -> tokenizer -> fixed-length blocks (train / validation), cached on disk.
 
     load_documents(cfg)      list of raw documents (embedded corpus, local files or a hub dataset)
     get_tokenizer(cfg)       a BPE trained on the corpus (tokens.train_tokenizer, cached) for
                              from-scratch models, else the pretrained model's own
-    build_datasets(cfg, tok) tokenise once with datasets.map, pack, split, cache
+    build_datasets(cfg, tok) tokenise once with datasets.map, cut into blocks (PACKINGS), split, cache
 
-Packing: documents are joined with the separator token `</s>` into one stream, cut into
-chunks of `max_len - 2` tokens, and each chunk is wrapped as `<s> chunk </s>`. That is the exact
-layout generate.py builds for its canvas (`<s> prompt <mask>... </s>`), so nothing the model
-sees at generation time is new to it. No padding is ever needed.
+Every block is `<s> chunk </s>`, `max_len` tokens: the exact layout generate.py builds for its
+canvas (`<s> prompt <mask>... </s>`), so nothing the model sees at generation time is new to it.
+The chunk comes from --packing (PACKINGS):
+    packed  documents joined by `</s>` into one stream, cut into chunks of `max_len - 2` (long
+            documents; no padding)
+    none    one document per block, cut to `max_len - 2` tokens and padded with `</s>` (short
+            documents; LLaDA pads its SFT answers with EOS the same way)
+A `</s>` inside the chunk (a document's end, or padding after it) is masked and scored like any
+token, so the model learns where text ends and `generate.py --stop-at-eos` can cut there; the
+frame `<s>`/`</s>` is never masked (diffusion.protected_positions).
 """
 
 import bz2
@@ -186,14 +192,35 @@ def pack(token_lists: list[list[int]], block: int, sep_id: int) -> list[list[int
     return [stream[i:i + block] for i in range(0, len(stream) - block + 1, block)]
 
 
+def pad_documents(token_lists: list[list[int]], block: int, sep_id: int) -> list[list[int]]:
+    """One chunk of `block` tokens per document: the document cut to `block`, then `sep_id` up to
+    `block` (the first one ends the document; a document of `block` tokens or more has no end)."""
+    return [ids[:block] + [sep_id] * (block - len(ids[:block])) for ids in token_lists]
+
+
+# --packing: (token lists, chunk length, </s>) -> chunks, each wrapped as <s> chunk </s>
+PACKINGS = {"packed": pack, "none": pad_documents}
+
+
+def held_out_rows(n: int, val_fraction: float, packing: str) -> list[int]:
+    """Which of n blocks are held out: the tail of a packed stream (its neighbours share
+    documents with each other, not with the training blocks), or, one document per block, blocks
+    spread evenly over the corpus (a corpus in per-category folders would otherwise hold out its
+    last category only)."""
+    n_val = max(1, int(n * val_fraction))
+    if packing == "packed":
+        return list(range(n - n_val, n))
+    return sorted({int((i + 0.5) * n / n_val) for i in range(n_val)})
+
+
 def build_datasets(cfg: TrainConfig, tokenizer, docs: list[str] | None = None):
     """(train, validation) `datasets.Dataset`s with one column `input_ids` of length max_len.
-    Cached under cfg.cache_dir keyed by corpus, tokenizer and window, so a rerun starts fast."""
+    Cached under cfg.cache_dir keyed by corpus, tokenizer, window and packing, so a rerun starts fast."""
     import datasets
 
     key = hashlib.sha1(json.dumps([corpus_fingerprint(cfg), fingerprint(tokenizer), cfg.max_len, cfg.val_fraction,
-                                   cfg.text_column]).encode()).hexdigest()[:12]
-    folder = os.path.join(cfg.cache_dir, f"packed-{key}")
+                                   cfg.text_column, cfg.packing]).encode()).hexdigest()[:12]
+    folder = os.path.join(cfg.cache_dir, f"blocks-{key}")
     if os.path.isdir(folder):
         dd = datasets.load_from_disk(folder)
     else:
@@ -202,16 +229,15 @@ def build_datasets(cfg: TrainConfig, tokenizer, docs: list[str] | None = None):
         raw = datasets.Dataset.from_dict({"text": docs})
         tokenised = raw.map(lambda b: {"ids": tokenizer(b["text"], add_special_tokens=False)["input_ids"]},
                             batched=True, remove_columns=["text"], desc="tokenising")
-        chunks = pack(tokenised["ids"], cfg.max_len - 2, eos)
+        chunks = PACKINGS[cfg.packing](tokenised["ids"], cfg.max_len - 2, eos)
         blocks = [[bos] + c + [eos] for c in chunks]
-        n_val = max(1, int(len(blocks) * cfg.val_fraction))
-        if len(blocks) - n_val < 1:
+        if len(blocks) < 2:
             raise UsageError(f"dataset {cfg.dataset!r} is too small: {len(blocks)} block(s) of "
                              f"{cfg.max_len} tokens; need at least 2 (add text or lower --max-len)")
-        # the held-out set is the tail of the stream: text the model never trains on
+        val = set(held_out_rows(len(blocks), cfg.val_fraction, cfg.packing))  # text the model never trains on
         dd = datasets.DatasetDict({
-            "train": datasets.Dataset.from_dict({"input_ids": blocks[:-n_val]}),
-            "validation": datasets.Dataset.from_dict({"input_ids": blocks[-n_val:]}),
+            "train": datasets.Dataset.from_dict({"input_ids": [b for i, b in enumerate(blocks) if i not in val]}),
+            "validation": datasets.Dataset.from_dict({"input_ids": [b for i, b in enumerate(blocks) if i in val]}),
         })
         shutil.rmtree(folder + ".tmp", ignore_errors=True)
         dd.save_to_disk(folder + ".tmp")

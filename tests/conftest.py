@@ -56,3 +56,33 @@ def tiny_baseline(tiny_run, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("ar"))
     assert baseline_ar.main(["--checkpoint", tiny_run[1], "--output-dir", out]) == 0
     return out
+
+
+def short_documents(folder) -> str:
+    """A corpus of 240 documents of 1 to 6 words (a 12-word vocabulary) as folder/docs.jsonl: every
+    one shorter than a 16-token window, so --packing none pads each block with </s>."""
+    import json
+    import random
+
+    rng = random.Random(0)
+    words = "red blue green cat dog bird runs sleeps sings fast slow here".split()
+    docs = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 6))) for _ in range(240)]
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "docs.jsonl"), "w") as f:
+        f.writelines(json.dumps({"text": d}) + "\n" for d in docs)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_short_docs(tmp_path_factory):
+    """A finished run with --packing none on short_documents (window 16, 40 steps): the path of its
+    final-model, a model that has learned where a document ends."""
+    import train
+
+    root = tmp_path_factory.mktemp("short_docs")
+    data = short_documents(root / "data")
+    flags = tiny_overrides(str(root / "run"), dataset=data, packing="none", max_len=16, prefix_len=4, max_steps=40, batch_size=8,
+                           learning_rate=3e-3, warmup_steps=5, tokenizer_vocab_size=300, eval_steps=40,
+                           save_steps=40, logging_steps=20, cache_dir=str(root / "cache"))
+    assert train.main(flags) == 0
+    return os.path.join(str(root / "run"), "final-model")

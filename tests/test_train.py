@@ -105,6 +105,44 @@ def test_pack_joins_documents_with_separator():
     assert pack([[1, 2, 3], [4, 5]], 3, 9) == [[1, 2, 3], [9, 4, 5]]  # tail [9] dropped
 
 
+def test_pad_documents_one_per_block_and_the_held_out_rows():
+    from data import held_out_rows, pad_documents
+
+    assert pad_documents([[1, 2, 3], [4, 5, 6, 7, 8, 9], [4, 5, 6, 7, 8]], 5, 9) == [
+        [1, 2, 3, 9, 9], [4, 5, 6, 7, 8], [4, 5, 6, 7, 8]]  # padded with </s>; cut to the window; exactly full
+    assert held_out_rows(20, 0.1, "packed") == [18, 19]  # the stream's tail
+    assert held_out_rows(20, 0.1, "none") == [5, 15]  # documents spread over the corpus
+
+
+def test_packing_none_makes_one_block_per_document(tiny_model, tmp_path):
+    """--packing none: <s> document </s>..., the document cut to the window, padded with </s>; the
+    held-out documents come from every folder of a corpus laid out one folder per category."""
+    from data import build_datasets
+
+    _, tok, _ = tiny_model
+    docs = {"a": [f"The river {i} flows" for i in range(10)], "b": ["word " * 40] + [f"A city of {i}" for i in range(9)]}
+    for name, texts in docs.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "docs.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    cfg = TrainConfig(model="scratch", dataset=str(tmp_path), packing="none", max_len=16, val_fraction=0.1,
+                      prefix_len=4, cache_dir=str(tmp_path / "cache"))
+    train_ds, val_ds = build_datasets(cfg, tok)
+    assert len(train_ds) == 18 and len(val_ds) == 2
+    eos = tok.eos_token_id
+    texts = []
+    for block in train_ds[:]["input_ids"].tolist() + val_ds[:]["input_ids"].tolist():
+        assert len(block) == 16 and block[0] == tok.bos_token_id and block[-1] == eos
+        content = block[1:-1]
+        end = content.index(eos) if eos in content else len(content)
+        assert set(content[end:]) <= {eos}  # after the document: only </s>
+        texts.append(tok.decode(content[:end]))
+    long = ("word " * 40).strip()
+    assert long not in texts and sum(long.startswith(t) for t in texts) == 1  # cut to the window, no end
+    assert sorted(t for t in texts if t in docs["a"] + docs["b"]) == sorted(docs["a"] + docs["b"][1:])
+    held = [tok.decode([t for t in b if t not in (eos, tok.bos_token_id)]) for b in val_ds[:]["input_ids"].tolist()]
+    assert held == [docs["a"][5], docs["b"][5]]  # one from each folder
+
+
 def test_local_folder_and_jsonl(tmp_path):
     from data import load_documents
 
