@@ -16,9 +16,11 @@ from decoding import Step
 from metrics import pseudo_log_likelihood
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments"))
+import fortunes_corpus as FC  # noqa: E402
 import layer_analysis as LA  # noqa: E402
 import masking_viz as MV  # noqa: E402
 import schedule_comparison as SC  # noqa: E402
+import text_ends as TE  # noqa: E402
 
 MASK, V = 4, 12
 
@@ -223,6 +225,38 @@ def test_layer_analysis(tiny_run, tmp_path, capsys):
         assert m[0, 1] == pytest.approx(m[1, 0]) and 0 <= m[0, 1] <= 1 + 1e-9
     for name in ("logit_lens", "attention_entropy", "cka", "calibration"):
         assert (out / f"layer_{name}_final-model.png").stat().st_size > 1000
+
+
+def test_fortunes_corpus_one_folder_per_category(tmp_path, capsys):
+    from config import TrainConfig
+    from data import load_documents
+
+    src, out = tmp_path / "fortunes", tmp_path / "corpus"
+    src.mkdir()
+    (src / "alpha").write_text("one\n%\ntwo lines\n\t-- someone  \n%\n\n%\none\n%\n")
+    (src / "beta").write_text("one\n%\nthree")  # a repeat of alpha's first; no closing %
+    (src / "alpha.dat").write_bytes(b"\x00\x02")  # strfile's index, not a category
+    assert FC.main(["--source", str(src), "--categories", "alpha,beta", "--out", str(out)]) == 0
+    rows = {c: [json.loads(line) for line in (out / c / f"{c}.jsonl").read_text().splitlines()] for c in ("alpha", "beta")}
+    assert rows == {"alpha": [{"text": "one"}, {"text": "two lines\n\t-- someone"}], "beta": [{"text": "three"}]}
+    assert "alpha" in capsys.readouterr().out
+    assert load_documents(TrainConfig(model="scratch", dataset=str(out))) == ["one", "two lines\n\t-- someone", "three"]
+    for argv, message in ((["--categories", "alpha.dat"], "unknown alpha.dat"),
+                          (["--categories", "beta"], "already holds alpha"),  # train.py would read it too
+                          (["--source", str(tmp_path / "none")], "apt-get install fortunes")):
+        assert cli(FC.main, ["--source", str(src), "--out", str(out)] + argv) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_text_ends_on_a_model_of_short_documents(tiny_short_docs, tmp_path, capsys):
+    out = tmp_path / "ends"
+    assert TE.main(["--checkpoint", tiny_short_docs, "--num-samples", "16", "--out-dir", str(out)]) == 0
+    assert "median of the samples that end / held-out median" in capsys.readouterr().out
+    result = json.loads((out / "text_ends.json").read_text())
+    held, samples = result["held_out"], result["samples"]
+    assert held["rows"] == 12 and held["share_ended"] == 1.0  # every held-out document is shorter than the window
+    assert samples["rows"] == 16 and samples["share_ended"] >= 0.75 and max(samples["lengths"]) < 14
+    assert (out / "text_ends.png").stat().st_size > 1000
 
 
 @pytest.mark.parametrize("script,argv,message", [

@@ -362,6 +362,35 @@ def test_eos_is_banned_unless_asked_and_respects_min_length():
     assert not (final[0, 1:-1] == 2).any()
 
 
+def test_generation_never_cuts_inside_the_prompt():
+    c = canvas(B=1, L=20)
+    c.tokens[0, 2] = 2  # the prompt itself holds a </s> (a user can type one)
+    gc = GenConfig(steps=4, sampling="greedy", stop_at_eos=True)
+    final, _ = D.denoise(EosAt(8), c, IDS, gc, torch.Generator())
+    assert final[0, 2] == 2 and final[0, 8] == 2
+    assert D.cut_at_eos(final[:, 1:-1], 2, 3) == [[50, 2, 52, 14, 15, 16, 17]]  # cut at the model's </s>
+    assert D.cut_at_eos(torch.tensor([[50, 2, 52, 14, 15]]), 2, 3) == [[50, 2, 52, 14, 15]]  # none written: all kept
+
+
+def test_canvas_fixes_exactly_what_training_protects():
+    """The full canvas leaves open the positions a training block masks and scores: all but the
+    frame (<s> first, </s> last) and the prompt, a </s> the model writes inside included."""
+    window, n_prompt = 12, 3
+    c = D.window_canvas(torch.tensor([[50, 51, 52]]), window - 2 - n_prompt, window, IDS, 0, n_prompt, fit=False)
+    block = c.tokens.masked_fill(c.tokens == MASK, 9)  # a text the canvas could end up holding
+    block[0, 6] = 2  # ... that ends at position 6, padded with 9s after
+    assert torch.equal(~c.active, diffusion.protected_positions(block, [1, 3], torch.tensor([n_prompt])))
+    assert (~c.active[0]).nonzero().flatten().tolist() == [0, 1, 2, 3, window - 1]
+
+
+def test_a_model_trained_on_short_documents_learns_to_end(tiny_short_docs, capsys):
+    """--packing none scores the </s> that ends each document and pads its block, so the model
+    learns to write it: with --stop-at-eos the samples end inside the window. (While </s> was never
+    masked the model never predicted it, and no sample ended.)"""
+    assert G.main(["--checkpoint", tiny_short_docs, "--stop-at-eos", "--num-samples", "16", "--out", ""]) == 0
+    assert capsys.readouterr().out.count("(cut at </s>: kept") >= 12
+
+
 def test_banned_tokens_never_sampled():
     c = canvas(B=1)
     final, _ = D.denoise(MockMLM(), c, {**IDS, "banned": list(range(14, 20))}, GenConfig(steps=4, sampling="greedy"),
