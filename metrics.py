@@ -288,11 +288,11 @@ def held_out_likelihood(model, ar, blocks, tokenizer, prefix: int, draws: int, b
     """The diffusion model's ELBO bound (diffusion.elbo_estimate) and the AR model's exact NLL
     (ar None = skip) on the same scored positions of blocks [M, L] (diffusion.protected_positions:
     every content token after `prefix`, document-ending </s> included; the frame is conditioned on,
-    not scored). Bits per byte of the scored text too."""
+    not scored), with how many of them are </s> (scored_eos). Bits per byte of the scored text too."""
     import torch
 
     from diffusion import elbo_estimate, protected_positions
-    from tokens import never_masked_ids
+    from tokens import bos_eos, never_masked_ids
 
     bound = elbo_estimate(model, blocks, tokenizer, prefix, draws, batch_size, g, precision, progress=True)
     protected = protected_positions(blocks, never_masked_ids(tokenizer),
@@ -301,8 +301,9 @@ def held_out_likelihood(model, ar, blocks, tokenizer, prefix: int, draws: int, b
     # bytes of the scored text: a scored </s> (a document's end) adds nats but no bytes
     n_bytes = sum(len(tokenizer.decode(row[~p].tolist(), skip_special_tokens=True).encode("utf-8"))
                   for row, p in zip(blocks, protected))
+    ends = int((blocks[~protected] == bos_eos(tokenizer)[1]).sum())  # document ends (and padding) among them
     out = {"blocks": len(blocks), "prefix": prefix, "draws": draws, "scored_tokens": n_tok, "scored_bytes": n_bytes,
-           "diffusion": likelihood_summary(bound["nats_per_token"], n_tok, n_bytes)
+           "scored_eos": ends, "diffusion": likelihood_summary(bound["nats_per_token"], n_tok, n_bytes)
            | {"nats_stderr": bound["nats_stderr"]}}
     if ar is not None:
         ar_nll = ar_held_out_nll(ar, blocks, protected, batch_size)

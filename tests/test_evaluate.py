@@ -162,7 +162,7 @@ def test_held_out_scores_the_same_tokens_for_both_models(tiny_model):
     out = held_out_likelihood(UniformMLM(V), EosLM(V), blocks, tok, prefix=1, draws=3, batch_size=8,
                               g=torch.Generator().manual_seed(0))
     # scored: positions 2..6 but the <pad>: 5 + 5 + 4 tokens, of which 1 + 4 + 0 are </s>
-    assert out["scored_tokens"] == 14
+    assert out["scored_tokens"] == 14 and out["scored_eos"] == 5
     log_z = math.log(V - 1 + math.exp(5.0))
     expected = {"diffusion": math.log(V), "ar": (5 * (log_z - 5.0) + 9 * log_z) / 14}
     for name, nats in expected.items():

@@ -55,7 +55,8 @@ def test_flag_choices_are_the_registries_read_from_source():
     import config
 
     for module, name in (("decoding", "SAMPLERS"), ("decoding", "ORDERS"), ("decoding", "REMDM"),
-                         ("decoding", "DECODES"), ("diffusion", "SCHEDULES"), ("modeling", "SCRATCH_ARCHS")):
+                         ("decoding", "DECODES"), ("diffusion", "SCHEDULES"), ("modeling", "SCRATCH_ARCHS"),
+                         ("data", "PACKINGS")):
         live = tuple(getattr(__import__(module), name))
         assert config.source_keys(module, name) == live and config.Registry(module, name)() == live
 
