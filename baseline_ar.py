@@ -6,7 +6,7 @@
 
 "The same way" is read from the diffusion run's saved diffusion_config.json:
   - the same tokenizer (loaded from the checkpoint) and the same data pipeline (data.build_datasets:
-    identical packed `<s> chunk </s>` blocks, identical held-out tail);
+    identical `<s> chunk </s>` blocks of the run's --packing, identical held-out split);
   - the same token budget, max_steps x batch_size x grad_accum x max_len, and the same optimiser
     settings (learning rate, warmup, schedule, weight decay, seed);
   - a parameter count within 10% of the diffusion model: same width and heads, n_inner (and n_layer

@@ -48,7 +48,7 @@ def train(cfg: TrainConfig, flags: dict, run) -> int:
         print("resolved config:\n" + format_config(cfg), flush=True)
     set_seed(cfg.seed)
 
-    # 1. data: documents -> tokenizer -> packed blocks (all cached after the first run)
+    # 1. data: documents -> tokenizer -> blocks (--packing; all cached after the first run)
     tokenizer, train_ds, val_ds = load_data(cfg, run.is_main)
 
     # 2. the run's folder: a fresh run moves another run's outputs aside; a resumed one keeps only

@@ -356,7 +356,8 @@ def write_model_card(folder: str, cfg: TrainConfig, rows: list[dict], n_params: 
         f"masked-LM loss at every masking rate ({cfg.mask_distribution} rates, {cfg.loss_weighting} loss, "
         f"prefix {cfg.prefix_mode} up to {cfg.prefix_len} tokens), so it can write text from a fully masked canvas.",
         "",
-        f"- Data: {corpus}, packed into `<s> ... </s>` blocks of {cfg.max_len} tokens.",
+        f"- Data: {corpus}, " + ("packed into" if cfg.packing == "packed" else "one document per block, padded with "
+                                  "`</s>`, in") + f" `<s> ... </s>` blocks of {cfg.max_len} tokens.",
         f"- Training: {cfg.max_steps} steps x {cfg.batch_size} x {cfg.grad_accum} x {cfg.max_len} = {tokens:,} tokens, "
         f"learning rate {cfg.learning_rate:g}, seed {cfg.seed}. Every setting is in `diffusion_config.json`.",
     ]
