@@ -2,8 +2,10 @@
 
     python experiments/text_ends.py --checkpoint results/fortunes/final-model --out-dir results/text_ends_fortunes
     python experiments/text_ends.py                  # the quick-test model: results/final-model
+    python experiments/text_ends.py --order random   # another decoding order: it moves where samples end
 
-Writes --num-samples unprompted samples with generate.py's decoding defaults and --stop-at-eos
+Writes --num-samples unprompted samples with generate.py's decoding defaults (but --order,
+--order-noise and --steps, which move where samples end) and --stop-at-eos
 (metrics.diffusion_row, the protocol evaluate.py scores with, which cuts each sample at its first
 </s>) and sets where they end beside where the held-out blocks' text ends (metrics.reference_row
 over every held-out block, its first </s> inside the frame): the share that ends inside the
@@ -22,12 +24,16 @@ import repo_root  # noqa: F401  (first: puts the repo's modules on sys.path)
 import dataclasses
 
 from cli import cli, parse
-from config import GenConfig, Settings, flag
+from config import GenConfig, Registry, Settings, flag
 
 
 class EndsConfig(Settings):
     checkpoint: str = flag("results/final-model", "the diffusion model (train.py final-model)")
     num_samples: int = flag(256, "unprompted samples, written together as one batch", min=1)
+    order: str = flag(GenConfig.order, "which predictions are committed first, as generate.py --order",
+                      choices=Registry("decoding", "ORDERS"))
+    order_noise: float = flag(GenConfig.order_noise, "Gumbel noise on the order, as generate.py --order-noise", min=0)
+    steps: int = flag(GenConfig.steps, "denoising steps, as generate.py --steps", min=1)
     seed: int = flag(0, "fixes every sampled token", min=0)
     out_dir: str = flag("results/text_ends", "text_ends.png / .json")
 
@@ -64,7 +70,8 @@ def plot(held: dict, samples: dict, window: int, label: str, path: str) -> None:
 
 def main(argv=None) -> int:
     ec, _ = parse(EndsConfig, argv, __doc__)
-    gc = GenConfig(stop_at_eos=True, num_samples=ec.num_samples, seed=ec.seed, out="")
+    gc = GenConfig(stop_at_eos=True, order=ec.order, order_noise=ec.order_noise, steps=ec.steps,
+                   num_samples=ec.num_samples, seed=ec.seed, out="")
     from transformers.utils import logging as hf_logging
 
     from data import build_datasets
