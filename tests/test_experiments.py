@@ -267,7 +267,6 @@ def test_text_ends_on_a_model_of_short_documents(tiny_short_docs, tmp_path, caps
     (LA, ["--bins", "0"], "--bins"),
     (LA, ["--checkpoint", "/nonexistent/ckpt"], "no checkpoint"),
     (TE, ["--checkpoint", "/nonexistent/ckpt"], "no checkpoint"),
-    (TE, ["--order", "spiral"], "--order"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(script, argv, message, tmp_path, capsys):
     out = tmp_path / "never"
