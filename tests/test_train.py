@@ -39,7 +39,8 @@ def test_every_field_is_a_flag_with_help():
 
 SCRIPTS = ["train.py", "generate.py", "evaluate.py", "report.py", "baseline_ar.py", "bench.py", "demo.py",
            "experiments/masking_viz.py", "experiments/schedule_comparison.py", "experiments/layer_analysis.py",
-           "experiments/sampler_frontier.py", "experiments/recipe_probe.py", "experiments/objective_study.py"]
+           "experiments/sampler_frontier.py", "experiments/recipe_probe.py", "experiments/objective_study.py",
+           "experiments/text_ends.py", "experiments/fortunes_corpus.py"]
 
 
 def test_help_and_bad_flags_answer_without_loading_torch():
