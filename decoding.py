@@ -43,10 +43,13 @@ class Rule:
     """A registry entry: the function, the GenConfig fields it reads (a sampler gets them as
     keyword arguments), and the words for a setting that uses it (a format string over those
     fields). setting_of and describe derive what a setting is from these, and cli-level checks
-    warn about a flag that no chosen rule reads."""
+    warn about a flag that no chosen rule reads. blind: an order that scores positions without
+    looking at the predictions (random), so the loop picks them first and runs the LM head and the
+    sampler at those positions only."""
     fn: Callable | None
     reads: tuple = ()
     label: str = ""
+    blind: bool = False
 
     def text(self, gc) -> str:
         return self.label.format(**{f: getattr(gc, f) for f in self.reads})
@@ -184,35 +187,36 @@ class Prediction:
 
 
 # ---------------------------------------------------------------------------------------------
-# Orders: which masked positions to commit this step. Each scores the sampled predictions,
-#   (Prediction, generator) -> score [N] float64, higher = committed sooner;
-# the n best of each row are committed, the rest stay masked (the seed's word: "re-masked").
+# Orders: which masked positions to commit this step. Each scores the N positions still to fill,
+#   (Prediction of them (None for a blind order), N, generator) -> score [N] float64, higher =
+# committed sooner; the n best of each row are committed, the rest stay masked (the seed's word:
+# "re-masked").
 # ---------------------------------------------------------------------------------------------
 
 
-def order_random(pred, g):
-    """The seed's rule: a uniformly random subset."""
-    return torch.rand(len(pred.tokens), generator=g, dtype=torch.float64, device=g.device)
+def order_random(pred, n, g):
+    """The seed's rule: a uniformly random subset (blind: chosen before predicting)."""
+    return torch.rand(n, generator=g, dtype=torch.float64, device=g.device)
 
 
-def order_confidence(pred, g):
+def order_confidence(pred, n, g):
     """Most probable prediction first (MaskGIT, LLaDA's low-confidence remasking): log p(token)."""
     return pred.logp.double()
 
 
-def order_margin(pred, g):
+def order_margin(pred, n, g):
     """Largest gap between the two most probable tokens first (Dream's topk_margin)."""
     return pred.margin.double().clamp_min(1e-300).log()
 
 
-def order_entropy(pred, g):
+def order_entropy(pred, n, g):
     """Most certain distribution first: negative entropy (Dream's entropy order)."""
     return -pred.entropy.double()
 
 
 # an order that reads order_noise gets annealed Gumbel noise on its scores (the random one needs none)
 ORDERS = {
-    "random": Rule(order_random, (), "random order"),
+    "random": Rule(order_random, (), "random order", blind=True),
     "low-confidence": Rule(order_confidence, ("order_noise",), "low-confidence order + Gumbel noise {order_noise}"),
     "margin": Rule(order_margin, ("order_noise",), "margin order + Gumbel noise {order_noise}"),
     "entropy": Rule(order_entropy, ("order_noise",), "entropy order + Gumbel noise {order_noise}"),
@@ -485,11 +489,12 @@ def predict(model, tokens, rows, canvas: Canvas, ids: dict, gc, eos_ok, plan: Pa
     return logits
 
 
-def order_scores(pred: Prediction, todo, gc, step: int, g) -> torch.Tensor:
-    """[B, L] float64: gc's order scores of the predictions at the positions still to fill, plus
-    annealed Gumbel noise when the order reads order_noise; -inf elsewhere."""
+def order_scores(pred: Prediction | None, todo, gc, step: int, g, n: int = 0) -> torch.Tensor:
+    """[B, L] float64: gc's order scores of the n positions still to fill (pred: their predictions;
+    None for a blind order), plus annealed Gumbel noise when the order reads order_noise; -inf
+    elsewhere."""
     rule = ORDERS[gc.order]
-    score = rule.fn(pred, g)  # [N]
+    score = rule.fn(pred, len(pred.tokens) if pred is not None else n, g)  # [N]
     if "order_noise" in rule.reads and gc.order_noise > 0:
         score = score + order_noise(gc.order_noise, step, gc.steps) * gumbel(len(score), g)
     return torch.full(todo.shape, float("-inf"), dtype=torch.float64, device=todo.device).masked_scatter(todo, score)
@@ -547,6 +552,35 @@ def at_rows(x, rows):
     return x[rows] if rows.dtype == torch.bool else x.gather(1, rows).flatten()
 
 
+def index_rows(mask, c: int):
+    """[B, c] the positions of mask [B, L] (exactly c per row), ascending: at_rows without a sync."""
+    return mask.to(torch.int8).argsort(dim=-1, descending=True, stable=True)[:, :c]
+
+
+def predict_and_choose(model, s: Loop, canvas: Canvas, ids: dict, gc, g, c, n_commit, step: int, plan, k: int):
+    """One forward pass: (commit [B, L], the canvas with every prediction in place [B, L], their
+    confidence [B, L]). A blind order (random) picks the positions first, so the LM head and the
+    sampler run there alone; otherwise every position still to fill is predicted, then
+    DECODES[gc.decode] chooses. c: masks per row for a scheduled step (None: threshold, factor)."""
+    blind = c is not None and ORDERS[gc.order].blind
+    if blind:
+        commit = top_n(order_scores(None, s.todo, gc, step, g, n=s.todo.shape[0] * c), s.todo, n_commit)  # [B, L]
+        where = commit
+        rows = index_rows(commit, n_commit) if isinstance(n_commit, int) else commit
+    else:
+        where = s.todo
+        rows = index_rows(s.todo, c) if c else s.todo  # [B, c] or [B, L]
+    # predict and draw a token at each chosen position: [N, V] -> [N]
+    logits = predict(model, s.tokens, rows, canvas, ids, gc, at_rows(s.eos_ok, rows), plan, k)  # [N, V]
+    pred = Prediction(logits, sample(logits, g, gc))
+    conf = torch.full(s.tokens.shape, float("-inf"), device=s.tokens.device).masked_scatter(where, pred.confidence)
+    proposal = s.tokens.masked_scatter(where, pred.tokens)  # [B, L]
+    if not blind:
+        score = order_scores(pred, s.todo, gc, step, g) if c is not None else None
+        commit = DECODES[gc.decode].fn(conf, score, s.todo, n_commit, gc)  # [B, L]
+    return commit, proposal, conf
+
+
 @torch.no_grad()
 def denoise_steps(model, canvas: Canvas, ids: dict, gc, g: torch.Generator, block: int = 0,
                   refresh: int = 0) -> Iterator[Step]:
@@ -563,25 +597,18 @@ def denoise_steps(model, canvas: Canvas, ids: dict, gc, g: torch.Generator, bloc
         gc.decode == "schedule"
     step, passes = 0, 0
     while step < gc.steps if scheduled else bool(s.todo.any()):
+        # 0. how many masks each row holds and how many to commit (ReMDM: which go back first)
         c, n_commit, remask = scheduled_step(gc, counts, step, n, s, g) or (0, 0, None) if scheduled else \
             (None, None, None)
         step += 1
         if c == 0:  # the schedule keeps every mask this step: no forward pass
             continue
-        # 1. predict every position still to fill and draw a token for each: [N, V] -> [N]
-        rows = s.todo.to(torch.int8).argsort(dim=-1, descending=True, stable=True)[:, :c] if c else s.todo  # [B, c]
-        logits = predict(model, s.tokens, rows, canvas, ids, gc, at_rows(s.eos_ok, rows), plan, passes)  # [N, V]
-        pred = Prediction(logits, sample(logits, g, gc))
-        conf = torch.full(s.tokens.shape, float("-inf"), device=device).masked_scatter(s.todo, pred.confidence)
-        # 2. which predictions to keep this step (DECODES), the rest stay masked
-        score = order_scores(pred, s.todo, gc, step, g) if scheduled else None
-        commit = DECODES[gc.decode].fn(conf, score, s.todo, n_commit, gc)  # [B, L]
+        # 1-2. predict, and choose which predictions to keep (the rest stay masked)
+        commit, proposal, conf = predict_and_choose(model, s, canvas, ids, gc, g, c, n_commit, step, plan, passes)
         # 3. commit; ReMDM's re-masked tokens go back to <mask> (a new prediction next step)
-        s.tokens = torch.where(commit, s.tokens.masked_scatter(s.todo, pred.tokens), s.tokens)
-        s.conf_at_commit = torch.where(commit, conf, s.conf_at_commit)
         remask = torch.zeros_like(commit) if remask is None else remask
-        s.tokens = s.tokens.masked_fill(remask, ids["mask"])
-        s.conf_at_commit = s.conf_at_commit.masked_fill(remask, float("nan"))
+        s.tokens = torch.where(commit, proposal, s.tokens).masked_fill(remask, ids["mask"])
+        s.conf_at_commit = torch.where(commit, conf, s.conf_at_commit).masked_fill(remask, float("nan"))
         s.todo = (s.todo & ~commit) | remask
         passes += 1
         yield Step(block, step, s.tokens.clone(), commit, torch.where(commit, conf, float("nan")),
@@ -651,12 +678,14 @@ def window_canvas(context: torch.Tensor, n: int, window: int, ids: dict, bos: in
     return Canvas(tokens, active, fixed, start=1 + T)
 
 
-def generation_steps(model, tokenizer, gc, window: int, g: torch.Generator, refresh: int = 0) -> Iterator[Step]:
+def generation_steps(model, tokenizer, gc, window: int, g: torch.Generator, refresh: int = 0,
+                     context: torch.Tensor | None = None) -> Iterator[Step]:
     """Every denoising step of a whole generation (gc: a GenConfig), each Step's `text` [B, T]
     holding the output so far: prompt, finished blocks, and the current block (masks included).
     The last Step's `text` is the result (on the model's device). Bad prompt/length/template:
     UsageError before any step. With --stop-at-eos, block writing stops once every row has
-    written </s>. refresh: see denoise_steps."""
+    written </s>. refresh: see denoise_steps. context: [B, P] token ids each row continues (its
+    own prompt, e.g. a held-out opening) in place of gc.prompt."""
     bos, eos = bos_eos(tokenizer)
     device = next(model.parameters()).device
     ids, g = with_ban(token_ids(tokenizer), device), device_generator(g, device)
@@ -674,11 +703,14 @@ def generation_steps(model, tokenizer, gc, window: int, g: torch.Generator, refr
             s.text = s.tokens[:, 1:-1]
             yield s
         return
-    prompt = prompt_ids(gc, tokenizer, window)
+    if context is not None and (gc.prompt or gc.template):
+        raise UsageError("give each row's context or a --prompt / --template, not both")
+    prompt = prompt_ids(gc, tokenizer, window) if context is None else context[0].tolist()
     if gc.cfg > 0 and not prompt:
         raise UsageError("--cfg needs something to condition on: a --prompt or a --template")
     length, block = lengths(gc, len(prompt), window)
-    text = torch.tensor([prompt] * B, dtype=torch.long, device=device).reshape(B, len(prompt))  # [B, T]
+    text = (torch.tensor([prompt] * B, dtype=torch.long) if context is None else context).reshape(B, len(prompt))
+    text = text.to(device)  # [B, T]
     b = 0
     while text.shape[1] - len(prompt) < length:
         n = min(block, length - (text.shape[1] - len(prompt)))
@@ -718,10 +750,11 @@ def lengths(gc, n_prompt: int, window: int) -> tuple[int, int]:
     return length, block
 
 
-def generate(model, tokenizer, gc, window: int, g: torch.Generator, refresh: int = 0):
+def generate(model, tokenizer, gc, window: int, g: torch.Generator, refresh: int = 0,
+             context: torch.Tensor | None = None):
     """-> (token ids [B, T] of prompt + generated text, history, number of prompt tokens)."""
-    history = list(generation_steps(model, tokenizer, gc, window, g, refresh))
-    n_prompt = 0 if gc.template else len(prompt_ids(gc, tokenizer, window))
+    history = list(generation_steps(model, tokenizer, gc, window, g, refresh, context))
+    n_prompt = 0 if gc.template else len(prompt_ids(gc, tokenizer, window)) if context is None else context.shape[1]
     return history[-1].text, history, n_prompt
 
 

@@ -177,6 +177,30 @@ def reference_blocks(val_blocks, n: int):
     return val_blocks[idx]
 
 
+# the decoding defaults have to write text like text: against held-out text's numbers (the
+# experiments that pick defaults, sampler_frontier.py and speed_frontier.py, both judge by it)
+QUALITY_FLOOR = {"unigram_entropy": 0.9, "distinct_2": 0.9, "repeated_4gram": 3.0, "top_word_share": 0.12}
+
+
+def meets_floor(row: dict, ref: dict) -> bool:
+    """Entropy and distinct-2 at least 0.9x held-out text's, repeated 4-grams at most 3x, no word above 12%."""
+    return (row["unigram_entropy"] >= QUALITY_FLOOR["unigram_entropy"] * ref["unigram_entropy"]
+            and row["distinct_2"] >= QUALITY_FLOOR["distinct_2"] * ref["distinct_2"]
+            and row["repeated_4gram"] <= QUALITY_FLOOR["repeated_4gram"] * max(ref["repeated_4gram"], 1e-3)
+            and row["top_word_share"] <= QUALITY_FLOOR["top_word_share"])
+
+
+def ppl_at(entropy: float, points: list[tuple[float, float]]) -> float | None:
+    """A rule's generative perplexity at `entropy`, from its (entropy, gen ppl) points: log-linear
+    between the two nearest points that bracket it; None outside the range it covered."""
+    pts = sorted(points)
+    for (e0, p0), (e1, p1) in zip(pts, pts[1:]):
+        if e0 <= entropy <= e1 and e1 > e0:
+            w = (entropy - e0) / (e1 - e0)
+            return math.exp((1 - w) * math.log(p0) + w * math.log(p1))
+    return None
+
+
 # ---------------------------------------------------------------------------------------------
 # The evaluation protocol: one row per setting, the same numbers everywhere
 # ---------------------------------------------------------------------------------------------
@@ -193,15 +217,17 @@ def reference_row(val_blocks, tokenizer, n: int, scorer, batch_size: int = 64) -
             **sample_quality(ref, texts, scorer, None, batch_size)}
 
 
-def diffusion_row(model, tokenizer, gc, window: int, scorer, batch_size: int = 64, name: str = "") -> dict:
-    """gc.num_samples samples of one setting (seed gc.seed), judged on what they wrote (a prompt is
-    not scored), with the setting's fields and words recorded beside the numbers."""
+def diffusion_row(model, tokenizer, gc, window: int, scorer, batch_size: int = 64, name: str = "",
+                  context=None) -> dict:
+    """gc.num_samples samples of one setting (seed gc.seed), judged on what they wrote (a prompt, or
+    each row's context [B, P], is not scored), with the setting's fields and words beside the numbers."""
     import torch
 
     from decoding import describe, generate, setting_of
 
     t0 = time.time()
-    ids, history, n_prompt = generate(model, tokenizer, gc, window, torch.Generator().manual_seed(gc.seed))
+    ids, history, n_prompt = generate(model, tokenizer, gc, window, torch.Generator().manual_seed(gc.seed),
+                                      context=context)
     seconds = time.time() - t0
     tokens = ids[:, n_prompt:].tolist()
     texts = [tokenizer.decode(t) for t in tokens]
@@ -210,14 +236,16 @@ def diffusion_row(model, tokenizer, gc, window: int, scorer, batch_size: int = 6
             **sample_quality(tokens, texts, scorer, seconds, batch_size)}
 
 
-def ar_row(ar, tokenizer, gc, length: int, scorer, batch_size: int = 64, name: str = "") -> dict:
-    """gc.num_samples unprompted samples of `length` tokens from the AR baseline with gc's sampler."""
+def ar_row(ar, tokenizer, gc, length: int, scorer, batch_size: int = 64, name: str = "", context=None) -> dict:
+    """gc.num_samples samples of `length` tokens from the AR baseline with gc's sampler, unprompted or
+    continuing each row's context [B, P] (not scored)."""
     import torch
 
     from decoding import SAMPLERS, ar_generate, sampler_setting
     from tokens import banned_ids
 
     bos = torch.full((gc.num_samples, 1), tokenizer.bos_token_id)
+    bos = bos if context is None else torch.cat([bos, context], 1)  # [B, 1 + P]
     t0 = time.time()
     ids = ar_generate(ar, bos, length, gc, banned_ids(tokenizer), torch.Generator().manual_seed(gc.seed))
     seconds = time.time() - t0
