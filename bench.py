@@ -1,22 +1,29 @@
-"""Benchmark this repo's training and generation against the reference pipeline, side by side.
+"""Benchmark this repo's training and generation against the reference pipeline and the AR baseline.
 
     python bench.py                   # GPU if one is visible: roberta-base shape, sequence 256
-    python bench.py --device cpu      # quick-test shape, plus the quick test's wall time
-    python bench.py --small           # tiny shapes, a smoke test (CI runs it)
+    python bench.py --device cpu      # quick-test shape and model, plus the quick test's wall time
+    python bench.py --small           # tiny shapes, random weights, a smoke test (CI runs it)
+    python bench.py --profile         # one generation stage by stage, diffusion and AR
+    python bench.py --render docs/bench.json   # README.md's Performance tables from a bench JSON
 
 One run measures, on the same model shape, data and machine:
   1. training tokens/s. This repo: pre-tokenised packed blocks (data.build_datasets), the
      DiffusionCollator, the LM head on masked positions only, fused AdamW, bf16 autocast on CUDA,
      the batch size of the config for that size (trainer.speed_arguments, config.MODEL_PRESETS).
-     The reference is the pipeline shape of the original RoBERTa-diffusion code, built here: the HF Trainer in fp32 at batch 16,
-     raw text tokenised by the collator on every batch, vocabulary logits at every position
-     (the model's own MLM loss).
-  2. seconds to write 256 new tokens: 10-step schedule decoding and threshold decoding
-     (decoding.generate) vs a GPT-2-shaped model of equal size with its KV cache (HF generate),
-     at batch 1 and 16. Weights are random: this times the work, not the text.
+     The reference is the pipeline shape of the original RoBERTa-diffusion code, built here: the
+     HF Trainer in fp32 at batch 16, raw text tokenised by the collator on every batch, vocabulary
+     logits at every position (the model's own MLM loss).
+  2. seconds to write a window's worth of new tokens at generate.py's defaults (config.GenConfig,
+     decoding.generate), and the same one token per forward pass, against the AR baseline with
+     its KV cache at the same sampler and temperature (decoding.ar_generate), at batch 1 and 16,
+     the sides alternating round by round (metrics.fastest_alternating); FLOPs per sample beside
+     them. The trained quick-test model and its AR baseline by default (--checkpoint,
+     --baseline); random weights with `none` (times the work, not the text).
   3. the quick test's wall time on CPU: `train.py --quick-test` + `generate.py`, as subprocesses
      into a temporary folder.
-Prints a table with ratios (this repo / baseline) and writes JSON with the resolved settings,
+--profile instead times one generation per batch size by stage: model forward (decoding.predict;
+the AR's forward), sampler (decoding.sample), order and noise (decoding.order_scores), and the
+rest of the loop (bookkeeping). Prints a table and writes JSON with the resolved settings,
 versions and machine to --out. It asserts nothing about speed: the targets live in the README.
 """
 
@@ -64,6 +71,8 @@ class BenchConfig(Settings):
     gen_repeats: int = flag(3, "timed repeats after one warm-up; the fastest is kept", min=1)
     profile: bool = flag(False, "only time one generation stage by stage (model forward, sampler, order and noise, "
                          "bookkeeping), diffusion at the defaults and the AR at the same sampler")
+    render: str = flag("", "measure nothing: write this bench JSON's tables into README.md's Performance section "
+                       "(between the markers naming it)")
     skip_quick_test: bool = flag(False, "skip timing train.py --quick-test (--small does)")
     cache_dir: str = flag(".cache", "tokenizer and packed-data cache")
     seed: int = flag(0, "weights, masks and samples", min=0)
@@ -301,19 +310,6 @@ def release(device) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def timed(fn, device, repeats: int) -> tuple[float, object]:
-    """(fastest of `repeats` calls in seconds, the last result): on a shared machine the slower
-    calls measure the neighbours."""
-    times, out = [], None
-    for _ in range(repeats):
-        sync(device)
-        t0 = time.perf_counter()
-        out = fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return min(times), out
-
-
 def generation_models(args, tokenizer, device):
     """(diffusion model, its tokenizer, window, AR model, where they came from): the trained
     checkpoint and its AR baseline, or (--checkpoint none / --baseline none) random weights at the
@@ -352,6 +348,7 @@ def bench_generation(args, tokenizer) -> dict:
     import torch
 
     from decoding import SAMPLERS, describe, generate, ar_generate
+    from metrics import fastest_alternating, flops
     from modeling import n_params
     from tokens import banned_ids
 
@@ -377,17 +374,19 @@ def bench_generation(args, tokenizer) -> dict:
     for batch in args.batches():
         print(f"[2/3] generation, {n} new tokens at batch {batch}", flush=True)
         settings = gen_settings(args, n, batch)
-        diffuse(settings["defaults"])  # warm-up: kernels, allocator
-        autoregress(settings["defaults"], 8)
-        row = {}
-        for name, gc in settings.items():
-            s, passes = timed(lambda: diffuse(gc), device, args.gen_repeats)
-            row[name] = {"seconds": s, "forward_passes": passes, "label": describe(gc)}
         gc = settings["defaults"]
-        s, passes = timed(lambda: autoregress(gc, n), device, args.gen_repeats)
-        row["ar_kv_cache"] = {"seconds": s, "forward_passes": passes, "label": SAMPLERS[gc.sampling].text(gc)}
-        row["speedup"] = {name: s / row[name]["seconds"] for name in settings}  # AR time / diffusion time
+        runs = {name: (lambda c=c: diffuse(c)) for name, c in settings.items()}
+        runs["ar_kv_cache"] = lambda: autoregress(gc, n)  # the defaults' sampler and temperature
+        best = fastest_alternating(runs, args.gen_repeats, lambda: sync(device))
+        row = {name: {"seconds": best[name], "forward_passes": diffuse(c), "label": describe(c)}
+               for name, c in settings.items()}
+        row["ar_kv_cache"] = {"seconds": best["ar_kv_cache"], "forward_passes": n,
+                              "label": SAMPLERS[gc.sampling].text(gc)}
+        row["speedup"] = {name: best["ar_kv_cache"] / best[name] for name in settings}  # AR time / diffusion time
         out["by_batch"][str(batch)] = row
+    one = gen_settings(args, n, 1)  # FLOPs per sample: what a compute-bound machine pays
+    out["flops_per_sample"] = {**{name: flops(lambda c=c: diffuse(c)) for name, c in one.items()},
+                               "ar_kv_cache": flops(lambda: autoregress(one["defaults"], n))}
     return out
 
 
@@ -571,8 +570,97 @@ def generation_table(g: dict) -> str:
     return "\n".join(rows)
 
 
+# ---------------------------------------------------------------------------------------------
+# README.md's Performance tables, rendered from a bench JSON (--render)
+# ---------------------------------------------------------------------------------------------
+
+
+def md_training(report: dict) -> list[str]:
+    s, t = report["settings"], report["training"]
+    return ["| training | this repo | reference | ratio |", "|---|---|---|---|",
+            f"| tokens/s, {s['arch']} {s['layers']}x{s['hidden']}, vocab {s['vocab']:,}, sequence {s['seq_len']} | "
+            f"{t['repo']['tokens_per_s']:,.0f} (batch {t['repo']['batch_size']}) | "
+            f"{t['reference']['tokens_per_s']:,.0f} (batch {t['reference']['batch_size']}) | {t['ratio']:.2f}x |", ""]
+
+
+def md_generation(g: dict) -> list[str]:
+    first = next(iter(g["by_batch"].values()))
+    names = [k for k in first if k not in ("ar_kv_cache", "speedup")]
+    rows = [f"| {g['new_tokens']} new tokens | batch | seconds (forward passes) | AR + KV cache, same sampler | "
+            f"AR / diffusion | FLOPs per sample |", "|---|---|---|---|---|---|"]
+    for name in names:
+        for batch, r in g["by_batch"].items():
+            fl = g.get("flops_per_sample", {})
+            rows.append(f"| {first[name]['label']} | {batch} | {r[name]['seconds']:.3f} ({r[name]['forward_passes']}) | "
+                        f"{r['ar_kv_cache']['seconds']:.3f} ({r['ar_kv_cache']['forward_passes']}) | "
+                        f"**{r['speedup'][name]:.2f}x** | "
+                        f"{fl.get(name, 0) / 1e6:.0f}M vs {fl.get('ar_kv_cache', 0) / 1e6:.0f}M |")
+    return rows + ["", f"(diffusion: {g['models']['diffusion']}; AR: {g['models']['ar']}, decoding.ar_generate, "
+                       f"{first['ar_kv_cache']['label']}; times alternate between the sides, fastest round of each)",
+                   ""]
+
+
+def md_profile(p: dict) -> list[str]:
+    stages = ("model forward", "sampler", "order and noise", "bookkeeping", "total")
+    rows = ["| batch | model | " + " | ".join(stages) + " |", "|---" * (len(stages) + 2) + "|"]
+    for batch, r in p["by_batch"].items():
+        for side in ("diffusion", "ar"):
+            rows.append(f"| {batch} | {side} | " + " | ".join(
+                f"{r[side][s]:.1f}" if s in r[side] else "-" for s in stages) + " |")
+    first = next(iter(p["by_batch"].values()))
+    return rows + ["", f"(ms per generation of {p['new_tokens']} new tokens; diffusion: {first['diffusion']['label']}; "
+                       f"AR: {first['ar']['label']}; models: {p['models']['diffusion']}, {p['models']['ar']})", ""]
+
+
+def readme_markdown(report: dict) -> str:
+    """The Performance tables of a bench JSON as markdown, with the machine and the command."""
+    m, v = report["machine"], report["versions"]
+    rows = [f"Measured with `{report['command']}` on {m.get('gpu', m['cpu'])} ({m['cpu_count']} CPUs, "
+            f"{m['torch_threads']} torch threads, load average {m.get('load_average_1min')} at the start), "
+            f"torch {v['torch']}, transformers {v['transformers']}:", ""]
+    if "training" in report:
+        rows += md_training(report)
+    if "generation" in report:
+        rows += md_generation(report["generation"])
+    if "profile" in report:
+        rows += md_profile(report["profile"])
+    q = report.get("quick_test")
+    if q:
+        rows += [f"The quick test: train {q['train_s']:.0f} s + generate {q['generate_s']:.0f} s = "
+                 f"**{q['total_s']:.0f} s**.", ""]
+    return "\n".join(rows).rstrip() + "\n"
+
+
+def markers(path: str) -> tuple[str, str]:
+    return (f"<!-- rendered by: python bench.py --render {path} -->", f"<!-- end of {path} -->")
+
+
+def render_readme(path: str, readme: str = os.path.join(ROOT, "README.md")) -> str:
+    """README.md with the block between path's markers replaced by readme_markdown of that JSON."""
+    import json
+
+    try:
+        with open(path) as f:
+            report = json.load(f)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"--render {path}: not a readable bench JSON ({e})")
+    with open(readme, encoding="utf-8") as f:
+        text = f.read()
+    begin, end = markers(path)
+    if begin not in text or end not in text:
+        raise UsageError(f"README.md has no block for {path}: add the lines {begin!r} and {end!r}")
+    head, rest = text.split(begin, 1)
+    return head + begin + "\n" + readme_markdown(report) + end + rest.split(end, 1)[1]
+
+
 def main(argv=None) -> int:
     args, argv = resolve(argv)
+    if args.render:
+        from files import write_atomic
+
+        write_atomic(os.path.join(ROOT, "README.md"), render_readme(args.render))
+        print(f"wrote README.md's tables from {args.render}")
+        return 0
     folder = os.path.dirname(os.path.abspath(args.out))
     try:
         os.makedirs(folder, exist_ok=True)

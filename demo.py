@@ -121,18 +121,20 @@ def page_config(values: dict, max_tokens: int) -> GenConfig:
 # ---------------------------------------------------------------------------------------------
 
 
-def lane_html(kind: str, title: str, subtitle: str, stats: str, canvas: str, passes: int = 0, done: bool = False) -> str:
+def lane_html(kind: str, title: str, subtitle: str, stats: str, canvas: str, passes: int = 0, done: bool = False,
+              seconds: float = 0.0) -> str:
     return (f'<div class="lane {kind}"><div class="lane-head"><span class="lane-title">{title}</span>'
             f'<span class="lane-sub">{subtitle}</span></div>'
-            f'<div class="stats" data-passes="{passes}" data-done="{int(done)}">{stats}</div>'
-            f'<div class="canvas">{canvas}</div></div>')
+            f'<div class="stats" data-passes="{passes}" data-done="{int(done)}" data-seconds="{seconds:.6f}">{stats}'
+            f'</div><div class="canvas">{canvas}</div></div>')
 
 
 def stats_text(passes: int, seconds: float, tokens: int, left: int, done: bool) -> str:
+    """A lane's forward passes and its own wall time so far (the slow motion excluded)."""
     if not done:
-        return f"forward pass {passes} · {left} tokens left"
+        return f"forward pass {passes} · {left} tokens left · {seconds:.3f} s"
     rate = f"{tokens / seconds:,.0f} tokens/s" if seconds > 0 else "—"
-    return f"<b>{passes}</b> forward passes · {seconds:.3f} s · {rate}"
+    return f"<b>{passes}</b> forward passes · <b>{seconds:.3f} s</b> · {rate}"
 
 
 def message_html(text: str, error: bool = False) -> str:
@@ -218,7 +220,7 @@ class Race:
         passes = len(self.left["d"]) - 1
         stats = stats_text(passes, self.clock["d"], self.total, self.left["d"][-1], self.done["d"])
         canvas = canvas_html(self.row, kinds, [self.conf_at.get(i) for i in range(len(self.row))], self.tok)
-        return lane_html("diffusion", "Diffusion", self.names[0], stats, canvas, passes, self.done["d"])
+        return lane_html("diffusion", "Diffusion", self.names[0], stats, canvas, passes, self.done["d"], self.clock["d"])
 
     def ar_lane(self) -> str:
         from visualize import canvas_html
@@ -233,7 +235,7 @@ class Race:
         stats = stats_text(n, self.clock["a"], self.ar_len, self.left["a"][-1], self.done["a"])
         stats += self.ar_note if self.done["a"] else ""
         canvas = canvas_html(row, kinds, [None] * len(row), self.tok)
-        return lane_html("ar", "AR baseline", self.names[1], stats, canvas, n, self.done["a"])
+        return lane_html("ar", "AR baseline", self.names[1], stats, canvas, n, self.done["a"], self.clock["a"])
 
     def chart(self) -> str:
         from visualize import progress_svg
@@ -244,9 +246,15 @@ class Race:
         return progress_svg(lines, x_max, max(self.total, 1))
 
     def status(self) -> str:
-        if self.done["d"] and self.done["a"]:
-            return message_html("Done. Hover a token for the confidence it was committed with.")
-        return message_html("writing…")
+        if not (self.done["d"] and self.done["a"]):
+            return message_html("writing…")
+        race = ""
+        if self.columns is not None and self.ar_len == self.total:
+            d, a = self.clock["d"], self.clock["a"]
+            first = "Diffusion" if d < a else "The AR baseline"
+            race = (f"{first} finished first: diffusion {d:.3f} s, AR baseline {a:.3f} s for {self.total} tokens "
+                    f"(each lane's own wall time, the slow motion excluded; AR / diffusion = {a / max(d, 1e-9):.2f}). ")
+        return message_html(f"Done. {race}Hover a token for the confidence it was committed with.")
 
     def advance(self) -> str:
         """One forward pass of the lane whose clock is behind; returns that lane ("d" or "a")."""

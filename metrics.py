@@ -13,6 +13,8 @@ The evaluation protocol (evaluate.py, the experiments, bench.py):
     diffusion_row(model, tokenizer, gc, window, scorer)   one generation setting: samples, numbers,
                                                   its settings (decoding.setting_of) and words (describe)
     ar_row(ar, tokenizer, gc, length, n, scorer)  the AR baseline's own samples with the same sampler
+    fastest_alternating(runs, repeats)            wall seconds of several calls timed side by side
+    flops(run)                                    floating-point operations of one call
     machine()                                     the facts of the machine the numbers were taken on
 
 Scores that need a model (torch imported inside):
@@ -253,6 +255,34 @@ def ar_row(ar, tokenizer, gc, length: int, scorer, batch_size: int = 64, name: s
     texts = [tokenizer.decode(t) for t in tokens]
     return {"name": name, "model": "AR", "settings": sampler_setting(gc), "label": SAMPLERS[gc.sampling].text(gc),
             "forward_passes": length, "texts": texts[:4], **sample_quality(tokens, texts, scorer, seconds, batch_size)}
+
+
+def fastest_alternating(runs: dict, repeats: int, sync=lambda: None) -> dict:
+    """{name: fastest wall seconds} of each call in runs ({name: fn}), the calls alternating round
+    by round after one warm-up each: on a shared machine a slow round slows every side, so the
+    ratios are side by side and the fastest round of each is its own cost. sync: waits for a
+    device (CUDA) before each clock reading."""
+    best = {name: float("inf") for name in runs}
+    for fn in runs.values():
+        fn()
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return best
+
+
+def flops(run) -> int:
+    """Floating-point operations one call of run() performs, as torch.utils.flop_counter counts
+    them (matrix products and attention: what a compute-bound machine pays for)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        run()
+    return counter.get_total_flops()
 
 
 def machine() -> dict:

@@ -32,7 +32,6 @@ import repo_root  # noqa: F401  (first: puts the repo's modules on sys.path)
 
 import csv
 import dataclasses
-import time
 
 from cli import UsageError, cli, parse
 from config import GenConfig, flag, parse_floats, parse_ints, parse_names, save_config, Settings
@@ -147,35 +146,13 @@ def ar_quality(ar, tok, fields: dict, n: int, scorer, fc: SpeedConfig, context=N
     return quality(ids.tolist(), tok, scorer, ar.config.n_positions)
 
 
-def side_by_side(runs: dict, repeats: int) -> dict:
-    """{name: fastest seconds} of each call in runs, the calls alternating round by round: on a
-    shared machine a slow round slows both sides, and the fastest round of each is its own cost."""
-    best = {name: float("inf") for name in runs}
-    for name, fn in runs.items():  # warm-up
-        fn()
-    for _ in range(repeats):
-        for name, fn in runs.items():
-            t0 = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - t0)
-    return best
-
-
-def flops_per_sample(run) -> int:
-    """Floating-point operations of one call of run() (one sample), as torch counts them."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter:
-        run()
-    return counter.get_total_flops()
-
-
 def speed(model, tok, ar, fields: dict, window: int, fc: SpeedConfig) -> dict:
     """Seconds per new token (wall seconds / (batch x new tokens)) of the setting and of the AR at
     the same sampler and temperature, per batch size, alternating; FLOPs per sample of each."""
     import torch
 
     from decoding import ar_generate, generate
+    from metrics import fastest_alternating, flops
     from tokens import banned_ids
 
     n = new_tokens(fields, window)
@@ -186,16 +163,16 @@ def speed(model, tok, ar, fields: dict, window: int, fc: SpeedConfig) -> dict:
         if n <= ar.config.n_positions - 1:
             start = torch.full((batch, 1), tok.bos_token_id)
             runs["ar"] = lambda: ar_generate(ar, start, n, gc, banned_ids(tok), torch.Generator().manual_seed(fc.seed))
-        best = side_by_side(runs, fc.repeats)
+        best = fastest_alternating(runs, fc.repeats)
         out[str(batch)] = {f"{side}_s_per_token": s / (batch * n) for side, s in best.items()}
         if "ar" in best:
             out[str(batch)]["speedup"] = best["ar"] / best["diffusion"]
     one = gen_config(fields, 1, fc.seed)
-    out["flops_per_token"] = flops_per_sample(
+    out["flops_per_token"] = flops(
         lambda: generate(model, tok, one, window, torch.Generator().manual_seed(fc.seed))) / n
     if n <= ar.config.n_positions - 1:
         start = torch.full((1, 1), tok.bos_token_id)
-        out["ar_flops_per_token"] = flops_per_sample(
+        out["ar_flops_per_token"] = flops(
             lambda: ar_generate(ar, start, n, one, banned_ids(tok), torch.Generator().manual_seed(fc.seed))) / n
     return out
 

@@ -13,7 +13,8 @@ import torch
 import modeling
 from conftest import CACHE, ROOT
 from cli import UsageError, cli
-from config import TrainConfig
+from config import GenConfig, TrainConfig
+from decoding import SAMPLERS, describe
 
 # ---------------------------------------------------------------------------------------------
 # Masked-only LM head == full head (fp32)
@@ -248,18 +249,28 @@ def test_bench_small_runs_and_writes_json(tmp_path):
         assert t[side]["timed_steps"] == s["steps"] and t[side]["tokens_per_step"] == batch * s["seq_len"]
     assert t["repo"]["lm_head"] == "masked positions" and t["reference"]["lm_head"] == "every position"
     g = report["generation"]
-    assert set(g["by_batch"]) == {"1", "16"}
+    assert set(g["by_batch"]) == {"1", "16"} and g["new_tokens"] == 32 and g["models"]["diffusion"] == "random weights"
     for r in g["by_batch"].values():
-        assert r["diffusion_schedule"]["forward_passes"] == s["gen_steps"]
-        assert 1 <= r["diffusion_threshold"]["forward_passes"] <= g["new_tokens"]
-        assert r["autoregressive_kv_cache"]["forward_passes"] == g["new_tokens"]
+        assert r["defaults"]["forward_passes"] == GenConfig().steps  # generate.py's defaults, not bench's own
+        assert r["defaults_one_token_per_pass"]["forward_passes"] == g["new_tokens"]
+        assert r["ar_kv_cache"]["forward_passes"] == g["new_tokens"]
+        assert r["speedup"]["defaults"] == pytest.approx(r["ar_kv_cache"]["seconds"] / r["defaults"]["seconds"])
+        assert r["defaults"]["label"] == describe(GenConfig(length=32))  # the settings named in the table
+        assert r["ar_kv_cache"]["label"] == SAMPLERS[GenConfig().sampling].text(GenConfig())
+    assert g["flops_per_sample"]["defaults_one_token_per_pass"] > g["flops_per_sample"]["defaults"] > 0
+    readme = tmp_path / "README.md"  # --render writes the tables between the JSON's markers
+    begin, end = bench.markers(str(out))
+    readme.write_text(f"# x\n{begin}\nold\n{end}\ntail\n")
+    text = bench.render_readme(str(out), str(readme))
+    assert "old" not in text and text.endswith(f"{end}\ntail\n") and f"{r['speedup']['defaults']:.2f}x" in text
     assert not os.path.exists(str(out) + ".tmp")
 
 
 @pytest.mark.parametrize("argv,msg", [
     (["--gen-batches", "1,x"], "--gen-batches"),
     (["--steps", "0"], "--steps"),
-    (["--threshold", "1.5"], "--threshold"),
+    (["--gen-repeats", "0"], "--gen-repeats"),
+    (["--render", "/nonexistent.json"], "--render"),
 ])
 def test_bench_bad_input_is_one_line_error(argv, msg, capsys, tmp_path):
     import bench

@@ -159,11 +159,11 @@ def prediction(p, tok):
 def test_orders_rank_predictions_as_defined():
     p, tok = probs_fixture()
     g = torch.Generator().manual_seed(0)
-    conf = D.ORDERS["low-confidence"].fn(prediction(p, tok), g)
+    conf = D.ORDERS["low-confidence"].fn(prediction(p, tok), 3, g)
     assert torch.allclose(conf.exp(), torch.tensor([0.7, 0.5, 0.45], dtype=torch.float64))
-    margin = D.ORDERS["margin"].fn(prediction(p, tok), g)
+    margin = D.ORDERS["margin"].fn(prediction(p, tok), 3, g)
     assert torch.allclose(margin.exp(), torch.tensor([0.5, 0.3, 0.0], dtype=torch.float64), atol=1e-6)
-    ent = D.ORDERS["entropy"].fn(prediction(p, tok), g)  # negative entropy: the peaked first row ranks first
+    ent = D.ORDERS["entropy"].fn(prediction(p, tok), 3, g)  # negative entropy: the peaked first row ranks first
     want = -(p * p.clamp_min(1e-30).log()).sum(-1).double()
     assert torch.allclose(-ent, want, atol=1e-6) and ent.argsort(descending=True).tolist() == [0, 2, 1]
     assert conf.argsort(descending=True).tolist() == [0, 1, 2]
