@@ -631,34 +631,26 @@ def readme_markdown(report: dict) -> str:
     return "\n".join(rows).rstrip() + "\n"
 
 
-def markers(path: str) -> tuple[str, str]:
-    return (f"<!-- rendered by: python bench.py --render {path} -->", f"<!-- end of {path} -->")
+def render_command(path: str) -> str:
+    return f"python bench.py --render {path}"
 
 
-def render_readme(path: str, readme: str = os.path.join(ROOT, "README.md")) -> str:
-    """README.md with the block between path's markers replaced by readme_markdown of that JSON."""
+def load_report(path: str) -> dict:
     import json
 
     try:
         with open(path) as f:
-            report = json.load(f)
+            return json.load(f)
     except (OSError, ValueError) as e:
         raise UsageError(f"--render {path}: not a readable bench JSON ({e})")
-    with open(readme, encoding="utf-8") as f:
-        text = f.read()
-    begin, end = markers(path)
-    if begin not in text or end not in text:
-        raise UsageError(f"README.md has no block for {path}: add the lines {begin!r} and {end!r}")
-    head, rest = text.split(begin, 1)
-    return head + begin + "\n" + readme_markdown(report) + end + rest.split(end, 1)[1]
 
 
 def main(argv=None) -> int:
     args, argv = resolve(argv)
     if args.render:
-        from files import write_atomic
+        from report import render_into
 
-        write_atomic(os.path.join(ROOT, "README.md"), render_readme(args.render))
+        render_into(os.path.join(ROOT, "README.md"), render_command(args.render), readme_markdown(load_report(args.render)))
         print(f"wrote README.md's tables from {args.render}")
         return 0
     folder = os.path.dirname(os.path.abspath(args.out))

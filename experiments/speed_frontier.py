@@ -32,6 +32,7 @@ import repo_root  # noqa: F401  (first: puts the repo's modules on sys.path)
 
 import csv
 import dataclasses
+import shlex
 
 from cli import UsageError, cli, parse
 from config import GenConfig, flag, parse_floats, parse_ints, parse_names, save_config, Settings
@@ -53,6 +54,8 @@ class SpeedConfig(Settings):
                         min=0)
     seed: int = flag(0, "every setting restarts from this seed", min=0)
     out_dir: str = flag("results/figures", "speed_frontier.png / .csv / .json")
+    render: str = flag("", "measure nothing: write this speed_frontier.json's table into README.md (between the "
+                       "markers naming the command)")
 
 
 # every decoding field, stated: a setting is BASE with its own changes, never a GenConfig default
@@ -359,14 +362,57 @@ def write_outputs(fc: SpeedConfig, rows: list[dict], ar_rows: list[dict], refs: 
     write_json(paths["json"], {"config": dataclasses.asdict(fc), "base": BASE, "speed_targets": SPEED_TARGETS,
                                "quality_floor": QUALITY_FLOOR, "references": refs, "rows": rows, "ar_rows": ar_rows,
                                "proposal": proposal and proposal["name"], "machine": machine(),
-                               "versions": versions(), "command": " ".join(["python", *sys.argv])})
+                               "versions": versions(), "command": shlex.join(["python", *sys.argv])})
     save_config(fc, fc.out_dir, "speed_frontier_config.json")
     for p in paths.values():
         print(f"wrote {p}")
 
 
+def markdown(report: dict) -> str:
+    """README's table of a frontier run: every row, its times and FLOPs beside its quality, and
+    the proposal, from the recorded fields alone."""
+    refs, rows = report["references"], report["rows"] + report["ar_rows"]
+    m = report["machine"]
+    cell = lambda q: f"{q['gen_ppl']:.0f} / {q['unigram_entropy']:.2f} / {q['top_word_share']:.0%}"  # noqa: E731
+    out = [f"`{report['command']}` on {m['cpu']} ({m['torch_threads']} torch thread(s), load average "
+           f"{m['load_average_1min']} at the start), {report['config']['num_samples']} samples per setting; ms per "
+           f"new token = wall ms / (batch x tokens), x AR = the AR baseline's time / the setting's at the same "
+           f"sampler and temperature, alternated; quality = generative perplexity / unigram entropy (bits) / "
+           f"most frequent word.", "",
+           "| setting | passes | ms/token, batch 1 (x AR) | batch 16 (x AR) | MFLOP/token (AR) | unprompted | "
+           "prompted | fails |", "|---|---|---|---|---|---|---|---|",
+           f"| held-out text | | | | | {cell(refs['unprompted'])} | "
+           f"{cell(refs['prompted']) if refs['prompted'] else ''} | |"]
+    for r in rows:
+        t = [f"{1000 * r[b]['diffusion_s_per_token']:.2f} ({r[b]['speedup']:.2f}x)" if b in r and "speedup" in r[b]
+             else f"{1000 * r[b]['diffusion_s_per_token']:.2f}" if b in r else "" for b in SPEED_TARGETS]
+        fl = (f"{r['flops_per_token'] / 1e6:.1f} ({r['ar_flops_per_token'] / 1e6:.1f})" if "ar_flops_per_token" in r
+              else f"{r['flops_per_token'] / 1e6:.1f}" if "flops_per_token" in r else "")
+        fails = ", ".join(k for k, v in r.get("checks", {}).items() if not v)
+        name = f"**{r['name']}**" if r["name"] == report["proposal"] else r["name"]
+        out.append(f"| {name} | {r['unprompted'].get('forward_passes', '')} | {t[0]} | {t[1]} | {fl} | "
+                   f"{cell(r['unprompted'])} | {cell(r['prompted']) if 'prompted' in r else ''} | {fails} |")
+    out += ["", f"Proposal (every check passes, lowest unprompted generative perplexity): "
+                f"**{report['proposal'] or 'none'}**."]
+    return "\n".join(out) + "\n"
+
+
 def main(argv=None) -> int:
     fc, _ = parse(SpeedConfig, argv, __doc__)
+    if fc.render:
+        import json
+
+        from report import render_into
+
+        try:
+            with open(fc.render) as f:
+                report = json.load(f)
+        except (OSError, ValueError) as e:
+            raise UsageError(f"--render {fc.render}: not a readable speed_frontier.json ({e})")
+        render_into(os.path.join(repo_root.ROOT, "README.md"), f"python experiments/speed_frontier.py --render "
+                    f"{fc.render}", markdown(report))
+        print(f"wrote README.md's speed frontier table from {fc.render}")
+        return 0
     check_base()
     names = list(SETTINGS) if fc.settings == "all" else parse_names(fc.settings, "settings", tuple(SETTINGS))
     for name in names:  # every setting is checked before any work starts

@@ -258,11 +258,15 @@ def test_bench_small_runs_and_writes_json(tmp_path):
         assert r["defaults"]["label"] == describe(GenConfig(length=32))  # the settings named in the table
         assert r["ar_kv_cache"]["label"] == SAMPLERS[GenConfig().sampling].text(GenConfig())
     assert g["flops_per_sample"]["defaults_one_token_per_pass"] > g["flops_per_sample"]["defaults"] > 0
-    readme = tmp_path / "README.md"  # --render writes the tables between the JSON's markers
-    begin, end = bench.markers(str(out))
-    readme.write_text(f"# x\n{begin}\nold\n{end}\ntail\n")
-    text = bench.render_readme(str(out), str(readme))
-    assert "old" not in text and text.endswith(f"{end}\ntail\n") and f"{r['speedup']['defaults']:.2f}x" in text
+    readme = tmp_path / "README.md"  # --render writes the tables between the markers naming the command
+    command = bench.render_command(str(out))
+    readme.write_text(f"# x\n<!-- rendered by: {command} -->\nold\n<!-- end of: {command} -->\ntail\n")
+    from report import render_into
+
+    render_into(str(readme), command, bench.readme_markdown(report))
+    text = readme.read_text()
+    assert "old" not in text and text.endswith(f"<!-- end of: {command} -->\ntail\n")
+    assert f"{r['speedup']['defaults']:.2f}x" in text and report["command"] in text
     assert not os.path.exists(str(out) + ".tmp")
 
 

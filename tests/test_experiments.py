@@ -275,6 +275,8 @@ def test_speed_frontier_runs_and_writes_every_field(tiny_run, tiny_baseline, tmp
     dual = seed["blocks 16 x 4 steps dual cache"]
     assert dual["unprompted"]["forward_passes"] == 2 * 4  # 30 tokens: blocks of 16 and 14, 4 passes each
     assert (out / "speed_frontier.png").stat().st_size > 1000
+    table = SPF.markdown(report)  # README's table (--render): every row, from the JSON alone
+    assert all(f"| {name} |" in table or f"| **{name}** |" in table for name in names + ["AR nucleus T 1.0"])
 
 
 @pytest.mark.parametrize("script,argv,message", [
