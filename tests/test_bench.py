@@ -291,3 +291,17 @@ def test_bench_cuda_without_gpu_is_an_error():
 
     with pytest.raises(UsageError, match="no CUDA GPU"):
         bench.resolve(["--device", "cuda"])
+
+
+def test_readme_performance_tables_are_the_render_of_their_json():
+    """README's Performance tables cannot drift from the committed bench runs: each block is exactly
+    `python bench.py --render <json>` of its JSON."""
+    import bench
+    from report import replace_block
+
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    for path in ("docs/bench.json", "docs/profile.json"):
+        with open(os.path.join(ROOT, path)) as f:
+            report = json.load(f)
+        assert replace_block(readme, bench.render_command(path), bench.readme_markdown(report)) == readme, path

@@ -194,6 +194,17 @@ def test_each_lane_shows_its_own_wall_time_and_the_status_names_the_first_to_fin
     assert winner in status and f"diffusion {d:.3f} s, AR baseline {a:.3f} s for 20 tokens" in status
 
 
+def test_measure_runs_races_through_the_page_and_reports_each_lane(tiny_run, tiny_baseline, capsys):
+    argv = ["--checkpoint", tiny_run[1], "--baseline", tiny_baseline, "--port", str(free_port()), "--pause", "0",
+            "--measure", "2"]
+    assert demo.main(argv) == 0
+    out = capsys.readouterr().out
+    races = re.findall(r"race \d: diffusion ([0-9.]+) s, AR baseline ([0-9.]+) s", out)
+    assert len(races) == 2 and all(float(d) > 0 and float(a) > 0 for d, a in races)
+    wins = sum(float(d) < float(a) for d, a in races)
+    assert f"diffusion finished first in {wins} of 2 races" in out
+
+
 def test_two_requests_at_once_both_finish(client):
     jobs = [client.submit("prompt", PROMPT, "", *settings(length=12, steps=s), api_name="/generate") for s in (3, 6)]
     results = [j.result(timeout=60) for j in jobs]

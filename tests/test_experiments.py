@@ -279,6 +279,18 @@ def test_speed_frontier_runs_and_writes_every_field(tiny_run, tiny_baseline, tmp
     assert all(f"| {name} |" in table or f"| **{name}** |" in table for name in names + ["AR nucleus T 1.0"])
 
 
+def test_readme_speed_frontier_table_is_the_render_of_its_json():
+    from conftest import ROOT
+    from report import replace_block
+
+    path = "docs/speed_frontier.json"
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    with open(os.path.join(ROOT, path)) as f:
+        report = json.load(f)
+    assert replace_block(readme, f"python experiments/speed_frontier.py --render {path}", SPF.markdown(report)) == readme
+
+
 @pytest.mark.parametrize("script,argv,message", [
     (MV, ["--levels", "0,1.5"], "--levels"),
     (SC, ["--schedules", "zigzag"], "zigzag"),
