@@ -304,18 +304,19 @@ class GenConfig(Settings):
     prompt: str = flag("", "text the generation continues (kept fixed, as the training prefix was)")
     template: str = flag("", "infill: fixed text with [MASK:n] spans to fill, e.g. 'A [MASK:5] is [MASK].'")
     length: int = flag(0, "new tokens to generate; 0 = fill the checkpoint's window after the prompt", min=0)
-    steps: int = flag(10, "denoising steps (per block with --block-size)", min=1)
+    steps: int = flag(16, "denoising steps (per block with --block-size)", min=1)
     schedule: str = flag("linear", "how fast masks are removed: diffusion.SCHEDULES, the curves training draws "
                          "rates from", choices=SCHEDULES)
-    sampling: str = flag("nucleus", "how a token is drawn at a masked position (decoding.SAMPLERS); the defaults "
-                         "are the point of experiments/sampler_frontier.py that reaches text-like variety at the "
-                         "lowest generative perplexity", choices=Registry("decoding", "SAMPLERS"))
+    sampling: str = flag("nucleus", "how a token is drawn at a masked position (decoding.SAMPLERS); the decoding "
+                         "defaults are experiments/speed_frontier.py's proposal: text-like variety below the seed's "
+                         "generative perplexity, at the fewest forward passes", choices=Registry("decoding", "SAMPLERS"))
     k: int = flag(50, "top-k size", min=1)
     p: float = flag(0.95, "nucleus mass", above=0, max=1)
-    temperature: float = flag(0.9, "softmax temperature; 0 = greedy argmax for any sampler", min=0)
-    order: str = flag("low-confidence", "which predictions are committed first (decoding.ORDERS); random = the "
-                      "seed's rule", choices=Registry("decoding", "ORDERS"))
-    order_noise: float = flag(8.0, "Gumbel noise on the order's scores, annealed to 0 over the steps", min=0)
+    temperature: float = flag(0.85, "softmax temperature; 0 = greedy argmax for any sampler", min=0)
+    order: str = flag("random", "which predictions are committed first (decoding.ORDERS); random = the seed's rule, "
+                      "which predicts only where it commits", choices=Registry("decoding", "ORDERS"))
+    order_noise: float = flag(8.0, "Gumbel noise on a certainty order's scores, tau (T - s) / T at step s of T "
+                              "(MaskGIT's annealing)", min=0)
     remdm: str = flag("none", "ReMDM: each committed token goes back to <mask> with probability sigma, drawn "
                       "independently (decoding.REMDM; conf is ReMDM's own, conf-rescale this repo's variant)",
                       choices=Registry("decoding", "REMDM"))

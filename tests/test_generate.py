@@ -82,13 +82,16 @@ def test_a_new_sampler_is_one_registry_entry(monkeypatch, tiny_model):
 
 
 def test_setting_of_keeps_only_the_fields_the_chosen_rules_read():
-    base = D.setting_of(GenConfig())
+    base = D.setting_of(GenConfig(order="low-confidence", order_noise=8.0))
     assert base["p"] == 0.95 and "k" not in base and base["order_noise"] == 8.0 and "threshold" not in base
     random = D.setting_of(GenConfig(order="random"))
-    assert "order_noise" not in random  # the random order reads no noise
+    assert "order_noise" not in random and "remdm_eta" not in random  # read by no rule chosen
+    assert "remdm_eta" not in D.setting_of(GenConfig(remdm="conf")) and D.setting_of(GenConfig(remdm="cap"))["remdm_eta"]
     thr = D.setting_of(GenConfig(decode="threshold", sampling="greedy"))
-    assert thr["threshold"] == 0.9 and not {"steps", "order", "order_noise", "temperature", "p"} & set(thr)
-    assert D.sampler_setting(GenConfig(sampling="topk", k=7)) == {"sampling": "topk", "temperature": 0.9, "k": 7}
+    assert thr["threshold"] == 0.9 and not {"steps", "order", "order_noise", "temperature", "p", "factor"} & set(thr)
+    assert D.setting_of(GenConfig(decode="factor"))["factor"] == 1.0
+    assert D.sampler_setting(GenConfig(sampling="topk", k=7, temperature=0.9)) == {"sampling": "topk",
+                                                                                  "temperature": 0.9, "k": 7}
 
 
 def logits_fixture(N=64, V=30, seed=0):
