@@ -1,22 +1,29 @@
-"""Benchmark this repo's training and generation against the reference pipeline, side by side.
+"""Benchmark this repo's training and generation against the reference pipeline and the AR baseline.
 
     python bench.py                   # GPU if one is visible: roberta-base shape, sequence 256
-    python bench.py --device cpu      # quick-test shape, plus the quick test's wall time
-    python bench.py --small           # tiny shapes, a smoke test (CI runs it)
+    python bench.py --device cpu      # quick-test shape and model, plus the quick test's wall time
+    python bench.py --small           # tiny shapes, random weights, a smoke test (CI runs it)
+    python bench.py --profile         # one generation stage by stage, diffusion and AR
+    python bench.py --render docs/bench.json   # README.md's Performance tables from a bench JSON
 
 One run measures, on the same model shape, data and machine:
   1. training tokens/s. This repo: pre-tokenised packed blocks (data.build_datasets), the
      DiffusionCollator, the LM head on masked positions only, fused AdamW, bf16 autocast on CUDA,
      the batch size of the config for that size (trainer.speed_arguments, config.MODEL_PRESETS).
-     The reference is the pipeline shape of the original RoBERTa-diffusion code, built here: the HF Trainer in fp32 at batch 16,
-     raw text tokenised by the collator on every batch, vocabulary logits at every position
-     (the model's own MLM loss).
-  2. seconds to write 256 new tokens: 10-step schedule decoding and threshold decoding
-     (decoding.generate) vs a GPT-2-shaped model of equal size with its KV cache (HF generate),
-     at batch 1 and 16. Weights are random: this times the work, not the text.
+     The reference is the pipeline shape of the original RoBERTa-diffusion code, built here: the
+     HF Trainer in fp32 at batch 16, raw text tokenised by the collator on every batch, vocabulary
+     logits at every position (the model's own MLM loss).
+  2. seconds to write a window's worth of new tokens at generate.py's defaults (config.GenConfig,
+     decoding.generate), and the same one token per forward pass, against the AR baseline with
+     its KV cache at the same sampler and temperature (decoding.ar_generate), at batch 1 and 16,
+     the sides alternating round by round (metrics.fastest_alternating); FLOPs per sample beside
+     them. The trained quick-test model and its AR baseline by default (--checkpoint,
+     --baseline); random weights with `none` (times the work, not the text).
   3. the quick test's wall time on CPU: `train.py --quick-test` + `generate.py`, as subprocesses
      into a temporary folder.
-Prints a table with ratios (this repo / baseline) and writes JSON with the resolved settings,
+--profile instead times one generation per batch size by stage: model forward (decoding.predict;
+the AR's forward), sampler (decoding.sample), order and noise (decoding.order_scores), and the
+rest of the loop (bookkeeping). Prints a table and writes JSON with the resolved settings,
 versions and machine to --out. It asserts nothing about speed: the targets live in the README.
 """
 
@@ -37,7 +44,7 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 class BenchConfig(Settings):
     device: str = flag("auto", "auto = cuda if visible, else cpu", choices=("auto", "cpu", "cuda"))
     small: bool = flag(False, "tiny settings a CPU finishes in about half a minute (the CI smoke test)")
-    out: str = flag("results/bench.json", "JSON written here")
+    out: str = flag("", "JSON written here; '' = results/bench.json (results/profile.json with --profile)")
     # model shape, shared by both pipelines and by the generation models (defaults: per device)
     arch: str = flag("modernbert", "encoder architecture", choices=Registry("modeling", "SCRATCH_ARCHS"))
     layers: int = flag(2, "transformer layers", min=1)
@@ -54,12 +61,18 @@ class BenchConfig(Settings):
     rounds: int = flag(5, "alternating rounds of both pipelines; the best of each is kept", min=1)
     num_workers: int = flag(0, "DataLoader workers of this repo's pipeline", min=0)
     compile: bool = flag(False, "torch.compile this repo's encoder")
-    # generation measurement
-    gen_length: int = flag(256, "new tokens per sample", min=1)
-    gen_steps: int = flag(10, "denoising steps of schedule decoding", min=1)
+    # generation measurement: generate.py's defaults (config.GenConfig) against the AR baseline
+    checkpoint: str = flag("results/final-model", "the diffusion model whose generation is timed (train.py "
+                           "final-model); 'none' = random weights at the shape above (times the work, not the text)")
+    baseline: str = flag("results/ar-baseline", "its AR baseline (baseline_ar.py), timed with the same sampler and "
+                         "temperature; 'none' = a GPT-2 of the same size with random weights")
+    gen_length: int = flag(0, "new tokens per sample; 0 = the window's (62 for the quick test)", min=0)
     gen_batches: str = flag("1,16", "comma-separated batch sizes")
     gen_repeats: int = flag(3, "timed repeats after one warm-up; the fastest is kept", min=1)
-    threshold: float = flag(0.9, "confidence of threshold decoding", above=0, max=1)
+    profile: bool = flag(False, "only time one generation stage by stage (model forward, sampler, order and noise, "
+                         "bookkeeping), diffusion at the defaults and the AR at the same sampler")
+    render: str = flag("", "measure nothing: write this bench JSON's tables into README.md's Performance section "
+                       "(between the markers naming it)")
     skip_quick_test: bool = flag(False, "skip timing train.py --quick-test (--small does)")
     cache_dir: str = flag(".cache", "tokenizer and packed-data cache")
     seed: int = flag(0, "weights, masks and samples", min=0)
@@ -79,9 +92,9 @@ class BenchConfig(Settings):
 BENCH_PRESETS = {
     "gpu": dict(arch="roberta", layers=12, hidden=768, heads=12, intermediate=3072, vocab=50265, seq_len=256,
                 batch_size=MODEL_PRESETS["roberta-base"]["batch_size"], warmup=5, steps=30, rounds=1,
-                num_workers=MODEL_PRESETS["roberta-base"]["num_workers"]),
+                num_workers=MODEL_PRESETS["roberta-base"]["num_workers"], checkpoint="none", baseline="none"),
     "small": dict(layers=1, hidden=64, heads=2, intermediate=128, warmup=2, steps=6, rounds=1, gen_length=32,
-                  gen_repeats=1, skip_quick_test=True),
+                  gen_repeats=1, skip_quick_test=True, checkpoint="none", baseline="none"),
 }
 
 
@@ -100,7 +113,21 @@ def resolve(argv) -> tuple[BenchConfig, list[str]]:
         raise UsageError("--device cuda but no CUDA GPU is visible (use --device cpu)")
     if bc.device == "auto":
         bc = dataclasses.replace(bc, device="cuda" if cuda_visible() else "cpu")
+    if not bc.out:
+        bc = dataclasses.replace(bc, out=os.path.join("results", "profile.json" if bc.profile else "bench.json"))
     return bc, argv
+
+
+def check_models(args) -> None:
+    """A missing checkpoint or AR baseline is one line before any timing starts."""
+    from modeling import check_checkpoint
+
+    if args.checkpoint != "none":
+        check_checkpoint(args.checkpoint)
+    folders = (args.baseline, os.path.join(args.baseline, "final-model"))
+    if args.baseline != "none" and not any(os.path.isfile(os.path.join(f, "ar_config.json")) for f in folders):
+        raise UsageError(f"no AR baseline at {args.baseline}; train one with: python baseline_ar.py --checkpoint "
+                         f"{args.checkpoint} --output-dir {args.baseline}   (or pass --baseline none)")
 
 
 def cuda_visible() -> bool:
@@ -279,74 +306,198 @@ def release(device) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# 2. Generation latency
+# 2. Generation latency: generate.py's defaults against the AR baseline at the same sampler
 # ---------------------------------------------------------------------------------------------
 
 
-def timed(fn, device, repeats: int) -> tuple[float, object]:
-    """(fastest of `repeats` calls in seconds, the last result): on a shared machine the slower
-    calls measure the neighbours."""
-    times, out = [], None
-    for _ in range(repeats):
-        sync(device)
-        t0 = time.perf_counter()
-        out = fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return min(times), out
+def generation_models(args, tokenizer, device):
+    """(diffusion model, its tokenizer, window, AR model, where they came from): the trained
+    checkpoint and its AR baseline, or (--checkpoint none / --baseline none) random weights at the
+    bench's shape, which time the work but not the text (the nucleus of a random model holds
+    most of the vocabulary)."""
+    from modeling import load_baseline, load_checkpoint
+
+    if args.checkpoint != "none":
+        model, tok, tcfg = load_checkpoint(args.checkpoint, device=str(device))
+        window, source = tcfg.max_len, args.checkpoint
+    else:
+        cfg = repo_config(args, args.seq_len, "unused")
+        model, tok, window, source = encoder(cfg, tokenizer, args.vocab).to(device).eval(), tokenizer, args.seq_len, \
+            "random weights"
+    if args.baseline != "none":
+        ar = load_baseline(args.baseline, tok, args.checkpoint, window)[0].to(device)
+        ar_source = args.baseline
+    else:
+        ar, ar_source = gpt2_like(model, window, tok).to(device).eval(), "random weights"
+    return model, tok, window, ar, {"diffusion": source, "ar": ar_source}
+
+
+def gen_settings(args, n: int, batch: int) -> dict:
+    """The timed diffusion settings: generate.py's defaults (config.GenConfig), and the same with
+    one token per forward pass (steps = new tokens)."""
+    from config import GenConfig
+
+    defaults = GenConfig(length=n, num_samples=batch, seed=args.seed, out="")
+    return {"defaults": defaults, "defaults_one_token_per_pass": dataclasses.replace(defaults, steps=n)}
 
 
 def bench_generation(args, tokenizer) -> dict:
+    """Seconds for n new tokens (best of --gen-repeats) per batch size: each diffusion setting
+    (decoding.generate) and the AR baseline with its KV cache and the defaults' sampler and
+    temperature (decoding.ar_generate)."""
     import torch
 
-    from config import GenConfig
-    from decoding import generate
-    from modeling import autocast, n_params
-    from tokens import bos_eos
+    from decoding import SAMPLERS, describe, generate, ar_generate
+    from metrics import fastest_alternating, flops
+    from modeling import n_params
+    from tokens import banned_ids
 
     device = torch.device(args.device)
-    window = args.gen_length + 2  # <s> + new tokens + </s>
-    cfg = repo_config(args, window, "unused")
-    diffusion = encoder(cfg, tokenizer, args.vocab).to(device).eval()
-    ar = gpt2_like(diffusion, args.gen_length + 1, tokenizer).to(device).eval()
-    bos, eos = bos_eos(tokenizer)
-    out = {"diffusion_parameters": n_params(diffusion), "ar_parameters": n_params(ar), "window": window,
-           "new_tokens": args.gen_length, "by_batch": {}}
+    model, tok, window, ar, sources = generation_models(args, tokenizer, device)
+    n = args.gen_length or window - 2
+    if n > window - 2:
+        raise UsageError(f"--gen-length {n} does not fit the window of {window} (at most {window - 2})")
+    out = {"diffusion_parameters": n_params(model), "ar_parameters": n_params(ar), "window": window,
+           "new_tokens": n, "models": sources, "by_batch": {}}
 
     def diffuse(gc):
-        g = torch.Generator().manual_seed(args.seed)
-        ids, history, _ = generate(diffusion, tokenizer, gc, window, g)
-        assert ids.shape == (gc.num_samples, args.gen_length)
+        ids, history, _ = generate(model, tok, gc, window, torch.Generator().manual_seed(args.seed))
+        assert ids.shape == (gc.num_samples, n)
         return len(history)
 
-    @torch.no_grad()
-    def autoregress(batch, new_tokens):
-        torch.manual_seed(args.seed)  # HF generate samples from the global generator
-        ids = torch.full((batch, 1), bos, device=device)  # [B, 1]
-        with autocast(device):
-            seq = ar.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                              min_new_tokens=new_tokens, do_sample=True, top_k=50, use_cache=True,
-                              pad_token_id=eos)  # [B, 1 + new_tokens]
-        assert seq.shape == (batch, 1 + new_tokens)
-        return new_tokens
+    def autoregress(gc, length):
+        start = torch.full((gc.num_samples, 1), tok.bos_token_id)  # [B, 1]
+        ids = ar_generate(ar, start, length, gc, banned_ids(tok), torch.Generator().manual_seed(args.seed))
+        assert ids.shape == (gc.num_samples, length)
+        return length
 
     for batch in args.batches():
-        print(f"[2/3] generation, {args.gen_length} new tokens at batch {batch}", flush=True)
-        schedule = GenConfig(length=args.gen_length, steps=args.gen_steps, num_samples=batch, out="")
-        threshold = dataclasses.replace(schedule, decode="threshold", threshold=args.threshold)
-        diffuse(schedule)  # warm-up: kernels, allocator
-        autoregress(batch, 8)
-        s_sched, passes_sched = timed(lambda: diffuse(schedule), device, args.gen_repeats)
-        # one call: on random weights it makes one pass per new token, which already averages
-        s_thr, passes_thr = timed(lambda: diffuse(threshold), device, 1)
-        s_ar, passes_ar = timed(lambda: autoregress(batch, args.gen_length), device, args.gen_repeats)
-        out["by_batch"][str(batch)] = {
-            "diffusion_schedule": {"seconds": s_sched, "forward_passes": passes_sched},
-            "diffusion_threshold": {"seconds": s_thr, "forward_passes": passes_thr},
-            "autoregressive_kv_cache": {"seconds": s_ar, "forward_passes": passes_ar},
-            "speedup_schedule": s_ar / s_sched, "speedup_threshold": s_ar / s_thr,
-        }
+        print(f"[2/3] generation, {n} new tokens at batch {batch}", flush=True)
+        settings = gen_settings(args, n, batch)
+        gc = settings["defaults"]
+        runs = {name: (lambda c=c: diffuse(c)) for name, c in settings.items()}
+        runs["ar_kv_cache"] = lambda: autoregress(gc, n)  # the defaults' sampler and temperature
+        best = fastest_alternating(runs, args.gen_repeats, lambda: sync(device))
+        row = {name: {"seconds": best[name], "forward_passes": diffuse(c), "label": describe(c)}
+               for name, c in settings.items()}
+        row["ar_kv_cache"] = {"seconds": best["ar_kv_cache"], "forward_passes": n,
+                              "label": SAMPLERS[gc.sampling].text(gc)}
+        row["speedup"] = {name: best["ar_kv_cache"] / best[name] for name in settings}  # AR time / diffusion time
+        out["by_batch"][str(batch)] = row
+    one = gen_settings(args, n, 1)  # FLOPs per sample: what a compute-bound machine pays
+    out["flops_per_sample"] = {**{name: flops(lambda c=c: diffuse(c)) for name, c in one.items()},
+                               "ar_kv_cache": flops(lambda: autoregress(one["defaults"], n))}
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# 2b. --profile: where one generation's time goes, stage by stage
+# ---------------------------------------------------------------------------------------------
+
+# stage -> the module-level functions of decoding.py whose calls it times; what no stage claims
+# (canvas updates, masks, history) is bookkeeping. The AR's model forward is its model's forward.
+PROFILE_STAGES = {"model forward": ("predict",), "sampler": ("sample",), "order and noise": ("order_scores",)}
+
+
+class StageClock:
+    """Seconds per stage while active: each listed function is replaced by a wrapper that adds
+    its call's wall time (synchronised on CUDA) to its stage, and put back afterwards."""
+
+    def __init__(self, device):
+        self.device, self.seconds, self.saved = device, {}, []
+
+    def time(self, stage: str, owner, name: str) -> None:
+        fn = getattr(owner, name)
+
+        def wrapper(*a, **kw):
+            sync(self.device)
+            t0 = time.perf_counter()
+            result = fn(*a, **kw)
+            sync(self.device)
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - t0
+            return result
+
+        self.saved.append((owner, name, owner.__dict__.get(name)))
+        setattr(owner, name, wrapper)
+
+    def restore(self) -> None:
+        for owner, name, old in reversed(self.saved):
+            if old is None:
+                delattr(owner, name)  # an instance attribute that shadowed the class's method
+            else:
+                setattr(owner, name, old)
+        self.saved = []
+
+
+def profiled(run, stages: dict, device, repeats: int) -> dict:
+    """{stage: ms} of the fastest of `repeats` calls of run(), stages given as
+    {stage: [(owner, attribute name), ...]}, plus bookkeeping (the rest) and total."""
+    best = None
+    for _ in range(repeats):
+        clock = StageClock(device)
+        for stage, targets in stages.items():
+            for owner, name in targets:
+                clock.time(stage, owner, name)
+        try:
+            sync(device)
+            t0 = time.perf_counter()
+            run()
+            sync(device)
+            total = time.perf_counter() - t0
+        finally:
+            clock.restore()
+        if best is None or total < best["total"]:
+            best = {"total": total, **{s: clock.seconds.get(s, 0.0) for s in stages}}
+    best["bookkeeping"] = best["total"] - sum(best[s] for s in stages)
+    return {k: 1000 * v for k, v in best.items()}
+
+
+def bench_profile(args, tokenizer) -> dict:
+    """Per batch size, ms per stage of one generation at generate.py's defaults (diffusion) and
+    of the AR baseline at the same sampler: model forward, sampler, order and noise, bookkeeping."""
+    import torch
+
+    import decoding
+    from decoding import SAMPLERS, describe
+    from tokens import banned_ids
+
+    device = torch.device(args.device)
+    model, tok, window, ar, sources = generation_models(args, tokenizer, device)
+    n = args.gen_length or window - 2
+    out = {"new_tokens": n, "window": window, "models": sources, "by_batch": {}}
+    diffusion_stages = {stage: [(decoding, f) for f in names] for stage, names in PROFILE_STAGES.items()}
+    ar_stages = {"model forward": [(ar, "forward")], "sampler": [(decoding, "sample")]}
+    for batch in args.batches():
+        print(f"[profile] {n} new tokens at batch {batch}", flush=True)
+        gc = gen_settings(args, n, batch)["defaults"]
+        start = torch.full((batch, 1), tok.bos_token_id)  # [B, 1]
+
+        def diffuse():
+            return decoding.generate(model, tok, gc, window, torch.Generator().manual_seed(args.seed))
+
+        def autoregress():
+            return decoding.ar_generate(ar, start, n, gc, banned_ids(tok), torch.Generator().manual_seed(args.seed))
+
+        diffuse(), autoregress()  # warm-up
+        out["by_batch"][str(batch)] = {
+            "diffusion": {"label": describe(gc), **profiled(diffuse, diffusion_stages, device, args.gen_repeats)},
+            "ar": {"label": SAMPLERS[gc.sampling].text(gc), **profiled(autoregress, ar_stages, device,
+                                                                        args.gen_repeats)}}
+    return out
+
+
+def profile_table(profile: dict) -> str:
+    stages = ("model forward", "sampler", "order and noise", "bookkeeping", "total")
+    rows = [f"ms per generation of {profile['new_tokens']} new tokens, by stage "
+            f"(diffusion: {profile['models']['diffusion']}; AR: {profile['models']['ar']})",
+            f"  {'batch':<7}{'model':<11}" + "".join(f"{s:>17}" for s in stages)]
+    for batch, r in profile["by_batch"].items():
+        for side in ("diffusion", "ar"):
+            rows.append(f"  {batch:<7}{side:<11}" + "".join(
+                f"{r[side][s]:>17.1f}" if s in r[side] else f"{'-':>17}" for s in stages))
+    first = next(iter(profile["by_batch"].values()))
+    rows += [f"  diffusion: {first['diffusion']['label']}", f"  AR: {first['ar']['label']}"]
+    return "\n".join(rows)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -393,15 +544,7 @@ def table(report: dict) -> str:
             f"  {'ms/step':<12}{t['repo']['step_ms']:>22.1f}{t['reference']['step_ms']:>22.1f}"]
     for key in ("batch_size", "precision", "optim", "lm_head", "data"):
         rows.append(f"  {key:<12}{str(t['repo'][key]):>22}{str(t['reference'][key]):>22}")
-    g = report["generation"]
-    rows += ["", f"generation, {g['new_tokens']} new tokens (seconds; forward passes)   "
-                 f"speed-up = autoregressive time / diffusion time",
-             f"  {'batch':<7}{'diffusion 10-step':>20}{'threshold':>18}{'AR + KV cache':>18}"
-             f"{'speed-up':>10}{'thr. speed-up':>15}"]
-    for batch, r in g["by_batch"].items():
-        cell = lambda m: f"{r[m]['seconds']:.3f}s; {r[m]['forward_passes']}"  # noqa: E731
-        rows.append(f"  {batch:<7}{cell('diffusion_schedule'):>20}{cell('diffusion_threshold'):>18}"
-                    f"{cell('autoregressive_kv_cache'):>18}{r['speedup_schedule']:>9.1f}x{r['speedup_threshold']:>14.2f}x")
+    rows += ["", generation_table(report["generation"])]
     q = report["quick_test"]
     rows.append("")
     rows.append("quick test on CPU: skipped" if q is None else
@@ -409,8 +552,107 @@ def table(report: dict) -> str:
     return "\n".join(rows)
 
 
+def generation_table(g: dict) -> str:
+    """Seconds for the new tokens per batch: each diffusion setting, the AR baseline, and the
+    speed-up (AR seconds / diffusion seconds); each setting named in full below the table."""
+    first = next(iter(g["by_batch"].values()))
+    names = [k for k in first if k not in ("ar_kv_cache", "speedup")]
+    rows = [f"generation, {g['new_tokens']} new tokens (seconds; forward passes), diffusion "
+            f"{g['models']['diffusion']}, AR {g['models']['ar']}; speed-up = AR seconds / diffusion seconds",
+            f"  {'batch':<7}" + "".join(f"{n:>30}" for n in names) + f"{'AR + KV cache':>20}"
+            + "".join(f"{'speed-up ' + str(i + 1):>13}" for i in range(len(names)))]
+    for batch, r in g["by_batch"].items():
+        cell = lambda m: f"{r[m]['seconds']:.3f}s; {r[m]['forward_passes']}"  # noqa: E731
+        rows.append(f"  {batch:<7}" + "".join(f"{cell(n):>30}" for n in names) + f"{cell('ar_kv_cache'):>20}"
+                    + "".join(f"{r['speedup'][n]:>12.2f}x" for n in names))
+    rows += [f"  {i + 1}. {n}: {first[n]['label']}" for i, n in enumerate(names)]
+    rows.append(f"  AR: decoding.ar_generate, {first['ar_kv_cache']['label']}")
+    return "\n".join(rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# README.md's Performance tables, rendered from a bench JSON (--render)
+# ---------------------------------------------------------------------------------------------
+
+
+def md_training(report: dict) -> list[str]:
+    s, t = report["settings"], report["training"]
+    return ["| training | this repo | reference | ratio |", "|---|---|---|---|",
+            f"| tokens/s, {s['arch']} {s['layers']}x{s['hidden']}, vocab {s['vocab']:,}, sequence {s['seq_len']} | "
+            f"{t['repo']['tokens_per_s']:,.0f} (batch {t['repo']['batch_size']}) | "
+            f"{t['reference']['tokens_per_s']:,.0f} (batch {t['reference']['batch_size']}) | {t['ratio']:.2f}x |", ""]
+
+
+def md_generation(g: dict) -> list[str]:
+    first = next(iter(g["by_batch"].values()))
+    names = [k for k in first if k not in ("ar_kv_cache", "speedup")]
+    rows = [f"| {g['new_tokens']} new tokens | batch | seconds (forward passes) | AR + KV cache, same sampler | "
+            f"AR / diffusion | FLOPs per sample |", "|---|---|---|---|---|---|"]
+    for name in names:
+        for batch, r in g["by_batch"].items():
+            fl = g.get("flops_per_sample", {})
+            rows.append(f"| {first[name]['label']} | {batch} | {r[name]['seconds']:.3f} ({r[name]['forward_passes']}) | "
+                        f"{r['ar_kv_cache']['seconds']:.3f} ({r['ar_kv_cache']['forward_passes']}) | "
+                        f"**{r['speedup'][name]:.2f}x** | "
+                        f"{fl.get(name, 0) / 1e6:.0f}M vs {fl.get('ar_kv_cache', 0) / 1e6:.0f}M |")
+    return rows + ["", f"(diffusion: {g['models']['diffusion']}; AR: {g['models']['ar']}, decoding.ar_generate, "
+                       f"{first['ar_kv_cache']['label']}; times alternate between the sides, fastest round of each)",
+                   ""]
+
+
+def md_profile(p: dict) -> list[str]:
+    stages = ("model forward", "sampler", "order and noise", "bookkeeping", "total")
+    rows = ["| batch | model | " + " | ".join(stages) + " |", "|---" * (len(stages) + 2) + "|"]
+    for batch, r in p["by_batch"].items():
+        for side in ("diffusion", "ar"):
+            rows.append(f"| {batch} | {side} | " + " | ".join(
+                f"{r[side][s]:.1f}" if s in r[side] else "-" for s in stages) + " |")
+    first = next(iter(p["by_batch"].values()))
+    return rows + ["", f"(ms per generation of {p['new_tokens']} new tokens; diffusion: {first['diffusion']['label']}; "
+                       f"AR: {first['ar']['label']}; models: {p['models']['diffusion']}, {p['models']['ar']})", ""]
+
+
+def readme_markdown(report: dict) -> str:
+    """The Performance tables of a bench JSON as markdown, with the machine and the command."""
+    m, v = report["machine"], report["versions"]
+    rows = [f"Measured with `{report['command']}` on {m.get('gpu', m['cpu'])} ({m['cpu_count']} CPUs, "
+            f"{m['torch_threads']} torch threads, load average {m.get('load_average_1min')} at the start), "
+            f"torch {v['torch']}, transformers {v['transformers']}:", ""]
+    if "training" in report:
+        rows += md_training(report)
+    if "generation" in report:
+        rows += md_generation(report["generation"])
+    if "profile" in report:
+        rows += md_profile(report["profile"])
+    q = report.get("quick_test")
+    if q:
+        rows += [f"The quick test: train {q['train_s']:.0f} s + generate {q['generate_s']:.0f} s = "
+                 f"**{q['total_s']:.0f} s**.", ""]
+    return "\n".join(rows).rstrip() + "\n"
+
+
+def render_command(path: str) -> str:
+    return f"python bench.py --render {path}"
+
+
+def load_report(path: str) -> dict:
+    import json
+
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"--render {path}: not a readable bench JSON ({e})")
+
+
 def main(argv=None) -> int:
     args, argv = resolve(argv)
+    if args.render:
+        from report import render_into
+
+        render_into(os.path.join(ROOT, "README.md"), render_command(args.render), readme_markdown(load_report(args.render)))
+        print(f"wrote README.md's tables from {args.render}")
+        return 0
     folder = os.path.dirname(os.path.abspath(args.out))
     try:
         os.makedirs(folder, exist_ok=True)
@@ -425,6 +667,7 @@ def main(argv=None) -> int:
     from files import write_json
     from metrics import machine, versions
 
+    check_models(args)
     hf_logging.set_verbosity_error()  # the Trainer's and generate's advice is noise in a benchmark
     hf_logging.disable_progress_bar()
     tokenizer = get_tokenizer(repo_config(args, args.seq_len, "unused"))
@@ -432,18 +675,23 @@ def main(argv=None) -> int:
     if args.vocab < len(tokenizer):
         raise UsageError(f"--vocab {args.vocab} is smaller than the tokenizer's {len(tokenizer)} tokens")
     t0 = time.time()
-    work = tempfile.mkdtemp(prefix="bench-")
-    try:
-        report = {"settings": dataclasses.asdict(args), "versions": versions(), "machine": machine(),
-                  "command": " ".join(["python", "bench.py", *argv])}
-        report["training"] = bench_training(args, tokenizer, work)
-        report["generation"] = bench_generation(args, tokenizer)
-        report["quick_test"] = None if args.skip_quick_test else bench_quick_test(work)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    report = {"settings": dataclasses.asdict(args), "versions": versions(), "machine": machine(),
+              "command": " ".join(["python", "bench.py", *argv])}
+    if args.profile:
+        report["profile"] = bench_profile(args, tokenizer)
+        show = profile_table(report["profile"])
+    else:
+        work = tempfile.mkdtemp(prefix="bench-")
+        try:
+            report["training"] = bench_training(args, tokenizer, work)
+            report["generation"] = bench_generation(args, tokenizer)
+            report["quick_test"] = None if args.skip_quick_test else bench_quick_test(work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        show = table(report)
     report["wall_s"] = time.time() - t0
     print()
-    print(table(report))
+    print(show)
     write_json(args.out, report)
     print(f"\nwrote {args.out} ({report['wall_s']:.0f}s)")
     return 0

@@ -309,21 +309,24 @@ class GenConfig(Settings):
     prompt: str = flag("", "text the generation continues (kept fixed, as the training prefix was)")
     template: str = flag("", "infill: fixed text with [MASK:n] spans to fill, e.g. 'A [MASK:5] is [MASK].'")
     length: int = flag(0, "new tokens to generate; 0 = fill the checkpoint's window after the prompt", min=0)
-    steps: int = flag(10, "denoising steps (per block with --block-size)", min=1)
+    steps: int = flag(16, "denoising steps (per block with --block-size)", min=1)
     schedule: str = flag("linear", "how fast masks are removed: diffusion.SCHEDULES, the curves training draws "
                          "rates from", choices=SCHEDULES)
-    sampling: str = flag("nucleus", "how a token is drawn at a masked position (decoding.SAMPLERS); the defaults "
-                         "are the point of experiments/sampler_frontier.py that reaches text-like variety at the "
-                         "lowest generative perplexity", choices=Registry("decoding", "SAMPLERS"))
+    sampling: str = flag("nucleus", "how a token is drawn at a masked position (decoding.SAMPLERS); the decoding "
+                         "defaults are experiments/speed_frontier.py's proposal: text-like variety below the seed's "
+                         "generative perplexity, at the fewest forward passes", choices=Registry("decoding", "SAMPLERS"))
     k: int = flag(50, "top-k size", min=1)
     p: float = flag(0.95, "nucleus mass", above=0, max=1)
-    temperature: float = flag(0.9, "softmax temperature; 0 = greedy argmax for any sampler", min=0)
-    order: str = flag("low-confidence", "which predictions are committed first (decoding.ORDERS); random = the "
-                      "seed's rule", choices=Registry("decoding", "ORDERS"))
-    order_noise: float = flag(8.0, "Gumbel noise on the order's scores, annealed to 0 over the steps", min=0)
-    remdm: str = flag("none", "ReMDM: send committed tokens back to <mask> each step (decoding.REMDM)",
+    temperature: float = flag(0.85, "softmax temperature; 0 = greedy argmax for any sampler", min=0)
+    order: str = flag("random", "which predictions are committed first (decoding.ORDERS); random = the seed's rule, "
+                      "which predicts only where it commits", choices=Registry("decoding", "ORDERS"))
+    order_noise: float = flag(8.0, "Gumbel noise on a certainty order's scores, tau (T - s) / T at step s of T "
+                              "(MaskGIT's annealing)", min=0)
+    remdm: str = flag("none", "ReMDM: each committed token goes back to <mask> with probability sigma, drawn "
+                      "independently (decoding.REMDM; conf is ReMDM's own, conf-rescale this repo's variant)",
                       choices=Registry("decoding", "REMDM"))
-    remdm_eta: float = flag(0.02, "ReMDM's eta: how many committed tokens go back (a probability scale)", min=0, max=1)
+    remdm_eta: float = flag(0.02, "ReMDM's eta: how many committed tokens go back (a probability scale; conf does "
+                            "not read it)", min=0, max=1)
     cfg: float = flag(0.0, "classifier-free guidance weight w: logits = u + (w+1)(c - u), u = prompt masked", min=0)
     stop_at_eos: bool = flag(False, "let the model write </s> and cut each sample there (and stop writing blocks)")
     min_length: int = flag(0, "with --stop-at-eos: no </s> before this many generated tokens", min=0)
@@ -332,7 +335,12 @@ class GenConfig(Settings):
     decode: str = flag("schedule", "which predictions each pass commits (decoding.DECODES): counts from --schedule, "
                        "or every confident one", choices=Registry("decoding", "DECODES"))
     threshold: float = flag(0.9, "confidence needed to commit with --decode threshold", above=0, max=1)
+    factor: float = flag(1.0, "--decode factor (Fast-dLLM): commit the n most confident while the r-th has "
+                         "confidence >= 1 - factor/(r+1)", above=0)
     block_size: int = flag(0, ">0: semi-autoregressive, denoise this many tokens at a time, left to right", min=0)
+    cache: str = flag("none", "Fast-dLLM's block cache: prefix = keys/values before the block computed once per "
+                      "block; dual = those after it too (approximate: they go stale as the block fills in)",
+                      choices=Registry("decoding", "CACHE_SPANS", ("none",)))
     num_samples: int = flag(1, "samples generated together as one batch", min=1, run=True)
     seed: int = flag(0, "fixes every sampled token and every random remask", min=0, max=2**63 - 1, run=True)
     show_steps: bool = flag(False, "print the canvas after every step, masks drawn as █", run=True)
@@ -344,7 +352,7 @@ class GenConfig(Settings):
             raise UsageError("--template and --prompt cannot be combined: put the prompt text in the template")
         if self.remdm != "none" and self.decode != "schedule":
             raise UsageError("--remdm needs --decode schedule (it re-masks a scheduled number of tokens each step)")
-        if self.remdm != "none" and self.remdm_eta == 0:
+        if self.remdm in ("cap", "rescale", "conf-rescale") and self.remdm_eta == 0:
             raise UsageError(f"--remdm {self.remdm} needs --remdm-eta above 0")
         if self.min_length and not self.stop_at_eos:
             raise UsageError("--min-length only applies with --stop-at-eos")

@@ -26,6 +26,7 @@ bench.py all consume this one loop; it prints nothing itself.
     ar_generate(...)                    runs it to the end: [B, length]
 """
 
+import functools
 import re
 from dataclasses import dataclass, fields
 from typing import Callable, Iterator
@@ -42,10 +43,13 @@ class Rule:
     """A registry entry: the function, the GenConfig fields it reads (a sampler gets them as
     keyword arguments), and the words for a setting that uses it (a format string over those
     fields). setting_of and describe derive what a setting is from these, and cli-level checks
-    warn about a flag that no chosen rule reads."""
+    warn about a flag that no chosen rule reads. blind: an order that scores positions without
+    looking at the predictions (random), so the loop picks them first and runs the LM head and the
+    sampler at those positions only."""
     fn: Callable | None
     reads: tuple = ()
     label: str = ""
+    blind: bool = False
 
     def text(self, gc) -> str:
         return self.label.format(**{f: getattr(gc, f) for f in self.reads})
@@ -53,37 +57,89 @@ class Rule:
 
 # ---------------------------------------------------------------------------------------------
 # Samplers: (logits [N, V], generator, the fields they read) -> token ids [N]
-# Temperature 0 means greedy (argmax) whatever the sampler.
+# Temperature 0 means greedy (argmax) whatever the sampler. Each draws by inverse CDF with one
+# uniform per row from `g`, on g's device (a CUDA generator on CUDA: no copy to the host).
 # ---------------------------------------------------------------------------------------------
+
+
+def uniforms(n: int, g: torch.Generator) -> torch.Tensor:
+    return torch.rand(n, generator=g, device=g.device)  # [n]
+
+
+def inverse_cdf(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Column index [N] of each row of weights [N, K] (>= 0, not normalised) at cumulative share u [N]:
+    the first column whose running sum exceeds u * the row's total (a zero weight is never chosen)."""
+    cdf = weights.cumsum(-1)  # [N, K]
+    pick = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)  # [N, 1]
+    return pick.squeeze(-1).clamp_max(weights.shape[-1] - 1)
 
 
 def greedy(logits, g):
     return logits.argmax(-1)  # [N]
 
 
-def _draw(logits, g, temperature):
+def topk(logits, g, temperature, k):
+    """Among the k most probable tokens, softmax at the temperature: one top-k, no vocabulary sort."""
     if temperature == 0:
         return logits.argmax(-1)
-    probs = torch.softmax(logits.float() / temperature, -1)  # [N, V]
-    return torch.multinomial(probs.cpu(), 1, generator=g).squeeze(-1).to(logits.device)  # [N]
+    values, index = logits.topk(min(k, logits.shape[-1]), -1)  # [N, k], most probable first
+    pick = inverse_cdf(torch.softmax(values.float() / temperature, -1), uniforms(len(values), g))  # [N]
+    return index.gather(-1, pick[:, None]).squeeze(-1)  # [N]
 
 
-def topk(logits, g, temperature, k):
-    k = min(k, logits.shape[-1])
-    values, index = logits.topk(k, -1)  # [N, k]
-    # draw among the k candidates, not over the vocabulary with -inf elsewhere: the same
-    # distribution for k/V of the sampling work and of the device-to-host copy
-    return index.gather(-1, _draw(values, g, temperature)[:, None]).squeeze(-1)  # [N]
+def in_nucleus(probs, tokens, p) -> torch.Tensor:
+    """[N] bool: whether each row's token lies in its nucleus, the smallest set of most probable
+    tokens with mass >= p (with every token tied with its last member): the mass of the tokens
+    strictly more probable than it is below p. One pass over [N, V], no sort."""
+    pt = probs.gather(-1, tokens[:, None])  # [N, 1]
+    return torch.where(probs > pt, probs, 0.0).sum(-1) < p  # [N]
+
+
+def nucleus_mask_sorted(probs, p) -> torch.Tensor:
+    """[N, V] bool: the nucleus by its definition, through a full sort (the reference
+    nucleus_sorted uses; the sampler itself never sorts)."""
+    sp, order = probs.sort(-1, descending=True)  # [N, V]
+    before = sp.cumsum(-1) - sp  # mass ranked above each token
+    first_of_tie = torch.ones_like(sp, dtype=torch.bool)
+    first_of_tie[:, 1:] = sp[:, 1:] != sp[:, :-1]
+    above = torch.where(first_of_tie, before, float("-inf")).cummax(-1).values  # mass strictly above its value
+    return torch.zeros_like(probs, dtype=torch.bool).scatter(-1, order, above < p)
+
+
+def draw_until(probs, g, member) -> torch.Tensor:
+    """Tokens [N] drawn from probs [N, V] conditioned on member(rows, tokens) -> bool: one uniform
+    per row, inverse CDF over the vocabulary; the rows whose token is not a member draw again
+    (rejection: exactly the distribution restricted to the members, renormalised)."""
+    tokens = inverse_cdf(probs, uniforms(len(probs), g))  # [N]
+    todo = torch.arange(len(probs), device=probs.device)[~member(slice(None), tokens)]
+    while len(todo):  # expected rounds: 1 / (mass of the members)
+        again = inverse_cdf(probs[todo], uniforms(len(todo), g))
+        tokens[todo] = again
+        todo = todo[~member(todo, again)]
+    return tokens
 
 
 def nucleus(logits, g, temperature, p):
-    """Sample from the smallest set of tokens whose probability (at this temperature) is >= p."""
-    scaled = logits.float() / (temperature if temperature > 0 else 1.0)
-    probs, order = torch.softmax(scaled, -1).sort(-1, descending=True)  # [N, V]
-    before = probs.cumsum(-1) - probs  # mass of the tokens ranked above each one
-    drop_sorted = before >= p  # keep a token while the mass above it is still < p
-    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)  # back to vocab order
-    return _draw(logits.masked_fill(drop, float("-inf")), g, temperature)
+    """Nucleus (top-p) sampling, exact and sort-free: draw from the whole tempered distribution and
+    keep the draw if it lies in the nucleus (in_nucleus), else draw again. A draw is kept with
+    probability = the nucleus's mass >= p, so ~1/p rounds; each round is a pass over [N, V], where
+    a sort is O(V log V) (at p 0.95 the quick-test model's nucleus holds half the vocabulary, so
+    a top-k prefilter would fall back to the sort on ~99% of rows). nucleus_sorted is the same
+    sampler with the nucleus from a full sort: the same generator gives the same tokens."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / temperature, -1)  # [N, V]
+    return draw_until(probs, g, lambda rows, tok: in_nucleus(probs[rows], tok, p))
+
+
+def nucleus_sorted(logits, g, temperature, p):
+    """The reference nucleus sampler: the nucleus mask by a full sort (nucleus_mask_sorted), then
+    the same draws as nucleus. Slower; kept to show the fast one is the same sampler."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / temperature, -1)  # [N, V]
+    keep = nucleus_mask_sorted(probs, p)  # [N, V]
+    return draw_until(probs, g, lambda rows, tok: keep[rows].gather(-1, tok[:, None]).squeeze(-1))
 
 
 SAMPLERS = {
@@ -99,38 +155,68 @@ def sample(logits, g, gc):
     return rule.fn(logits, g, **{f: getattr(gc, f) for f in rule.reads})
 
 
+class Prediction:
+    """One forward pass at the N positions still to fill: logits [N, V] (banned tokens at -inf)
+    and the sampled tokens [N]. What orders and decodes read is computed once, on first use, at
+    temperature 1 and in float32 over [N, V]: log p(token), the top-1 - top-2 margin, the entropy."""
+
+    def __init__(self, logits: torch.Tensor, tokens: torch.Tensor):
+        self.logits, self.tokens = logits, tokens
+
+    @functools.cached_property
+    def lse(self) -> torch.Tensor:
+        return self.logits.logsumexp(-1)  # [N]
+
+    @functools.cached_property
+    def logp(self) -> torch.Tensor:
+        return self.logits.gather(-1, self.tokens[:, None]).squeeze(-1) - self.lse  # [N] log p(token)
+
+    @functools.cached_property
+    def confidence(self) -> torch.Tensor:
+        return self.logp.exp()  # [N]
+
+    @functools.cached_property
+    def margin(self) -> torch.Tensor:
+        top = (self.logits.topk(2, -1).values - self.lse[:, None]).exp()  # [N, 2]
+        return top[:, 0] - top[:, 1]
+
+    @functools.cached_property
+    def entropy(self) -> torch.Tensor:
+        probs = (self.logits - self.lse[:, None]).exp()  # [N, V]
+        return -torch.special.xlogy(probs, probs).sum(-1)  # [N] nats
+
+
 # ---------------------------------------------------------------------------------------------
-# Orders: which masked positions to commit this step. Each scores the sampled predictions,
-#   (probs [N, V], tokens [N], generator) -> score [N], higher = committed sooner;
-# the n best of each row are committed, the rest stay masked (the seed's word: "re-masked").
+# Orders: which masked positions to commit this step. Each scores the N positions still to fill,
+#   (Prediction of them (None for a blind order), N, generator) -> score [N] float64, higher =
+# committed sooner; the n best of each row are committed, the rest stay masked (the seed's word:
+# "re-masked").
 # ---------------------------------------------------------------------------------------------
 
 
-def order_random(probs, tokens, g):
-    """The seed's rule: a uniformly random subset."""
-    return torch.rand(len(tokens), generator=g, dtype=torch.float64).to(probs.device)
+def order_random(pred, n, g):
+    """The seed's rule: a uniformly random subset (blind: chosen before predicting)."""
+    return torch.rand(n, generator=g, dtype=torch.float64, device=g.device)
 
 
-def order_confidence(probs, tokens, g):
+def order_confidence(pred, n, g):
     """Most probable prediction first (MaskGIT, LLaDA's low-confidence remasking): log p(token)."""
-    return probs.gather(-1, tokens[:, None]).squeeze(-1).double().clamp_min(1e-300).log()
+    return pred.logp.double()
 
 
-def order_margin(probs, tokens, g):
+def order_margin(pred, n, g):
     """Largest gap between the two most probable tokens first (Dream's topk_margin)."""
-    top = probs.topk(2, -1).values.double()  # [N, 2]
-    return (top[:, 0] - top[:, 1]).clamp_min(1e-300).log()
+    return pred.margin.double().clamp_min(1e-300).log()
 
 
-def order_entropy(probs, tokens, g):
+def order_entropy(pred, n, g):
     """Most certain distribution first: negative entropy (Dream's entropy order)."""
-    p = probs.double()
-    return (p * p.clamp_min(1e-300).log()).sum(-1)
+    return -pred.entropy.double()
 
 
 # an order that reads order_noise gets annealed Gumbel noise on its scores (the random one needs none)
 ORDERS = {
-    "random": Rule(order_random, (), "random order"),
+    "random": Rule(order_random, (), "random order", blind=True),
     "low-confidence": Rule(order_confidence, ("order_noise",), "low-confidence order + Gumbel noise {order_noise}"),
     "margin": Rule(order_margin, ("order_noise",), "margin order + Gumbel noise {order_noise}"),
     "entropy": Rule(order_entropy, ("order_noise",), "entropy order + Gumbel noise {order_noise}"),
@@ -138,85 +224,116 @@ ORDERS = {
 
 
 def gumbel(shape, g: torch.Generator) -> torch.Tensor:
-    """Standard Gumbel noise in float64 (low-precision Gumbel lowers diversity, as LLaDA notes)."""
-    u = torch.rand(shape, generator=g, dtype=torch.float64).clamp(1e-300, 1 - 1e-16)
+    """Standard Gumbel noise in float64, on g's device: only the N order scores get it (float32
+    Gumbel lowers diversity, as LLaDA notes)."""
+    u = torch.rand(shape, generator=g, dtype=torch.float64, device=g.device).clamp(1e-300, 1 - 1e-16)
     return -torch.log(-torch.log(u))
 
 
 def order_noise(tau: float, step: int, steps: int) -> float:
-    """MaskGIT's choice temperature: tau at the first step, annealed linearly to 0 at the last."""
-    return tau * (1.0 - (step - 1) / (steps - 1)) if steps > 1 else 0.0
+    """MaskGIT's choice temperature at step s of T (1-based): tau * (T - s) / T, so tau(T-1)/T at
+    the first step and 0 at the last (maskgit's mask_by_random_topk gets tau * (1 - (i+1)/T))."""
+    return tau * (steps - step) / steps
 
 
 def top_n(scores, allowed, n):
-    """[B, L] bool: the n highest scores of each row among `allowed` positions."""
+    """[B, L] bool: the n highest scores of each row among `allowed` positions (n an int or [B])."""
     scores = scores.masked_fill(~allowed, float("-inf"))  # [B, L]
-    idx = scores.topk(n, -1).indices  # [B, n]
-    return torch.zeros_like(allowed).scatter(-1, idx, True) & allowed
+    rank = scores.argsort(-1, descending=True).argsort(-1)  # [B, L] 0 = best
+    return (rank < (n if isinstance(n, int) else n[:, None])) & allowed
 
 
 def commit_threshold(conf, masked, threshold):
     """Confidence-aware parallel decoding: every masked position whose confidence >= threshold,
     and always each row's most confident one, so every step makes progress."""
-    best = top_n(conf, masked, 1) & masked.any(-1, keepdim=True)  # [B, L]
+    best = top_n(conf, masked, 1)  # [B, L]
     return ((conf >= threshold) & masked) | best
 
 
+def commit_factor(conf, masked, factor):
+    """Fast-dLLM's factor rule (get_transfer_index_dynamic): with the masked confidences sorted,
+    c_1 >= c_2 >= ..., commit the n most confident, n the longest run from the top in which each
+    c_r >= 1 - factor / (r + 1) (r >= 2; c_1 always goes). Fast-dLLM also commits the last one when
+    only it fails; here it waits for the next step."""
+    ranked = conf.masked_fill(~masked, float("-inf")).sort(-1, descending=True).values  # [B, L]
+    r = torch.arange(1, conf.shape[1] + 1, device=conf.device)  # [L]
+    need = (1 - factor / (r + 1)).masked_fill(r == 1, float("-inf"))  # [L]
+    n = (ranked >= need).int().cumprod(-1).sum(-1)  # [B] the run of passes from the top
+    return top_n(conf, masked, n)
+
+
 # How many predictions a forward pass commits: (confidence [B, L], order score [B, L], masks still
-# to fill [B, L], the schedule's count for this pass, gc) -> [B, L] bool. "schedule" commits the
-# count the noise schedule leaves (diffusion.mask_counts), best order scores first; "threshold"
-# every confident prediction (the count and the order are not used).
+# to fill [B, L], the schedule's count per row [B], gc) -> [B, L] bool. "schedule" commits the
+# count the noise schedule leaves (diffusion.mask_counts), best order scores first; "threshold" and
+# "factor" commit by confidence (the count and the order are not used).
 DECODES = {
     "schedule": Rule(lambda conf, score, todo, n, gc: top_n(score, todo, n), ("steps", "schedule", "order", "remdm"),
                      "{schedule}, {steps} steps"),
     "threshold": Rule(lambda conf, score, todo, n, gc: commit_threshold(conf, todo, gc.threshold), ("threshold",),
                       "threshold {threshold}"),
+    "factor": Rule(lambda conf, score, todo, n, gc: commit_factor(conf, todo, gc.factor), ("factor",),
+                   "Fast-dLLM factor {factor}"),
 }
 
 
 # ---------------------------------------------------------------------------------------------
-# Re-masking committed tokens (ReMDM, Wang et al. 2025): how many, and which
+# Re-masking committed tokens (ReMDM, Wang et al. 2025): each committed token goes back to <mask>
+# with its own probability sigma_i, by an independent draw (kuleshov-group/remdm's
+# _ddpm_caching_update); the step then commits that many more, so the masks left after it are the
+# schedule's. (conf at commit [B, L], committed [B, L], sigma_max, eta) -> sigma [B, L] float64.
 # ---------------------------------------------------------------------------------------------
 
 
-def sigma_cap(eta: float, sigma_max: float) -> float:
-    return min(eta, sigma_max)
+def sigma_cap(conf, committed, sigma_max, eta):
+    """ReMDM-cap: sigma = min(eta, sigma_max) for every committed token."""
+    return committed * min(eta, sigma_max)
 
 
-def sigma_rescale(eta: float, sigma_max: float) -> float:
-    return eta * sigma_max
+def sigma_rescale(conf, committed, sigma_max, eta):
+    """ReMDM-rescale: sigma = eta * sigma_max for every committed token."""
+    return committed * (eta * sigma_max)
 
 
-# strategy -> sigma(eta, sigma_max): the share of committed tokens sent back in one step; "conf"
-# re-masks the rescale count, choosing low-confidence tokens more often (remask_choice)
+def sigma_conf(conf, committed, sigma_max, eta):
+    """ReMDM-conf (the reference): sigma_i = sigma_max * softmax over the row's committed tokens of
+    -(probability when committed): low-confidence tokens go back more often, about sigma_max tokens
+    per step in all; eta is not used."""
+    weights = torch.softmax((-conf.double()).masked_fill(~committed, float("-inf")), -1)  # [B, L]
+    return (weights * sigma_max).nan_to_num(0.0)  # a row with nothing committed: 0
+
+
+def sigma_conf_rescale(conf, committed, sigma_max, eta):
+    """This repo's variant (the former "conf"): rescale's expected count, eta * sigma_max * C for C
+    committed tokens, shared out in proportion to exp(-probability when committed)."""
+    count = committed.sum(-1, keepdim=True) * (eta * sigma_max)  # [B, 1]
+    return (sigma_conf(conf, committed, 1.0, eta) * count).clamp(max=1.0)
+
+
 REMDM = {
     "none": Rule(None, (), ""),
     "cap": Rule(sigma_cap, ("remdm_eta",), "ReMDM cap eta {remdm_eta}"),
     "rescale": Rule(sigma_rescale, ("remdm_eta",), "ReMDM rescale eta {remdm_eta}"),
-    "conf": Rule(sigma_rescale, ("remdm_eta",), "ReMDM conf eta {remdm_eta}"),
+    "conf": Rule(sigma_conf, (), "ReMDM conf"),
+    "conf-rescale": Rule(sigma_conf_rescale, ("remdm_eta",), "ReMDM conf-rescale eta {remdm_eta}"),
 }
 
 
-def remdm_sigma(strategy: str, eta: float, left_before: int, left_after: int, n: int) -> float:
-    """Probability that a committed token goes back to <mask> in a step that takes the masks left
-    from left_before to left_after (of n). alpha = fraction unmasked; the largest sigma that keeps
-    the reverse process valid is (1 - alpha_s) / alpha_t. "cap": min(eta, that); "rescale" and
-    "conf": eta * that (conf then picks low-confidence tokens more often)."""
-    if REMDM[strategy].fn is None or left_before == n:
-        return 0.0
+def sigma_max(left_before: int, left_after: int, n: int) -> float:
+    """The largest re-masking probability that keeps the reverse process valid in a step that
+    takes the masks left from left_before to left_after (of n): (1 - alpha_s) / alpha_t, alpha the
+    fraction unmasked; 0 before anything is committed."""
     alpha_t, alpha_s = 1 - left_before / n, 1 - left_after / n
-    return REMDM[strategy].fn(eta, min(1.0, (1 - alpha_s) / alpha_t))
+    return min(1.0, (1 - alpha_s) / alpha_t) if alpha_t > 0 else 0.0
 
 
-def remask_choice(strategy: str, conf_at_commit, committed, r: int, g):
-    """[B, L] bool: r committed positions per row to send back to <mask>: uniformly at random
-    ("cap", "rescale"), or drawn in proportion to exp(-confidence when committed) ("conf", by the
-    Gumbel top-k trick)."""
-    if strategy == "conf":
-        scores = -conf_at_commit.double() + gumbel(committed.shape, g)
-    else:
-        scores = torch.rand(committed.shape, generator=g, dtype=torch.float64)
-    return top_n(scores, committed, r)
+def remask_draw(strategy: str, eta: float, conf_at_commit, committed, smax: float, cap: int, g):
+    """[B, L] bool: committed tokens sent back to <mask>, each with its probability sigma_i
+    (REMDM[strategy]) by an independent draw; at most `cap` per row (the masks the schedule leaves
+    after the step, so the step can still commit them all), the first in a random order."""
+    sigma = REMDM[strategy].fn(conf_at_commit, committed, smax, eta)  # [B, L]
+    u = torch.rand(committed.shape, generator=g, dtype=torch.float64, device=g.device)  # [B, L]
+    back = (u < sigma) & committed
+    return top_n(-u, back, cap)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,7 +378,8 @@ def describe(gc) -> str:
     if "remdm" in s and gc.remdm != "none":
         how.append(REMDM[gc.remdm].text(gc))
     how += [f"guidance {gc.cfg}"] * bool(gc.cfg) + [f"{gc.canvas} canvas"] * (gc.canvas != "full")
-    how += [f"blocks of {gc.block_size}"] * bool(gc.block_size) + [f"prompted with \"{gc.prompt}\""] * bool(gc.prompt)
+    how += [f"blocks of {gc.block_size}"] * bool(gc.block_size) + [f"{gc.cache} cache"] * (gc.cache != "none")
+    how += [f"prompted with \"{gc.prompt}\""] * bool(gc.prompt)
     return f"{words}; {', '.join(how)}"
 
 
@@ -300,82 +418,215 @@ def guided(cond: torch.Tensor, uncond: torch.Tensor, w: float) -> torch.Tensor:
     return uncond + (w + 1.0) * (cond - uncond)
 
 
-def predict(model, tokens, todo, canvas: Canvas, ids: dict, gc, eos_allowed):
-    """Logits [N, V] (on the CPU) at the N positions still to fill, row-major, with classifier-free
-    guidance when gc.cfg > 0; special tokens banned, </s> only where eos_allowed [B, L]."""
-    from modeling import autocast, masked_logits
+def device_generator(g: torch.Generator, device) -> torch.Generator:
+    """g itself on the CPU; elsewhere a generator on the device seeded from g, so every draw of a
+    run happens where the logits are."""
+    if torch.device(device).type == "cpu":
+        return g
+    seed = int(torch.randint(0, 2**62, (1,), generator=g))
+    return torch.Generator(device=device).manual_seed(seed)
 
-    device = next(model.parameters()).device
-    with autocast(device):
-        logits = masked_logits(model, tokens.to(device), None, todo.to(device)).float()  # [N, V]
+
+# the passes of one block that reuse cached keys/values (kvcache.encode): gc.cache -> the span of
+# the canvas a pass computes, from the block's first and last active positions (a, b) and length L
+CACHE_SPANS = {"prefix": lambda a, b, L: (a, L), "dual": lambda a, b, L: (a, b)}
+
+
+@dataclass
+class Pass:
+    """How one denoising run calls the model: its block cache (None: every pass computes the whole
+    canvas) and the span its cached passes compute, one cache per input (guidance adds one)."""
+    caches: dict
+    span: tuple | None = None
+    refresh: int = 0  # also rebuild the caches every `refresh` passes (0 = once per block)
+
+
+def hidden_at(model, tokens, rows, plan: Pass, key: str, k: int):
+    """Hidden states [N, H] at the positions rows (a [B, c] index or a [B, L] mask, row-major)
+    for pass number k of the block: the whole canvas, or only plan.span over cached keys/values."""
+    from kvcache import encode
+
+    span = None if k == 0 or plan.span is None else plan.span
+    if span is not None and plan.refresh and k % plan.refresh == 0:
+        encode(model, tokens, plan.caches[key])  # rebuild the cache from the canvas as it is now
+    hidden = encode(model, tokens, plan.caches[key], span)  # [B, L', H]
+    shift = span[0] if span else 0
+    if rows.dtype == torch.bool:
+        return hidden[rows[:, shift:shift + hidden.shape[1]]]
+    return hidden.gather(1, (rows - shift)[..., None].expand(-1, -1, hidden.shape[-1])).flatten(0, 1)
+
+
+def forward_rows(model, tokens, rows, plan: Pass | None, key: str, k: int):
+    """Logits [N, V] at the positions rows ([B, c] index or [B, L] mask) of tokens [B, L]: the LM
+    head on those rows only where modeling.HEADS knows the model, the full output otherwise."""
+    from modeling import HEADS, masked_logits
+
+    head = HEADS.get(type(model).__name__)
+    if plan is not None:
+        return head[1](model, hidden_at(model, tokens, rows, plan, key, k))
+    if rows.dtype == torch.bool:
+        return masked_logits(model, tokens, None, rows)
+    if head is None:
+        logits = model(input_ids=tokens).logits  # [B, L, V]
+        return logits.gather(1, rows[..., None].expand(-1, -1, logits.shape[-1])).flatten(0, 1)
+    hidden = getattr(model, head[0])(input_ids=tokens).last_hidden_state  # [B, L, H]
+    return head[1](model, hidden.gather(1, rows[..., None].expand(-1, -1, hidden.shape[-1])).flatten(0, 1))
+
+
+def predict(model, tokens, rows, canvas: Canvas, ids: dict, gc, eos_ok, plan: Pass | None = None, k: int = 0):
+    """Logits [N, V] (float32, on the model's device) at the N positions still to fill (rows: a
+    [B, c] index or a [B, L] mask, row-major), with classifier-free guidance when gc.cfg > 0;
+    banned tokens at -inf, </s> only where eos_ok [N]."""
+    from modeling import autocast
+
+    with autocast(tokens.device):
+        logits = forward_rows(model, tokens, rows, plan, "cond", k).float()  # [N, V]
         if gc.cfg > 0:
             uncond = tokens.masked_fill(canvas.fixed, ids["mask"])  # the condition hidden
-            logits = guided(logits, masked_logits(model, uncond.to(device), None, todo.to(device)).float(), gc.cfg)
-    logits = logits.cpu()
-    logits[:, ids["banned"]] = float("-inf")  # no <mask>, <s>, <pad>; </s> only with --stop-at-eos
-    logits[:, ids["eos"]] = torch.where(eos_allowed[todo], logits[:, ids["eos"]], float("-inf"))
+            logits = guided(logits, forward_rows(model, uncond, rows, plan, "uncond", k).float(), gc.cfg)
+    logits = logits.index_fill(1, ids["ban"], float("-inf"))  # no <mask>, <s>, <pad>; </s> only with --stop-at-eos
+    logits[:, ids["eos"]] = torch.where(eos_ok, logits[:, ids["eos"]], float("-inf"))
     return logits
 
 
-def order_scores(probs, pred, todo, gc, step: int, g) -> torch.Tensor:
-    """[B, L] float64: gc's order scores of the predictions at the positions still to fill, plus
-    annealed Gumbel noise when the order reads order_noise; -inf elsewhere."""
+def order_scores(pred: Prediction | None, todo, gc, step: int, g, n: int = 0) -> torch.Tensor:
+    """[B, L] float64: gc's order scores of the n positions still to fill (pred: their predictions;
+    None for a blind order), plus annealed Gumbel noise when the order reads order_noise; -inf
+    elsewhere."""
     rule = ORDERS[gc.order]
-    score = torch.full(todo.shape, float("-inf"), dtype=torch.float64)  # [B, L]
-    score[todo] = rule.fn(probs, pred, g)
+    score = rule.fn(pred, len(pred.tokens) if pred is not None else n, g)  # [N]
     if "order_noise" in rule.reads and gc.order_noise > 0:
-        score[todo] += order_noise(gc.order_noise, step, gc.steps) * gumbel(int(todo.sum()), g)
-    return score
+        score = score + order_noise(gc.order_noise, step, gc.steps) * gumbel(len(score), g)
+    return torch.full(todo.shape, float("-inf"), dtype=torch.float64, device=todo.device).masked_scatter(todo, score)
+
+
+def cache_plan(model, canvas: Canvas, gc, refresh: int) -> Pass | None:
+    """The block cache of one run (gc.cache), or None; UsageError for a model it does not know."""
+    if gc.cache == "none":
+        return None
+    from kvcache import BlockCache, supports
+
+    if not supports(model):
+        raise UsageError(f"--cache {gc.cache} knows ModernBERT, BERT and RoBERTa; this model is "
+                         f"{type(model).__name__} (use --cache none)")
+    cols = canvas.active.any(0).nonzero().flatten().tolist()
+    span = CACHE_SPANS[gc.cache](cols[0], cols[-1] + 1, canvas.tokens.shape[1])
+    return Pass({"cond": BlockCache(), "uncond": BlockCache()}, span, refresh)
+
+
+@dataclass
+class Loop:
+    """The state of one denoising run: the canvas, the masks still to fill and the positions being
+    generated, each committed token's probability, and where </s> may go."""
+    tokens: torch.Tensor  # [B, L]
+    todo: torch.Tensor  # [B, L] masks this run still fills
+    gen: torch.Tensor  # [B, L] the positions being generated (committed or not)
+    conf_at_commit: torch.Tensor  # [B, L] probability of each committed token when committed
+    eos_ok: torch.Tensor  # [B, L] where </s> may be written
+
+
+def start_loop(canvas: Canvas, ids: dict, gc, device) -> Loop:
+    tokens = canvas.tokens.to(device)
+    todo = canvas.active.to(device) & (tokens == ids["mask"])  # [B, L]
+    pos = torch.arange(tokens.shape[1], device=device).expand_as(tokens)  # [B, L]
+    eos_ok = gc.stop_at_eos & (pos - canvas.start >= gc.min_length)  # [B, L]
+    return Loop(tokens, todo, todo.clone(), torch.full(tokens.shape, float("nan"), device=device), eos_ok)
+
+
+def scheduled_step(gc, counts: list, step: int, n: int, s: Loop, g):
+    """(masks each row holds before this step, commits per row (an int, or [B] with ReMDM), ReMDM's
+    re-masks [B, L] or None) of step `step` (0-based) of the schedule; None when the schedule keeps
+    every mask (no forward pass)."""
+    before, after = counts[step], counts[step + 1]
+    if before == after:
+        return None
+    if REMDM[gc.remdm].fn is None:
+        return before, before - after, None
+    remask = remask_draw(gc.remdm, gc.remdm_eta, s.conf_at_commit, s.gen & ~s.todo, sigma_max(before, after, n),
+                         after, g)  # [B, L]
+    return before, before - after + remask.sum(-1), remask
+
+
+def at_rows(x, rows):
+    """x [B, L] at rows (a [B, c] index or a [B, L] mask), row-major: [N]."""
+    return x[rows] if rows.dtype == torch.bool else x.gather(1, rows).flatten()
+
+
+def index_rows(mask, c: int):
+    """[B, c] the positions of mask [B, L] (exactly c per row), ascending: at_rows without a sync."""
+    return mask.to(torch.int8).argsort(dim=-1, descending=True, stable=True)[:, :c]
+
+
+def predict_and_choose(model, s: Loop, canvas: Canvas, ids: dict, gc, g, c, n_commit, step: int, plan, k: int):
+    """One forward pass: (commit [B, L], the canvas with every prediction in place [B, L], their
+    confidence [B, L]). A blind order (random) picks the positions first, so the LM head and the
+    sampler run there alone; otherwise every position still to fill is predicted, then
+    DECODES[gc.decode] chooses. c: masks per row for a scheduled step (None: threshold, factor)."""
+    blind = c is not None and ORDERS[gc.order].blind
+    if blind:
+        commit = top_n(order_scores(None, s.todo, gc, step, g, n=s.todo.shape[0] * c), s.todo, n_commit)  # [B, L]
+        where = commit
+        rows = index_rows(commit, n_commit) if isinstance(n_commit, int) else commit
+    else:
+        where = s.todo
+        rows = index_rows(s.todo, c) if c else s.todo  # [B, c] or [B, L]
+    # predict and draw a token at each chosen position: [N, V] -> [N]
+    logits = predict(model, s.tokens, rows, canvas, ids, gc, at_rows(s.eos_ok, rows), plan, k)  # [N, V]
+    pred = Prediction(logits, sample(logits, g, gc))
+    conf = torch.full(s.tokens.shape, float("-inf"), device=s.tokens.device).masked_scatter(where, pred.confidence)
+    proposal = s.tokens.masked_scatter(where, pred.tokens)  # [B, L]
+    if not blind:
+        score = order_scores(pred, s.todo, gc, step, g) if c is not None else None
+        commit = DECODES[gc.decode].fn(conf, score, s.todo, n_commit, gc)  # [B, L]
+    return commit, proposal, conf
 
 
 @torch.no_grad()
-def denoise_steps(model, canvas: Canvas, ids: dict, gc, g: torch.Generator, block: int = 0) -> Iterator[Step]:
+def denoise_steps(model, canvas: Canvas, ids: dict, gc, g: torch.Generator, block: int = 0,
+                  refresh: int = 0) -> Iterator[Step]:
     """Fill the active <mask>s of a Canvas (every row holds the same number), yielding one Step
-    per forward pass; the last Step's tokens are the filled canvas. gc: a GenConfig; ids: the
-    tokenizer's mask, eos and banned ids (tokens.token_ids)."""
-    tokens, mask_id, scheduled = canvas.tokens.clone(), ids["mask"], gc.decode == "schedule"
-    todo = canvas.active & (tokens == mask_id)  # [B, L] masks this run fills
-    gen = todo.clone()  # [B, L] the positions being generated (committed or not)
-    n = int(todo[0].sum())
-    counts = mask_counts(gc.schedule, n, gc.steps)
-    conf_at_commit = torch.full(tokens.shape, float("nan"))  # [B, L]
-    pos = torch.arange(tokens.shape[1]).expand_as(tokens)  # [B, L]
-    eos_allowed = gc.stop_at_eos & (pos - canvas.start >= gc.min_length)  # [B, L]
-    step = 0
-    while todo.any():
-        # 0. how many to commit (and to send back, ReMDM) at this step of the schedule
-        r = round(remdm_sigma(gc.remdm, gc.remdm_eta, counts[step], counts[step + 1], n) *
-                  int((gen & ~todo)[0].sum())) if scheduled else 0
-        n_commit = counts[step] - counts[step + 1] + r if scheduled else 0
+    per forward pass; the last Step's tokens are the filled canvas. gc: a GenConfig; ids:
+    tokens.token_ids plus "ban" (with_ban); g: a generator on the model's device
+    (device_generator). Scheduled steps know their counts in advance, so on CUDA they never wait
+    for the device. With gc.cache, refresh > 0 also rebuilds the cache every `refresh` passes (1:
+    every pass, which makes the cached passes exact)."""
+    device = next(model.parameters()).device
+    s = start_loop(canvas, ids, gc, device)
+    n = int(canvas.active[0].sum())  # from the CPU canvas: no device round trip
+    counts, plan, scheduled = mask_counts(gc.schedule, n, gc.steps), cache_plan(model, canvas, gc, refresh), \
+        gc.decode == "schedule"
+    step, passes = 0, 0
+    while step < gc.steps if scheduled else bool(s.todo.any()):
+        # 0. how many masks each row holds and how many to commit (ReMDM: which go back first)
+        c, n_commit, remask = scheduled_step(gc, counts, step, n, s, g) or (0, 0, None) if scheduled else \
+            (None, None, None)
         step += 1
-        if scheduled and n_commit == 0:  # the schedule keeps every mask this step: skip the forward pass
+        if c == 0:  # the schedule keeps every mask this step: no forward pass
             continue
-        # 1. predict every position still to fill and draw a token for each: [N, V] -> [N]
-        logits = predict(model, tokens, todo, canvas, ids, gc, eos_allowed)  # [N, V]
-        pred = sample(logits, g, gc)  # [N]
-        probs = torch.softmax(logits, -1)  # [N, V]
-        conf = torch.full(tokens.shape, float("-inf"))  # [B, L]
-        conf[todo] = probs.gather(-1, pred[:, None]).squeeze(-1)
-        # 2. which predictions to keep this step (DECODES), the rest stay masked
-        score = order_scores(probs, pred, todo, gc, step, g) if scheduled else None
-        commit = DECODES[gc.decode].fn(conf, score, todo, n_commit, gc)
-        # 3. ReMDM: send r committed tokens back to <mask> (they get a new prediction next step)
-        remask = remask_choice(gc.remdm, conf_at_commit, gen & ~todo, r, g) if r else torch.zeros_like(todo)
-        proposal = tokens.clone()
-        proposal[todo] = pred
-        tokens[commit] = proposal[commit]
-        conf_at_commit[commit] = conf[commit]
-        tokens[remask] = mask_id
-        conf_at_commit[remask] = float("nan")
-        todo = (todo & ~commit) | remask
-        yield Step(block, step, tokens.clone(), commit, torch.where(commit, conf, torch.full_like(conf, float("nan"))),
-                   int(todo[0].sum()), remask)
+        # 1-2. predict, and choose which predictions to keep (the rest stay masked)
+        commit, proposal, conf = predict_and_choose(model, s, canvas, ids, gc, g, c, n_commit, step, plan, passes)
+        # 3. commit; ReMDM's re-masked tokens go back to <mask> (a new prediction next step)
+        remask = torch.zeros_like(commit) if remask is None else remask
+        s.tokens = torch.where(commit, proposal, s.tokens).masked_fill(remask, ids["mask"])
+        s.conf_at_commit = torch.where(commit, conf, s.conf_at_commit).masked_fill(remask, float("nan"))
+        s.todo = (s.todo & ~commit) | remask
+        passes += 1
+        yield Step(block, step, s.tokens.clone(), commit, torch.where(commit, conf, float("nan")),
+                   counts[step] if scheduled else int(s.todo[0].sum()), remask)
 
 
-def denoise(model, canvas: Canvas, ids: dict, gc, g: torch.Generator, block: int = 0):
-    """denoise_steps run to the end: (the filled tokens [B, L], the per-step history)."""
-    history = list(denoise_steps(model, canvas, ids, gc, g, block))
+def denoise(model, canvas: Canvas, ids: dict, gc, g: torch.Generator, block: int = 0, refresh: int = 0):
+    """denoise_steps run to the end: (the filled tokens [B, L], the per-step history). ids may
+    omit "ban" and g may be a CPU generator: both are made for the model's device here."""
+    device = next(model.parameters()).device
+    history = list(denoise_steps(model, canvas, with_ban(ids, device), gc, device_generator(g, device), block,
+                                 refresh))
     return (history[-1].tokens if history else canvas.tokens.clone()), history
+
+
+def with_ban(ids: dict, device) -> dict:
+    """ids plus "ban": the ids never sampled (ids["banned"]) as an index tensor on the device."""
+    return ids if "ban" in ids else {**ids, "ban": torch.tensor(ids["banned"], dtype=torch.long, device=device)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -427,13 +678,17 @@ def window_canvas(context: torch.Tensor, n: int, window: int, ids: dict, bos: in
     return Canvas(tokens, active, fixed, start=1 + T)
 
 
-def generation_steps(model, tokenizer, gc, window: int, g: torch.Generator) -> Iterator[Step]:
+def generation_steps(model, tokenizer, gc, window: int, g: torch.Generator, refresh: int = 0,
+                     context: torch.Tensor | None = None) -> Iterator[Step]:
     """Every denoising step of a whole generation (gc: a GenConfig), each Step's `text` [B, T]
     holding the output so far: prompt, finished blocks, and the current block (masks included).
-    The last Step's `text` is the result. Bad prompt/length/template: UsageError before any step.
-    With --stop-at-eos, block writing stops once every row has written </s>."""
+    The last Step's `text` is the result (on the model's device). Bad prompt/length/template:
+    UsageError before any step. With --stop-at-eos, block writing stops once every row has
+    written </s>. refresh: see denoise_steps. context: [B, P] token ids each row continues (its
+    own prompt, e.g. a held-out opening) in place of gc.prompt."""
     bos, eos = bos_eos(tokenizer)
-    ids = token_ids(tokenizer)
+    device = next(model.parameters()).device
+    ids, g = with_ban(token_ids(tokenizer), device), device_generator(g, device)
     B = gc.num_samples
     if gc.template:
         if gc.stop_at_eos:
@@ -444,23 +699,26 @@ def generation_steps(model, tokenizer, gc, window: int, g: torch.Generator) -> I
         tokens = torch.tensor([[bos] + tmpl + [eos]] * B)  # [B, L]
         fixed_t = torch.tensor([False] + fixed + [False]).expand(B, -1)
         canvas = Canvas(tokens, tokens == ids["mask"], fixed_t, start=1)
-        for s in denoise_steps(model, canvas, ids, gc, g):
+        for s in denoise_steps(model, canvas, ids, gc, g, refresh=refresh):
             s.text = s.tokens[:, 1:-1]
             yield s
         return
-    prompt = prompt_ids(gc, tokenizer, window)
+    if context is not None and (gc.prompt or gc.template):
+        raise UsageError("give each row's context or a --prompt / --template, not both")
+    prompt = prompt_ids(gc, tokenizer, window) if context is None else context[0].tolist()
     if gc.cfg > 0 and not prompt:
         raise UsageError("--cfg needs something to condition on: a --prompt or a --template")
     length, block = lengths(gc, len(prompt), window)
-    text = torch.tensor([prompt] * B, dtype=torch.long).reshape(B, len(prompt))  # [B, T]
+    text = (torch.tensor([prompt] * B, dtype=torch.long) if context is None else context).reshape(B, len(prompt))
+    text = text.to(device)  # [B, T]
     b = 0
     while text.shape[1] - len(prompt) < length:
         n = min(block, length - (text.shape[1] - len(prompt)))
         cut = max(0, text.shape[1] - (window - 2 - n))  # the context that fits beside n masks
-        context = text[:, cut:]  # [B, <= window-2-n]
+        context = text[:, cut:].cpu()  # [B, <= window-2-n] (canvases are built on the CPU, once per block)
         canvas = window_canvas(context, n, window, ids, bos, max(0, len(prompt) - cut), gc.canvas == "fit")
         last = None
-        for s in denoise_steps(model, canvas, ids, gc, g, block=b):
+        for s in denoise_steps(model, canvas, ids, gc, g, block=b, refresh=refresh):
             s.text = torch.cat([text, s.tokens[:, canvas.start:canvas.start + n]], 1)
             last = s
             yield s
@@ -492,10 +750,11 @@ def lengths(gc, n_prompt: int, window: int) -> tuple[int, int]:
     return length, block
 
 
-def generate(model, tokenizer, gc, window: int, g: torch.Generator):
+def generate(model, tokenizer, gc, window: int, g: torch.Generator, refresh: int = 0,
+             context: torch.Tensor | None = None):
     """-> (token ids [B, T] of prompt + generated text, history, number of prompt tokens)."""
-    history = list(generation_steps(model, tokenizer, gc, window, g))
-    n_prompt = 0 if gc.template else len(prompt_ids(gc, tokenizer, window))
+    history = list(generation_steps(model, tokenizer, gc, window, g, refresh, context))
+    n_prompt = 0 if gc.template else len(prompt_ids(gc, tokenizer, window)) if context is None else context.shape[1]
     return history[-1].text, history, n_prompt
 
 
@@ -518,16 +777,16 @@ def ar_steps(model, start: torch.Tensor, length: int, gc, banned: list[int],
              g: torch.Generator) -> Iterator[torch.Tensor]:
     """Yields `length` token columns [B, 1], one per forward pass, sampled left to right after
     start [B, T0] with SAMPLERS[gc.sampling] (the diffusion model's samplers), special tokens
-    banned as there. demo.py watches it; ar_generate collects it."""
+    banned as there, drawn on the model's device. demo.py watches it; ar_generate collects it."""
     device = next(model.parameters()).device
-    x, cache = start.to(device), None
+    x, cache, g = start.to(device), None, device_generator(g, device)
+    ban = torch.tensor(banned, dtype=torch.long, device=device)
     for _ in range(length):
         o = model(input_ids=x, cache=cache, use_cache=True, logits_to_keep=1)
         cache = o.cache
-        logits = o.logits[:, -1].float()  # [B, V]
-        logits[:, banned] = float("-inf")
+        logits = o.logits[:, -1].float().index_fill(1, ban, float("-inf"))  # [B, V]
         x = sample(logits, g, gc)[:, None]  # [B, 1]
-        yield x.cpu()
+        yield x
 
 
 def ar_generate(model, start: torch.Tensor, length: int, gc, banned: list[int],

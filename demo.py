@@ -4,6 +4,7 @@
     python demo.py --checkpoint results/checkpoint-1500 --baseline none --port 8000
     python demo.py --pause 0             # no slow motion: frames as fast as they compute
     python demo.py --host 0.0.0.0        # let other machines in (warns; nothing is ever shared publicly)
+    python demo.py --measure 5 --pause 0 # five races at the page's defaults through its API: each lane's seconds
 
 Generate streams decoding.generation_steps -- the loop generate.py runs -- one frame per forward
 pass: masks grey, this step's commits outlined orange, committed tokens coloured by confidence.
@@ -36,9 +37,12 @@ class DemoConfig(Settings):
                         "(timings exclude it)", min=0, max=10)
     concurrency: int = flag(2, "requests generated at once; more wait in the queue", min=1)
     max_tokens: int = flag(1024, "most new tokens (and steps) one request may ask for", min=1)
+    measure: int = flag(0, "serve, run this many races through the page's API (gradio_client) with the page's "
+                        "default values, print each lane's wall time, and stop; 0 = serve for people", min=0)
 
 
 PAGE_SKIP = ("checkpoint", "prompt", "template", "num_samples", "show_steps", "animate", "out")  # set by the page itself
+PAGE_PROMPT, PAGE_TEMPLATE = "The history of", "The [MASK:4] of France is [MASK:3]."  # what the page starts with
 MODES = ("prompt", "template")
 DIFFUSION_COLOR, AR_COLOR = "#2563eb", "#ea580c"
 
@@ -121,18 +125,20 @@ def page_config(values: dict, max_tokens: int) -> GenConfig:
 # ---------------------------------------------------------------------------------------------
 
 
-def lane_html(kind: str, title: str, subtitle: str, stats: str, canvas: str, passes: int = 0, done: bool = False) -> str:
+def lane_html(kind: str, title: str, subtitle: str, stats: str, canvas: str, passes: int = 0, done: bool = False,
+              seconds: float = 0.0) -> str:
     return (f'<div class="lane {kind}"><div class="lane-head"><span class="lane-title">{title}</span>'
             f'<span class="lane-sub">{subtitle}</span></div>'
-            f'<div class="stats" data-passes="{passes}" data-done="{int(done)}">{stats}</div>'
-            f'<div class="canvas">{canvas}</div></div>')
+            f'<div class="stats" data-passes="{passes}" data-done="{int(done)}" data-seconds="{seconds:.6f}">{stats}'
+            f'</div><div class="canvas">{canvas}</div></div>')
 
 
 def stats_text(passes: int, seconds: float, tokens: int, left: int, done: bool) -> str:
+    """A lane's forward passes and its own wall time so far (the slow motion excluded)."""
     if not done:
-        return f"forward pass {passes} · {left} tokens left"
+        return f"forward pass {passes} · {left} tokens left · {seconds:.3f} s"
     rate = f"{tokens / seconds:,.0f} tokens/s" if seconds > 0 else "—"
-    return f"<b>{passes}</b> forward passes · {seconds:.3f} s · {rate}"
+    return f"<b>{passes}</b> forward passes · <b>{seconds:.3f} s</b> · {rate}"
 
 
 def message_html(text: str, error: bool = False) -> str:
@@ -218,7 +224,7 @@ class Race:
         passes = len(self.left["d"]) - 1
         stats = stats_text(passes, self.clock["d"], self.total, self.left["d"][-1], self.done["d"])
         canvas = canvas_html(self.row, kinds, [self.conf_at.get(i) for i in range(len(self.row))], self.tok)
-        return lane_html("diffusion", "Diffusion", self.names[0], stats, canvas, passes, self.done["d"])
+        return lane_html("diffusion", "Diffusion", self.names[0], stats, canvas, passes, self.done["d"], self.clock["d"])
 
     def ar_lane(self) -> str:
         from visualize import canvas_html
@@ -233,7 +239,7 @@ class Race:
         stats = stats_text(n, self.clock["a"], self.ar_len, self.left["a"][-1], self.done["a"])
         stats += self.ar_note if self.done["a"] else ""
         canvas = canvas_html(row, kinds, [None] * len(row), self.tok)
-        return lane_html("ar", "AR baseline", self.names[1], stats, canvas, n, self.done["a"])
+        return lane_html("ar", "AR baseline", self.names[1], stats, canvas, n, self.done["a"], self.clock["a"])
 
     def chart(self) -> str:
         from visualize import progress_svg
@@ -244,9 +250,15 @@ class Race:
         return progress_svg(lines, x_max, max(self.total, 1))
 
     def status(self) -> str:
-        if self.done["d"] and self.done["a"]:
-            return message_html("Done. Hover a token for the confidence it was committed with.")
-        return message_html("writing…")
+        if not (self.done["d"] and self.done["a"]):
+            return message_html("writing…")
+        race = ""
+        if self.columns is not None and self.ar_len == self.total:
+            d, a = self.clock["d"], self.clock["a"]
+            first = "Diffusion" if d < a else "The AR baseline"
+            race = (f"{first} finished first: diffusion {d:.3f} s, AR baseline {a:.3f} s for {self.total} tokens "
+                    f"(each lane's own wall time, the slow motion excluded; AR / diffusion = {a / max(d, 1e-9):.2f}). ")
+        return message_html(f"Done. {race}Hover a token for the confidence it was committed with.")
 
     def advance(self) -> str:
         """One forward pass of the lane whose clock is behind; returns that lane ("d" or "a")."""
@@ -369,10 +381,10 @@ def build_app(model, tokenizer, tcfg, ar, dc: DemoConfig):
         with gr.Row():
             mode = add("mode", gr.Radio(list(MODES), value="prompt", label="mode", scale=1, min_width=160,
                                         elem_id="mode"))
-            prompt = add("prompt", gr.Textbox(value="The history of", label="prompt", scale=5, elem_id="prompt",
+            prompt = add("prompt", gr.Textbox(value=PAGE_PROMPT, label="prompt", scale=5, elem_id="prompt",
                                               placeholder="text the model continues",
                                               info="kept fixed at the start; empty = unprompted"))
-            template = add("template", gr.Textbox(value="The [MASK:4] of France is [MASK:3].", label="template",
+            template = add("template", gr.Textbox(value=PAGE_TEMPLATE, label="template",
                                                   visible=False, scale=5, elem_id="template",
                                                   info="fixed text with [MASK:n] spans to fill"))
             go = gr.Button("Generate", variant="primary", scale=1, min_width=140, elem_id="generate")
@@ -454,9 +466,37 @@ def serve(dc: DemoConfig):
     return app
 
 
+def measure(dc: DemoConfig, app) -> list[tuple[float, float]]:
+    """(diffusion seconds, AR seconds) of dc.measure races at the page's default values, read from
+    the lanes the page's API returns (the numbers a visitor sees)."""
+    import re
+
+    from gradio_client import Client
+
+    client = Client(f"http://{dc.host}:{dc.port}/", verbose=False)
+    values = ["prompt", PAGE_PROMPT, PAGE_TEMPLATE, *[f.default for f in page_fields()]]
+    seconds = lambda lane: float(re.search(r'data-seconds="([0-9.]+)"', lane).group(1))  # noqa: E731
+    races = []
+    for i in range(dc.measure):
+        lane_d, lane_a, _, status = client.predict(*values, api_name="/generate")
+        races.append((seconds(lane_d), seconds(lane_a)))
+        print(f"race {i + 1}: diffusion {races[-1][0]:.3f} s, AR baseline {races[-1][1]:.3f} s "
+              f"(AR / diffusion {races[-1][1] / races[-1][0]:.2f})", flush=True)
+    return races
+
+
 def main(argv=None) -> int:
     dc, _ = parse(DemoConfig, argv, __doc__)
     app = serve(dc)
+    if dc.measure:
+        try:
+            races = measure(dc, app)
+        finally:
+            app.close()
+        wins = sum(d < a for d, a in races)
+        print(f"diffusion finished first in {wins} of {len(races)} races (median AR / diffusion "
+              f"{sorted(a / d for d, a in races)[len(races) // 2]:.2f})")
+        return 0
     print(f"serving http://{dc.host}:{dc.port} (Ctrl+C stops)")
     app.block_thread()
     return 0

@@ -51,10 +51,10 @@ SETTINGS = {
     "defaults-prompted": dict(prompt="The history of the"),  # scored on the continuation only
     "defaults-32-steps": dict(steps=32),
     "cosine": dict(schedule="cosine"),
-    "no-order-noise": dict(order_noise=0.0),
+    "no-order-noise": dict(order="low-confidence", order_noise=0.0),
     "seeds-rule": dict(order="random", order_noise=0.0, temperature=0.8),  # random order at its own best point
     "remdm-conf": dict(order="random", order_noise=0.0, temperature=0.8, remdm="conf", remdm_eta=0.5),
-    "previous-defaults": dict(sampling="topk", k=50, temperature=0.8, order_noise=0.0),  # before the frontier
+    "previous-defaults": dict(sampling="topk", k=50, temperature=0.8, order="low-confidence", order_noise=0.0),
     "greedy": dict(sampling="greedy", order_noise=0.0),
     "threshold-0.9": dict(decode="threshold", threshold=0.9, order_noise=0.0),
 }

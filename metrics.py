@@ -16,6 +16,8 @@ The evaluation protocol (evaluate.py, the experiments, bench.py):
                                                   its settings (decoding.setting_of) and words (describe);
                                                   with --stop-at-eos each sample cut at its </s>, and text_ends
     ar_row(ar, tokenizer, gc, length, n, scorer)  the AR baseline's own samples with the same sampler
+    fastest_alternating(runs, repeats)            wall seconds of several calls timed side by side
+    flops(run)                                    floating-point operations of one call
     machine()                                     the facts of the machine the numbers were taken on
 
 Scores that need a model (torch imported inside):
@@ -192,6 +194,30 @@ def reference_blocks(val_blocks, n: int):
     return val_blocks[idx]
 
 
+# the decoding defaults have to write text like text: against held-out text's numbers (the
+# experiments that pick defaults, sampler_frontier.py and speed_frontier.py, both judge by it)
+QUALITY_FLOOR = {"unigram_entropy": 0.9, "distinct_2": 0.9, "repeated_4gram": 3.0, "top_word_share": 0.12}
+
+
+def meets_floor(row: dict, ref: dict) -> bool:
+    """Entropy and distinct-2 at least 0.9x held-out text's, repeated 4-grams at most 3x, no word above 12%."""
+    return (row["unigram_entropy"] >= QUALITY_FLOOR["unigram_entropy"] * ref["unigram_entropy"]
+            and row["distinct_2"] >= QUALITY_FLOOR["distinct_2"] * ref["distinct_2"]
+            and row["repeated_4gram"] <= QUALITY_FLOOR["repeated_4gram"] * max(ref["repeated_4gram"], 1e-3)
+            and row["top_word_share"] <= QUALITY_FLOOR["top_word_share"])
+
+
+def ppl_at(entropy: float, points: list[tuple[float, float]]) -> float | None:
+    """A rule's generative perplexity at `entropy`, from its (entropy, gen ppl) points: log-linear
+    between the two nearest points that bracket it; None outside the range it covered."""
+    pts = sorted(points)
+    for (e0, p0), (e1, p1) in zip(pts, pts[1:]):
+        if e0 <= entropy <= e1 and e1 > e0:
+            w = (entropy - e0) / (e1 - e0)
+            return math.exp((1 - w) * math.log(p0) + w * math.log(p1))
+    return None
+
+
 # ---------------------------------------------------------------------------------------------
 # The evaluation protocol: one row per setting, the same numbers everywhere
 # ---------------------------------------------------------------------------------------------
@@ -210,16 +236,18 @@ def reference_row(val_blocks, tokenizer, n: int, scorer, batch_size: int = 64) -
             **sample_quality(ref, texts, scorer, None, batch_size)}
 
 
-def diffusion_row(model, tokenizer, gc, window: int, scorer, batch_size: int = 64, name: str = "") -> dict:
-    """gc.num_samples samples of one setting (seed gc.seed), judged on what they wrote (a prompt is
-    not scored), with the setting's fields and words recorded beside the numbers."""
+def diffusion_row(model, tokenizer, gc, window: int, scorer, batch_size: int = 64, name: str = "",
+                  context=None) -> dict:
+    """gc.num_samples samples of one setting (seed gc.seed), judged on what they wrote (a prompt, or
+    each row's context [B, P], is not scored), with the setting's fields and words beside the numbers."""
     import torch
 
     from decoding import cut_at_eos, describe, generate, setting_of
     from tokens import token_ids
 
     t0 = time.time()
-    ids, history, n_prompt = generate(model, tokenizer, gc, window, torch.Generator().manual_seed(gc.seed))
+    ids, history, n_prompt = generate(model, tokenizer, gc, window, torch.Generator().manual_seed(gc.seed),
+                                      context=context)
     seconds = time.time() - t0
     tokens = ids[:, n_prompt:].tolist()
     ends = {}
@@ -233,14 +261,16 @@ def diffusion_row(model, tokenizer, gc, window: int, scorer, batch_size: int = 6
             **sample_quality(tokens, texts, scorer, seconds, batch_size)}
 
 
-def ar_row(ar, tokenizer, gc, length: int, scorer, batch_size: int = 64, name: str = "") -> dict:
-    """gc.num_samples unprompted samples of `length` tokens from the AR baseline with gc's sampler."""
+def ar_row(ar, tokenizer, gc, length: int, scorer, batch_size: int = 64, name: str = "", context=None) -> dict:
+    """gc.num_samples samples of `length` tokens from the AR baseline with gc's sampler, unprompted or
+    continuing each row's context [B, P] (not scored)."""
     import torch
 
     from decoding import SAMPLERS, ar_generate, sampler_setting
     from tokens import banned_ids
 
     bos = torch.full((gc.num_samples, 1), tokenizer.bos_token_id)
+    bos = bos if context is None else torch.cat([bos, context], 1)  # [B, 1 + P]
     t0 = time.time()
     ids = ar_generate(ar, bos, length, gc, banned_ids(tokenizer), torch.Generator().manual_seed(gc.seed))
     seconds = time.time() - t0
@@ -248,6 +278,34 @@ def ar_row(ar, tokenizer, gc, length: int, scorer, batch_size: int = 64, name: s
     texts = [tokenizer.decode(t) for t in tokens]
     return {"name": name, "model": "AR", "settings": sampler_setting(gc), "label": SAMPLERS[gc.sampling].text(gc),
             "forward_passes": length, "texts": texts[:4], **sample_quality(tokens, texts, scorer, seconds, batch_size)}
+
+
+def fastest_alternating(runs: dict, repeats: int, sync=lambda: None) -> dict:
+    """{name: fastest wall seconds} of each call in runs ({name: fn}), the calls alternating round
+    by round after one warm-up each: on a shared machine a slow round slows every side, so the
+    ratios are side by side and the fastest round of each is its own cost. sync: waits for a
+    device (CUDA) before each clock reading."""
+    best = {name: float("inf") for name in runs}
+    for fn in runs.values():
+        fn()
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return best
+
+
+def flops(run) -> int:
+    """Floating-point operations one call of run() performs, as torch.utils.flop_counter counts
+    them (matrix products and attention: what a compute-bound machine pays for)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        run()
+    return counter.get_total_flops()
 
 
 def machine() -> dict:

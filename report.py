@@ -344,6 +344,27 @@ def render(result: dict, json_path: str) -> str:
     return "\n".join(parts) + "\n"
 
 
+# ---------------------------------------------------------------------------------------------
+# Blocks of README.md rendered by a command (bench.py --render, speed_frontier.py --render)
+# ---------------------------------------------------------------------------------------------
+
+
+def replace_block(text: str, command: str, body: str) -> str:
+    """text with what stands between `command`'s markers replaced by body: a doc block that a
+    command renders from a JSON, re-rendered without touching the prose around it."""
+    begin, end = f"<!-- rendered by: {command} -->", f"<!-- end of: {command} -->"
+    if begin not in text or end not in text:
+        raise UsageError(f"README.md has no block for `{command}`: add the lines {begin} and {end}")
+    head, rest = text.split(begin, 1)
+    return head + begin + "\n" + body.rstrip() + "\n" + end + rest.split(end, 1)[1]
+
+
+def render_into(readme: str, command: str, body: str) -> None:
+    """Writes body into readme's block for command (replace_block), whole or not at all."""
+    with open(readme, encoding="utf-8") as f:
+        write_atomic(readme, replace_block(f.read(), command, body))
+
+
 def main(argv=None) -> int:
     rc, _ = parse(ReportConfig, argv, __doc__)
     try:

@@ -25,10 +25,10 @@ import repo_root  # noqa: F401  (first: puts the repo's modules on sys.path)
 
 import csv
 import dataclasses
-import math
 
 from cli import cli, parse
 from config import GenConfig, Registry, flag, parse_floats, parse_names, save_config, Settings
+from metrics import QUALITY_FLOOR, meets_floor, ppl_at
 
 
 class FrontierConfig(Settings):
@@ -49,40 +49,30 @@ class FrontierConfig(Settings):
     out_dir: str = flag("results/figures", "sampler_frontier.png / .csv / .json")
 
 
-# GenConfig overrides per rule: which predictions are committed first, and what may go back
+# Each rule states every decoding field it decides (RULE_FIELDS): which predictions are committed
+# first, the noise on that order, and what may go back; a GenConfig default never fills one in.
+RULE_FIELDS = ("order", "order_noise", "remdm", "remdm_eta")
+
+
+def rule(order: str, order_noise: float = 0.0, remdm: str = "none", remdm_eta: float = 0.0) -> dict:
+    return dict(order=order, order_noise=order_noise, remdm=remdm, remdm_eta=remdm_eta)
+
+
 RULES = {
-    "random": dict(order="random"),  # the seed's rule
-    "low-confidence": dict(order="low-confidence"),
-    "confidence-noise": dict(order="low-confidence", order_noise=4.0),
-    "confidence-noise-2": dict(order="low-confidence", order_noise=2.0),
-    "confidence-noise-8": dict(order="low-confidence", order_noise=8.0),  # generate.py's default, at T 0.9
-    "confidence-noise-remdm": dict(order="low-confidence", order_noise=4.0, remdm="conf", remdm_eta=0.5),
-    "margin": dict(order="margin"),
-    "entropy": dict(order="entropy"),
-    "random-remdm-cap": dict(order="random", remdm="cap", remdm_eta=0.1),
-    "random-remdm-conf": dict(order="random", remdm="conf", remdm_eta=0.5),
-    "confidence-remdm-conf": dict(order="low-confidence", remdm="conf", remdm_eta=0.5),
+    "random": rule("random"),  # the seed's rule
+    "low-confidence": rule("low-confidence"),
+    "confidence-noise": rule("low-confidence", order_noise=4.0),
+    "confidence-noise-2": rule("low-confidence", order_noise=2.0),
+    "confidence-noise-8": rule("low-confidence", order_noise=8.0),  # the former default, at T 0.9
+    "confidence-noise-remdm": rule("low-confidence", order_noise=4.0, remdm="conf-rescale", remdm_eta=0.5),
+    "margin": rule("margin"),
+    "entropy": rule("entropy"),
+    "random-remdm-cap": rule("random", remdm="cap", remdm_eta=0.1),
+    "random-remdm-rescale": rule("random", remdm="rescale", remdm_eta=0.5),
+    "random-remdm-conf": rule("random", remdm="conf"),  # ReMDM's own conf (eta unused)
+    "random-remdm-conf-rescale": rule("random", remdm="conf-rescale", remdm_eta=0.5),
+    "confidence-remdm-conf": rule("low-confidence", remdm="conf"),
 }
-# the default has to write text like text: against held-out text's numbers
-QUALITY_FLOOR = {"unigram_entropy": 0.9, "distinct_2": 0.9, "repeated_4gram": 3.0, "top_word_share": 0.12}
-
-
-def meets_floor(row: dict, ref: dict) -> bool:
-    return (row["unigram_entropy"] >= QUALITY_FLOOR["unigram_entropy"] * ref["unigram_entropy"]
-            and row["distinct_2"] >= QUALITY_FLOOR["distinct_2"] * ref["distinct_2"]
-            and row["repeated_4gram"] <= QUALITY_FLOOR["repeated_4gram"] * max(ref["repeated_4gram"], 1e-3)
-            and row["top_word_share"] <= QUALITY_FLOOR["top_word_share"])
-
-
-def ppl_at(entropy: float, points: list[tuple[float, float]]) -> float | None:
-    """A rule's generative perplexity at `entropy`: log-linear between its two nearest points
-    that bracket it; None outside the range it covered."""
-    pts = sorted(points)
-    for (e0, p0), (e1, p1) in zip(pts, pts[1:]):
-        if e0 <= entropy <= e1 and e1 > e0:
-            w = (entropy - e0) / (e1 - e0)
-            return math.exp((1 - w) * math.log(p0) + w * math.log(p1))
-    return None
 
 
 def plot(rows: list[dict], refs: list[dict], chosen: dict | None, path: str) -> None:
@@ -189,14 +179,20 @@ def write_outputs(fc: FrontierConfig, rules: list[str], refs: list[dict], rows: 
         print(f"wrote {p}")
 
 
+def rule_configs(fc: FrontierConfig, rules: list[str], temps: list[float]) -> dict:
+    """{(rule, temperature): the GenConfig that rule runs}: the frontier's settings, RULES' fields and
+    the temperature over the rest of the decoding fields, each stated."""
+    shared = dict(sampling=fc.sampling, k=fc.k, p=fc.p, steps=fc.steps, num_samples=fc.num_samples, seed=fc.seed,
+                  prompt=fc.prompt, length=fc.length, block_size=fc.block_size, canvas=fc.canvas, out="",
+                  schedule="linear", decode="schedule", cache="none", cfg=0.0, stop_at_eos=False, min_length=0)
+    return {(rule, t): GenConfig(**{**shared, **RULES[rule], "temperature": t}) for rule in rules for t in temps}
+
+
 def main(argv=None) -> int:
     fc, _ = parse(FrontierConfig, argv, __doc__)
     rules = list(RULES) if fc.rules == "all" else parse_names(fc.rules, "rules", tuple(RULES))
     temps = parse_floats(fc.temperatures, "temperatures")
-    shared = dict(sampling=fc.sampling, k=fc.k, p=fc.p, steps=fc.steps, num_samples=fc.num_samples, seed=fc.seed,
-                  prompt=fc.prompt, length=fc.length, block_size=fc.block_size, canvas=fc.canvas, out="")
-    settings_ = {(rule, t): GenConfig(**{**shared, **RULES[rule], "temperature": t})
-                 for rule in rules for t in temps}  # every setting is checked before any work starts
+    settings_ = rule_configs(fc, rules, temps)  # every setting is checked before any work starts
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()

@@ -13,7 +13,8 @@ import torch
 import modeling
 from conftest import CACHE, ROOT
 from cli import UsageError, cli
-from config import TrainConfig
+from config import GenConfig, TrainConfig
+from decoding import SAMPLERS, describe
 
 # ---------------------------------------------------------------------------------------------
 # Masked-only LM head == full head (fp32)
@@ -37,6 +38,12 @@ def tiny_config(arch: str):
                                                intermediate_size=64, max_position_embeddings=L, bos_token_id=0,
                                                eos_token_id=2, cls_token_id=0, sep_token_id=2,
                                                global_attn_every_n_layers=1, local_attention=L),
+        # layer 1 attends only within 4 positions either side, as ModernBERT-base's local layers do
+        "modernbert-local": lambda: ModernBertConfig(**common, hidden_size=H, num_hidden_layers=2,
+                                                     num_attention_heads=2, intermediate_size=64,
+                                                     max_position_embeddings=L, bos_token_id=0, eos_token_id=2,
+                                                     cls_token_id=0, sep_token_id=2, global_attn_every_n_layers=2,
+                                                     local_attention=8),
     }[arch]()
 
 
@@ -86,6 +93,79 @@ def test_masked_only_head_matches_full_head(arch):
         assert g1.keys() == g2.keys() and len(g1) > 0
         for name in g1:
             assert torch.allclose(g1[name], g2[name], rtol=1e-4, atol=1e-6), (arch, weighting, name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fast-dLLM's block cache (kvcache.py): exact when rebuilt before every pass
+# ---------------------------------------------------------------------------------------------
+
+CACHE_IDS = {"mask": 4, "eos": 2, "banned": [0, PAD, 3, 4]}
+
+
+def block_canvas(B: int = 3):
+    """<s>, 9 context tokens, the 8-token block, 5 masks beyond it (not filled), </s>: L tokens."""
+    import decoding
+
+    g = torch.Generator().manual_seed(3)
+    tokens = torch.cat([torch.zeros(B, 1, dtype=torch.long), torch.randint(5, V, (B, 9), generator=g),
+                        torch.full((B, 13), 4), torch.full((B, 1), 2)], 1)  # [B, L]
+    pos = torch.arange(L).expand(B, -1)
+    return decoding.Canvas(tokens, (pos >= 10) & (pos < 18), (pos >= 1) & (pos < 10), start=10)
+
+
+@pytest.mark.parametrize("arch", ["modernbert", "modernbert-local", "bert", "roberta"])
+@pytest.mark.parametrize("mode,span", [("prefix", (10, L)), ("dual", (10, 18))])
+def test_block_cache_rebuilt_every_pass_gives_the_uncached_tokens(arch, mode, span, monkeypatch):
+    """Cached passes compute only their span (checked) with the other positions' keys/values from
+    the cache; rebuilt before each pass, they reproduce the uncached run token for token: positions
+    (rotary or absolute), the splice and ModernBERT's local attention are right."""
+    import decoding
+    import kvcache
+    from config import GenConfig
+
+    model = tiny_mlm(arch)
+    with torch.no_grad():  # peaked attention, so a wrong position or mask shows (random init attends uniformly)
+        for name, p in model.named_parameters():
+            p.mul_(20 if any(k in name for k in ("Wqkv", "query", "key")) else 1)
+    spans = []
+    encode = kvcache.encode
+    monkeypatch.setattr(kvcache, "encode", lambda m, t, c, s=None: spans.append(s) or encode(m, t, c, s))
+    gc = GenConfig(steps=6, sampling="nucleus", temperature=1.0, p=0.95, order="low-confidence", order_noise=2.0)
+    plain, plain_hist = decoding.denoise(model, block_canvas(), CACHE_IDS, gc, torch.Generator().manual_seed(0))
+    cached, hist = decoding.denoise(model, block_canvas(), CACHE_IDS, GenConfig(**{**gc.__dict__, "cache": mode}),
+                                    torch.Generator().manual_seed(0), refresh=1)
+    assert torch.equal(plain, cached) and not (cached == 4)[:, 10:18].any()
+    assert [h.committed.tolist() for h in hist] == [h.committed.tolist() for h in plain_hist]
+    for h, p in zip(hist, plain_hist):  # and the same probabilities, not just the same draws
+        assert torch.allclose(h.confidence, p.confidence, rtol=1e-4, atol=1e-6, equal_nan=True)
+    assert spans.count(span) == len(hist) - 1 and spans.count(None) == len(hist)  # rebuilt, then the span
+    per_block, _ = decoding.denoise(model, block_canvas(), CACHE_IDS, GenConfig(**{**gc.__dict__, "cache": mode}),
+                                    torch.Generator().manual_seed(0))
+    assert not (per_block == 4)[:, 10:18].any()  # the approximate (Fast-dLLM) run fills the block too
+
+
+def test_block_cache_in_block_generation_on_the_trained_model(tiny_model):
+    """The same through generation_steps: blocks past the window, sliding context, the tokenizer's
+    ids, ModernBERT as train.py builds it."""
+    import decoding
+    from config import GenConfig
+
+    model, tok, cfg = tiny_model
+    gc = GenConfig(length=40, block_size=8, steps=4, num_samples=2, out="")
+    want, _, _ = decoding.generate(model, tok, gc, cfg.max_len, torch.Generator().manual_seed(1))
+    for mode in ("prefix", "dual"):
+        got, _, _ = decoding.generate(model, tok, GenConfig(**{**gc.__dict__, "cache": mode}), cfg.max_len,
+                                      torch.Generator().manual_seed(1), refresh=1)
+        assert torch.equal(want, got), mode
+
+
+def test_block_cache_refuses_a_model_it_does_not_know():
+    import decoding
+    from config import GenConfig
+
+    with pytest.raises(UsageError, match="--cache prefix knows ModernBERT, BERT and RoBERTa"):
+        decoding.denoise(tiny_mlm("distilbert"), block_canvas(), CACHE_IDS, GenConfig(cache="prefix"),
+                         torch.Generator())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,18 +249,32 @@ def test_bench_small_runs_and_writes_json(tmp_path):
         assert t[side]["timed_steps"] == s["steps"] and t[side]["tokens_per_step"] == batch * s["seq_len"]
     assert t["repo"]["lm_head"] == "masked positions" and t["reference"]["lm_head"] == "every position"
     g = report["generation"]
-    assert set(g["by_batch"]) == {"1", "16"}
+    assert set(g["by_batch"]) == {"1", "16"} and g["new_tokens"] == 32 and g["models"]["diffusion"] == "random weights"
     for r in g["by_batch"].values():
-        assert r["diffusion_schedule"]["forward_passes"] == s["gen_steps"]
-        assert 1 <= r["diffusion_threshold"]["forward_passes"] <= g["new_tokens"]
-        assert r["autoregressive_kv_cache"]["forward_passes"] == g["new_tokens"]
+        assert r["defaults"]["forward_passes"] == GenConfig().steps  # generate.py's defaults, not bench's own
+        assert r["defaults_one_token_per_pass"]["forward_passes"] == g["new_tokens"]
+        assert r["ar_kv_cache"]["forward_passes"] == g["new_tokens"]
+        assert r["speedup"]["defaults"] == pytest.approx(r["ar_kv_cache"]["seconds"] / r["defaults"]["seconds"])
+        assert r["defaults"]["label"] == describe(GenConfig(length=32))  # the settings named in the table
+        assert r["ar_kv_cache"]["label"] == SAMPLERS[GenConfig().sampling].text(GenConfig())
+    assert g["flops_per_sample"]["defaults_one_token_per_pass"] > g["flops_per_sample"]["defaults"] > 0
+    readme = tmp_path / "README.md"  # --render writes the tables between the markers naming the command
+    command = bench.render_command(str(out))
+    readme.write_text(f"# x\n<!-- rendered by: {command} -->\nold\n<!-- end of: {command} -->\ntail\n")
+    from report import render_into
+
+    render_into(str(readme), command, bench.readme_markdown(report))
+    text = readme.read_text()
+    assert "old" not in text and text.endswith(f"<!-- end of: {command} -->\ntail\n")
+    assert f"{r['speedup']['defaults']:.2f}x" in text and report["command"] in text
     assert not os.path.exists(str(out) + ".tmp")
 
 
 @pytest.mark.parametrize("argv,msg", [
     (["--gen-batches", "1,x"], "--gen-batches"),
     (["--steps", "0"], "--steps"),
-    (["--threshold", "1.5"], "--threshold"),
+    (["--gen-repeats", "0"], "--gen-repeats"),
+    (["--render", "/nonexistent.json"], "--render"),
 ])
 def test_bench_bad_input_is_one_line_error(argv, msg, capsys, tmp_path):
     import bench
@@ -197,3 +291,17 @@ def test_bench_cuda_without_gpu_is_an_error():
 
     with pytest.raises(UsageError, match="no CUDA GPU"):
         bench.resolve(["--device", "cuda"])
+
+
+def test_readme_performance_tables_are_the_render_of_their_json():
+    """README's Performance tables cannot drift from the committed bench runs: each block is exactly
+    `python bench.py --render <json>` of its JSON."""
+    import bench
+    from report import replace_block
+
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    for path in ("docs/bench.json", "docs/profile.json"):
+        with open(os.path.join(ROOT, path)) as f:
+            report = json.load(f)
+        assert replace_block(readme, bench.render_command(path), bench.readme_markdown(report)) == readme, path

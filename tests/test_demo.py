@@ -180,6 +180,31 @@ def test_api_prompt_and_template(client):
     assert "cannot fill a template" in lane_a
 
 
+def lane_seconds(html: str) -> float:
+    return float(re.search(r'data-seconds="([0-9.]+)"', html).group(1))
+
+
+def test_each_lane_shows_its_own_wall_time_and_the_status_names_the_first_to_finish(client):
+    """The seconds on each lane are that lane's compute time (the pause excluded), shown as it
+    writes and at the end, and the status's winner is the lane with the smaller time."""
+    lane_d, lane_a, _, status = call(client, length=20)
+    d, a = lane_seconds(lane_d), lane_seconds(lane_a)
+    assert d > 0 and a > 0 and f"{d:.3f} s" in lane_d and f"{a:.3f} s" in lane_a
+    winner = "Diffusion finished first" if d < a else "The AR baseline finished first"
+    assert winner in status and f"diffusion {d:.3f} s, AR baseline {a:.3f} s for 20 tokens" in status
+
+
+def test_measure_runs_races_through_the_page_and_reports_each_lane(tiny_run, tiny_baseline, capsys):
+    argv = ["--checkpoint", tiny_run[1], "--baseline", tiny_baseline, "--port", str(free_port()), "--pause", "0",
+            "--measure", "2"]
+    assert demo.main(argv) == 0
+    out = capsys.readouterr().out
+    races = re.findall(r"race \d: diffusion ([0-9.]+) s, AR baseline ([0-9.]+) s", out)
+    assert len(races) == 2 and all(float(d) > 0 and float(a) > 0 for d, a in races)
+    wins = sum(float(d) < float(a) for d, a in races)
+    assert f"diffusion finished first in {wins} of 2 races" in out
+
+
 def test_two_requests_at_once_both_finish(client):
     jobs = [client.submit("prompt", PROMPT, "", *settings(length=12, steps=s), api_name="/generate") for s in (3, 6)]
     results = [j.result(timeout=60) for j in jobs]

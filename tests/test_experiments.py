@@ -19,8 +19,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 import fortunes_corpus as FC  # noqa: E402
 import layer_analysis as LA  # noqa: E402
 import masking_viz as MV  # noqa: E402
+import sampler_frontier as SAF  # noqa: E402
 import schedule_comparison as SC  # noqa: E402
 import text_ends as TE  # noqa: E402
+import speed_frontier as SPF  # noqa: E402
 
 MASK, V = 4, 12
 
@@ -257,6 +259,71 @@ def test_text_ends_on_a_model_of_short_documents(tiny_short_docs, tmp_path, caps
     assert held["rows"] == 12 and held["share_ended"] == 1.0  # every held-out document is shorter than the window
     assert samples["rows"] == 16 and samples["share_ended"] >= 0.75 and max(samples["lengths"]) < 14
     assert (out / "text_ends.png").stat().st_size > 1000
+# ---------------------------------------------------------------------------------------------
+# The frontiers: every setting states what it runs
+# ---------------------------------------------------------------------------------------------
+
+
+def test_sampler_frontier_rules_run_what_their_names_say():
+    """Each rule states the fields it depends on (order, order_noise, remdm, remdm_eta), so a
+    GenConfig default cannot slip in: a rule named without noise runs without it (the rows once
+    named "low-confidence" ran with the default noise 8), one named without ReMDM never re-masks."""
+    from decoding import setting_of
+
+    fc = SAF.FrontierConfig()
+    for (name, t), gc in SAF.rule_configs(fc, list(SAF.RULES), [0.9]).items():
+        assert set(SAF.RULE_FIELDS) <= set(SAF.RULES[name]), name
+        s = setting_of(gc)
+        assert ("noise" in name) == (s.get("order_noise", 0) > 0), name
+        assert ("remdm" in name) == (s["remdm"] != "none"), name
+        assert s["order"] == SAF.RULES[name]["order"] and gc.decode == "schedule" and gc.cache == "none"
+
+
+def test_speed_frontier_settings_state_every_decoding_field():
+    SPF.check_base()  # BASE names exactly GenConfig's decoding fields
+    for name, fields in SPF.SETTINGS.items():
+        assert set(fields) == set(SPF.BASE), name
+        SPF.gen_config(fields, 1, 0)  # a valid setting
+    assert all(SPF.SETTINGS[f"seed T {t}"]["order"] == "random" and SPF.SETTINGS[f"seed T {t}"]["steps"] == 10
+               for t in (0.7, 0.8, 0.9, 1.0))
+
+
+def test_speed_frontier_runs_and_writes_every_field(tiny_run, tiny_baseline, tmp_path, capsys):
+    out = tmp_path / "speed"
+    names = ["seed T 0.7", "seed T 1.0", "random nucleus T 0.8 16 steps", "blocks 16 x 4 steps dual cache"]
+    assert SPF.main(["--checkpoint", tiny_run[1], "--baseline", tiny_baseline, "--settings", ",".join(names),
+                     "--batches", "1,2", "--prompt-len", "4", "--repeats", "1", "--ar-temperatures", "1.0",
+                     "--threads", "0", "--out-dir", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "held-out text" in text and "AR nucleus T 1.0" in text
+    rows = read_csv(out / "speed_frontier.csv")
+    assert [r["name"] for r in rows] == names + ["AR nucleus T 1.0"]
+    report = json.loads((out / "speed_frontier.json").read_text())
+    for r, row in zip(report["rows"], rows):
+        assert r["fields"] == SPF.SETTINGS[r["name"]]  # every decoding field, as stated
+        assert all(row[k] == str(v) for k, v in r["fields"].items())
+        for b in ("1", "2"):  # the speed-up is the AR's time over the setting's, measured side by side
+            assert r[b]["speedup"] == pytest.approx(r[b]["ar_s_per_token"] / r[b]["diffusion_s_per_token"])
+        assert r["flops_per_token"] > 0 and r["ar_flops_per_token"] > 0
+        assert r["unprompted"]["samples"] == r["prompted"]["samples"] == 16 and r["unprompted"]["gen_ppl"] > 1
+    seed = {r["name"]: r for r in report["rows"]}
+    dual = seed["blocks 16 x 4 steps dual cache"]
+    assert dual["unprompted"]["forward_passes"] == 2 * 4  # 30 tokens: blocks of 16 and 14, 4 passes each
+    assert (out / "speed_frontier.png").stat().st_size > 1000
+    table = SPF.markdown(report)  # README's table (--render): every row, from the JSON alone
+    assert all(f"| {name} |" in table or f"| **{name}** |" in table for name in names + ["AR nucleus T 1.0"])
+
+
+def test_readme_speed_frontier_table_is_the_render_of_its_json():
+    from conftest import ROOT
+    from report import replace_block
+
+    path = "docs/speed_frontier.json"
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    with open(os.path.join(ROOT, path)) as f:
+        report = json.load(f)
+    assert replace_block(readme, f"python experiments/speed_frontier.py --render {path}", SPF.markdown(report)) == readme
 
 
 @pytest.mark.parametrize("script,argv,message", [
@@ -267,6 +334,8 @@ def test_text_ends_on_a_model_of_short_documents(tiny_short_docs, tmp_path, caps
     (LA, ["--bins", "0"], "--bins"),
     (LA, ["--checkpoint", "/nonexistent/ckpt"], "no checkpoint"),
     (TE, ["--checkpoint", "/nonexistent/ckpt"], "no checkpoint"),
+    (SPF, ["--settings", "no-such-setting"], "no-such-setting"),
+    (SPF, ["--checkpoint", "/nonexistent/ckpt"], "no checkpoint"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(script, argv, message, tmp_path, capsys):
     out = tmp_path / "never"

@@ -83,13 +83,16 @@ def test_a_new_sampler_is_one_registry_entry(monkeypatch, tiny_model):
 
 
 def test_setting_of_keeps_only_the_fields_the_chosen_rules_read():
-    base = D.setting_of(GenConfig())
+    base = D.setting_of(GenConfig(order="low-confidence", order_noise=8.0))
     assert base["p"] == 0.95 and "k" not in base and base["order_noise"] == 8.0 and "threshold" not in base
     random = D.setting_of(GenConfig(order="random"))
-    assert "order_noise" not in random  # the random order reads no noise
+    assert "order_noise" not in random and "remdm_eta" not in random  # read by no rule chosen
+    assert "remdm_eta" not in D.setting_of(GenConfig(remdm="conf")) and D.setting_of(GenConfig(remdm="cap"))["remdm_eta"]
     thr = D.setting_of(GenConfig(decode="threshold", sampling="greedy"))
-    assert thr["threshold"] == 0.9 and not {"steps", "order", "order_noise", "temperature", "p"} & set(thr)
-    assert D.sampler_setting(GenConfig(sampling="topk", k=7)) == {"sampling": "topk", "temperature": 0.9, "k": 7}
+    assert thr["threshold"] == 0.9 and not {"steps", "order", "order_noise", "temperature", "p", "factor"} & set(thr)
+    assert D.setting_of(GenConfig(decode="factor"))["factor"] == 1.0
+    assert D.sampler_setting(GenConfig(sampling="topk", k=7, temperature=0.9)) == {"sampling": "topk",
+                                                                                  "temperature": 0.9, "k": 7}
 
 
 def logits_fixture(N=64, V=30, seed=0):
@@ -153,15 +156,20 @@ def probs_fixture():
     return p, torch.tensor([0, 0, 1])  # the sampled tokens
 
 
+def prediction(p, tok):
+    return D.Prediction(p.log(), tok)  # logits whose softmax is p (a 0 is a banned token: -inf)
+
+
 def test_orders_rank_predictions_as_defined():
     p, tok = probs_fixture()
     g = torch.Generator().manual_seed(0)
-    conf = D.ORDERS["low-confidence"].fn(p, tok, g)
+    conf = D.ORDERS["low-confidence"].fn(prediction(p, tok), 3, g)
     assert torch.allclose(conf.exp(), torch.tensor([0.7, 0.5, 0.45], dtype=torch.float64))
-    margin = D.ORDERS["margin"].fn(p, tok, g)
-    assert torch.allclose(margin.exp(), torch.tensor([0.5, 0.3, 0.0], dtype=torch.float64), atol=1e-7)
-    ent = D.ORDERS["entropy"].fn(p, tok, g)  # negative entropy: the peaked first row ranks first
-    assert ent.argsort(descending=True).tolist() == [0, 2, 1]
+    margin = D.ORDERS["margin"].fn(prediction(p, tok), 3, g)
+    assert torch.allclose(margin.exp(), torch.tensor([0.5, 0.3, 0.0], dtype=torch.float64), atol=1e-6)
+    ent = D.ORDERS["entropy"].fn(prediction(p, tok), 3, g)  # negative entropy: the peaked first row ranks first
+    want = -(p * p.clamp_min(1e-30).log()).sum(-1).double()
+    assert torch.allclose(-ent, want, atol=1e-6) and ent.argsort(descending=True).tolist() == [0, 2, 1]
     assert conf.argsort(descending=True).tolist() == [0, 1, 2]
 
 
@@ -169,37 +177,107 @@ def test_top_n_commits_the_best_allowed():
     score = torch.tensor([[0.9, 0.1, 0.5, 0.7, 0.3]], dtype=torch.float64)
     allowed = torch.tensor([[True, True, True, False, True]])
     assert D.top_n(score, allowed, 2).tolist() == [[True, False, True, False, False]]  # 0.7 is not allowed
+    two_rows = D.top_n(score.repeat(2, 1), allowed.repeat(2, 1), torch.tensor([1, 3]))  # a count per row
+    assert two_rows.tolist() == [[True, False, False, False, False], [True, False, True, False, True]]
 
 
-def test_order_noise_anneals_to_zero_and_gumbel_is_seeded():
-    assert [D.order_noise(4.0, s, 5) for s in range(1, 6)] == [4.0, 3.0, 2.0, 1.0, 0.0]
+def test_order_noise_is_maskgits_annealing_and_gumbel_is_seeded():
+    # maskgit's mask_by_random_topk at step i (0-based) of T: tau * (1 - (i + 1) / T)
+    assert [D.order_noise(4.0, s, 4) for s in range(1, 5)] == [3.0, 2.0, 1.0, 0.0]
+    assert D.order_noise(8.0, 1, 10) == pytest.approx(7.2) and D.order_noise(8.0, 1, 1) == 0.0
     a, b = D.gumbel(1000, torch.Generator().manual_seed(3)), D.gumbel(1000, torch.Generator().manual_seed(3))
     assert torch.equal(a, b) and a.dtype == torch.float64
     assert abs(float(a.mean()) - 0.5772) < 0.1  # the Euler-Mascheroni constant
 
 
-@pytest.mark.parametrize("strategy,eta,before,after,n,want", [
-    ("none", 0.5, 30, 20, 60, 0.0),
-    ("cap", 0.02, 30, 20, 60, 0.02),  # sigma_max = (20/60)/(30/60) = 2/3
-    ("cap", 0.9, 30, 20, 60, 2 / 3),
-    ("rescale", 0.5, 30, 20, 60, 1 / 3),
-    ("conf", 0.5, 30, 20, 60, 1 / 3),
-    ("cap", 0.5, 60, 50, 60, 0.0),  # nothing committed yet
-    ("cap", 0.5, 10, 0, 60, 0.0),  # the last step never re-masks
+@pytest.mark.parametrize("before,after,n,want", [
+    (30, 20, 60, 2 / 3),  # (1 - alpha_s) / alpha_t = (20/60) / (30/60)
+    (30, 5, 60, 1 / 6),
+    (10, 9, 60, 0.18),
+    (60, 50, 60, 0.0),  # nothing committed yet
+    (10, 0, 60, 0.0),  # the last step never re-masks
 ])
-def test_remdm_sigma(strategy, eta, before, after, n, want):
-    assert D.remdm_sigma(strategy, eta, before, after, n) == pytest.approx(want)
+def test_sigma_max(before, after, n, want):
+    assert D.sigma_max(before, after, n) == pytest.approx(want)
 
 
-def test_remask_choice_picks_committed_and_conf_prefers_unsure():
-    committed = torch.tensor([[True, True, False, True, True]] * 2000)
-    conf = torch.tensor([[0.99, 0.01, float("nan"), 0.5, 0.99]] * 2000)
-    pick = D.remask_choice("conf", conf, committed, 1, torch.Generator().manual_seed(0))
-    assert (pick.sum(1) == 1).all() and not (pick & ~committed).any()
-    freq = pick.float().mean(0)  # exp(-conf) weights: 0.01 > 0.5 > 0.99
-    assert freq[1] > freq[3] > freq[0] and freq[2] == 0
-    uniform = D.remask_choice("cap", conf, committed, 1, torch.Generator().manual_seed(0)).float().mean(0)
-    assert all(abs(float(uniform[i]) - 0.25) < 0.04 for i in (0, 1, 3, 4))
+def test_remdm_sigmas_follow_remdm():
+    committed = torch.tensor([[True, True, False, True, True]])
+    conf = torch.tensor([[0.99, 0.01, float("nan"), 0.5, 0.99]])
+    rule = lambda name, smax=2 / 3, eta=0.5: D.REMDM[name].fn(conf, committed, smax, eta)[0]  # noqa: E731
+    assert rule("cap").tolist() == [0.5, 0.5, 0.0, 0.5, 0.5] and rule("cap", eta=0.9)[0] == pytest.approx(2 / 3)
+    assert rule("rescale").tolist() == pytest.approx([1 / 3, 1 / 3, 0, 1 / 3, 1 / 3])
+    w = torch.tensor([0.99, 0.01, 0.5, 0.99]).neg().exp()
+    want = (w / w.sum() * (2 / 3)).tolist()
+    got = rule("conf", eta=0.01)  # ReMDM's conf: softmax(-confidence) * sigma_max, eta unused
+    assert got[[0, 1, 3, 4]].tolist() == pytest.approx(want) and got[2] == 0 and float(got.sum()) == pytest.approx(2 / 3)
+    spread = rule("conf-rescale")  # rescale's expected count (0.5 * 2/3 * 4 committed), spread by exp(-conf)
+    assert float(spread.sum()) == pytest.approx(0.5 * 2 / 3 * 4) and spread[1] > spread[3] > spread[0]
+
+
+def test_remask_draw_is_independent_per_token_and_capped():
+    committed = torch.tensor([[True, True, False, True, True]] * 4000)
+    conf = torch.tensor([[0.99, 0.01, float("nan"), 0.5, 0.99]] * 4000)
+    g = torch.Generator().manual_seed(0)
+    back = D.remask_draw("cap", 0.3, conf, committed, 2 / 3, 4, g)  # each committed token w.p. 0.3
+    freq = back.float().mean(0)
+    assert freq[2] == 0 and all(abs(float(freq[i]) - 0.3) < 0.03 for i in (0, 1, 3, 4))
+    counts = back.sum(1)
+    assert abs(float((counts == 0).float().mean()) - 0.7 ** 4) < 0.03  # binomial(4, 0.3), not a fixed count
+    capped = D.remask_draw("cap", 0.9, conf, committed, 1.0, 1, g)
+    assert capped.sum(1).max() == 1 and capped.any(1).float().mean() > 0.95
+    conf_back = D.remask_draw("conf", 0.0, conf, committed, 1.0, 4, g).float().mean(0)  # exp(-conf) weights
+    assert conf_back[1] > conf_back[3] > conf_back[0] and conf_back[2] == 0
+
+
+def test_remdm_counts_match_remdms_expectation_at_the_defaults():
+    """At the default eta (0.02) on a 62-token canvas with 10 steps, rescale re-masks each committed
+    token with probability eta * sigma_max and conf about sigma_max tokens per step: the counts
+    over 600 rows match within 4 standard deviations (the former code re-masked round(sigma * C) = 0)."""
+    c = canvas(B=600, L=65, prompt=1)  # 62 positions to fill
+    n, steps = 62, 10
+    counts = diffusion.mask_counts("linear", n, steps)
+    for strategy in ("rescale", "conf"):
+        gc = GenConfig(steps=steps, sampling="greedy", order="random", remdm=strategy)
+        _, hist = D.denoise(MockMLM(), c, IDS, gc, torch.Generator().manual_seed(0))
+        assert [h.masked_left for h in hist] == counts[1:]  # the net count per step is still the schedule's
+        for s, h in enumerate(hist):
+            C = n - counts[s]  # committed before step s + 1
+            smax = D.sigma_max(counts[s], counts[s + 1], n)
+            sigma = gc.remdm_eta * smax if strategy == "rescale" else smax / max(C, 1)  # per token
+            want, sd = 600 * C * sigma, (600 * C * sigma * (1 - sigma)) ** 0.5
+            got = int(h.remasked.sum())
+            assert abs(got - want) <= 4 * sd + 1, (strategy, s, got, want)
+        assert sum(int(h.remasked.sum()) for h in hist) > 0
+
+
+def test_nucleus_is_the_sorted_nucleus_draw_for_draw():
+    """The sort-free nucleus gives the very tokens the full-sort version gives, under the same
+    generator and logits, including rows where the draw falls outside the nucleus and is redrawn."""
+    lg = torch.randn(3000, 40, generator=torch.Generator().manual_seed(5)) * 2
+    lg[:50, :3] = 4.0  # exact ties at the top
+    for p, t in ((0.5, 1.0), (0.9, 0.7), (0.95, 1.3), (1.0, 1.0)):
+        fast = D.nucleus(lg, torch.Generator().manual_seed(7), temperature=t, p=p)
+        ref = D.nucleus_sorted(lg, torch.Generator().manual_seed(7), temperature=t, p=p)
+        assert torch.equal(fast, ref), p
+
+
+def test_nucleus_draws_the_renormalised_nucleus():
+    logits = torch.log(torch.tensor([0.4, 0.3, 0.15, 0.1, 0.05]))  # nucleus at p 0.8: the first three
+    tok = D.nucleus(logits.expand(60000, -1), torch.Generator().manual_seed(0), temperature=1.0, p=0.8)
+    freq = torch.bincount(tok, minlength=5).float() / len(tok)
+    assert torch.allclose(freq, torch.tensor([0.4, 0.3, 0.15, 0, 0]) / 0.85, atol=0.01) and freq[3:].sum() == 0
+
+
+def test_factor_rule_commits_the_run_above_fast_dllms_thresholds():
+    # factor 1: rank r needs confidence >= 1 - 1/(r+1): rank 2 >= 0.667, rank 3 >= 0.75, rank 4 >= 0.8
+    conf = torch.tensor([[0.4, 0.99, 0.7, 0.8, 0.0], [0.5, 0.6, 0.3, 0.2, 0.0], [0.9, 0.95, 0.85, 0.99, 0.0]])
+    masked = torch.tensor([[True, True, True, True, False]] * 3)
+    commit = D.commit_factor(conf, masked, 1.0)
+    assert commit.tolist() == [[False, True, False, True, False],  # 0.99, 0.8 pass; 0.7 < 0.75 stops the run
+                               [False, True, False, False, False],  # the most confident always goes
+                               [True, True, True, True, False]]
+    assert D.commit_factor(conf, masked, 5.0).sum(1).tolist() == [4, 4, 4]  # a large factor commits them all
 
 
 def test_guidance_arithmetic():
