@@ -19,21 +19,23 @@ import dataclasses
 import sys
 import time
 
-from cli import cli, parse  # noqa: E402
+from cli import cli, given, parse  # noqa: E402
 from config import GenConfig  # noqa: E402
 
 
 def main(argv=None) -> int:
-    gc, _ = parse(GenConfig, argv, __doc__)
+    gc, args = parse(GenConfig, argv, __doc__)
     import torch
     from transformers.utils import logging as hf_logging
 
-    from decoding import cut_at_eos, generate
+    from decoding import cut_at_eos, generate, ignored
     from files import append_jsonl
     from modeling import load_checkpoint
     from tokens import token_ids
     from visualize import animate, format_steps
 
+    for line in ignored([gc], given(args, GenConfig)):  # a flag no chosen rule reads: said, not refused
+        print(f"warning: {line}", file=sys.stderr)
     hf_logging.disable_progress_bar()  # quiet by default: no weight-loading bars
     model, tokenizer, tcfg = load_checkpoint(gc.checkpoint)
     g = torch.Generator().manual_seed(gc.seed)

@@ -91,6 +91,64 @@ def test_setting_of_keeps_only_the_fields_the_chosen_rules_read():
     assert D.sampler_setting(GenConfig(sampling="topk", k=7)) == {"sampling": "topk", "temperature": 0.9, "k": 7}
 
 
+def test_explicit_refuses_a_rule_that_leaves_a_field_to_the_default():
+    """A rule called "greedy" that does not state order_noise would run with GenConfig's noise 8:
+    refused, naming the field and the value it would have had."""
+    greedy = dict(sampling="greedy", decode="schedule", schedule="linear", steps=10, order="low-confidence", remdm="none")
+    with pytest.raises(ValueError, match=r"does not state order_noise: .*\(order_noise=8.0\)"):
+        D.explicit(greedy)
+    assert D.setting_of(D.explicit(dict(greedy, order_noise=0.0)))["order_noise"] == 0.0
+    assert D.explicit(dict(greedy, order="random")).order == "random"  # the random order reads no noise
+    with pytest.raises(ValueError, match="does not state p, temperature"):
+        D.explicit(dict(sampling="nucleus", decode="threshold", threshold=0.9))
+    with pytest.raises(ValueError, match="does not state temperature"):
+        D.explicit(dict(sampling="topk", k=5), left_to_right=True)  # an AR rule: its sampler's fields only
+    assert D.explicit(dict(sampling="topk", k=5, temperature=1.0, num_samples=3), left_to_right=True).num_samples == 3
+
+
+def test_readers_name_the_choices_that_read_a_field():
+    assert D.readers("k") == "--sampling topk"
+    assert D.readers("temperature") == "--sampling topk|nucleus"
+    assert D.readers("order_noise") == "--order low-confidence|margin|entropy with --decode schedule"
+    assert D.readers("remdm_eta") == "--remdm cap|rescale|conf with --decode schedule"
+    assert D.readers("prompt") == ""
+
+
+def generated(capsys, argv) -> tuple[str, str]:
+    """(the samples generate.py printed, its stderr), without the timing line."""
+    assert G.main(argv) == 0
+    out = capsys.readouterr()
+    return "\n".join(line for line in out.out.splitlines() if "forward passes" not in line), out.err
+
+
+@pytest.mark.parametrize("used,unread", [
+    ([], ["--k", "5"]),  # nucleus (the default) reads p, not k
+    ([], ["--remdm-eta", "0.3"]),
+    ([], ["--threshold", "0.5"]),
+    (["--order", "random"], ["--order-noise", "3"]),
+    (["--decode", "threshold"], ["--steps", "3", "--order", "margin"]),
+    (["--sampling", "greedy"], ["--temperature", "0.5", "--p", "0.5"]),
+])
+def test_a_flag_no_chosen_rule_reads_is_a_warning_and_changes_nothing(tiny_run, capsys, used, unread):
+    """The rule (README, Generating): a decoding flag that no chosen rule reads is run anyway, with
+    one warning line per flag naming what would read it; the text is the same as without it."""
+    base = ["--checkpoint", tiny_run[1], "--num-samples", "2", "--length", "12", "--seed", "1", "--out", ""] + used
+    plain, err = generated(capsys, base)
+    assert err == ""
+    with_flag, err = generated(capsys, base + unread)
+    assert with_flag == plain
+    warned = [line for line in err.splitlines() if line.startswith("warning: ")]
+    assert sorted(line.split()[1] for line in warned) == sorted(unread[::2]) and all("has no effect: only --" in w for w in warned)
+
+
+def test_a_flag_a_chosen_rule_reads_is_no_warning(tiny_run, capsys):
+    base = ["--checkpoint", tiny_run[1], "--num-samples", "2", "--length", "12", "--seed", "1", "--out", "",
+            "--sampling", "topk", "--temperature", "2"]
+    wide, _ = generated(capsys, base + ["--k", "1000"])
+    narrow, err = generated(capsys, base + ["--k", "1"])
+    assert err == "" and narrow != wide
+
+
 def logits_fixture(N=64, V=30, seed=0):
     return torch.randn(N, V, generator=torch.Generator().manual_seed(seed)) * 3
 
