@@ -1,7 +1,7 @@
 """Watch diffusion write in the browser, racing the AR baseline: a local Gradio page.
 
     python demo.py                       # results/final-model (+ results/ar-baseline) on http://127.0.0.1:7860
-    python demo.py --checkpoint results/checkpoint-1500 --baseline none --port 8000
+    python demo.py --checkpoint results/checkpoint-3000 --baseline none --port 8000
     python demo.py --pause 0             # no slow motion: frames as fast as they compute
     python demo.py --host 0.0.0.0        # let other machines in (warns; nothing is ever shared publicly)
 

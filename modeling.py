@@ -173,9 +173,23 @@ def training_loss(model, batch: dict, cfg: TrainConfig, step: int):
 # ---------------------------------------------------------------------------------------------
 
 
+def checkpoints_in(folder: str) -> list[str]:
+    """The names of the train.py checkpoints in folder (checkpoint-N by step, then final-model)."""
+    names = os.listdir(folder) if os.path.isdir(folder) else []
+    found = [n for n in names if os.path.isfile(os.path.join(folder, n, "diffusion_config.json"))]
+    step = lambda n: int(n[11:]) if n.startswith("checkpoint-") and n[11:].isdigit() else float("inf")  # noqa: E731
+    return sorted(found, key=lambda n: (step(n), n))
+
+
 def check_checkpoint(path: str) -> None:
-    """A UsageError that says how to make one unless `path` holds a train.py checkpoint's files."""
+    """A UsageError that says how to make one unless `path` holds a train.py checkpoint's files; a
+    missing checkpoint beside others names those (training keeps only the newest --save-total-limit)."""
     if not os.path.isdir(path):
+        parent = os.path.dirname(os.path.normpath(path)) or "."
+        there = checkpoints_in(parent)
+        if there:
+            raise UsageError(f"no checkpoint at {path}; {parent} holds {', '.join(there)} (training keeps the newest "
+                             f"--save-total-limit checkpoints)")
         raise UsageError(f"no checkpoint at {path}; make one with: python train.py --quick-test")
     missing = [f for f in ("config.json", "diffusion_config.json") if not os.path.isfile(os.path.join(path, f))]
     if not any(f.endswith((".safetensors", ".bin")) for f in os.listdir(path)):

@@ -541,6 +541,13 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     (tmp_path / "half" / "config.json").write_text("{}")
     assert cli(G.main, ["--checkpoint", str(tmp_path / "half")]) == 2
     assert "incomplete checkpoint" in capsys.readouterr().err
+    for name in ("checkpoint-3000", "checkpoint-500", "final-model"):  # a run whose older checkpoints rotated away
+        (tmp_path / "run" / name).mkdir(parents=True)
+        (tmp_path / "run" / name / "diffusion_config.json").write_text("{}")
+    assert cli(G.main, ["--checkpoint", str(tmp_path / "run" / "checkpoint-1500")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'run'} holds checkpoint-500, checkpoint-3000, final-model" in err
+    assert "train.py" not in err  # the user just trained: the error does not send them back to it
 
 
 def test_cli_end_to_end_show_steps_and_animation(tiny_run, tmp_path, capsys):

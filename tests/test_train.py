@@ -37,6 +37,27 @@ def test_every_field_is_a_flag_with_help():
         assert action.help and not action.help.startswith("(default"), f.name
 
 
+def test_each_flag_and_demo_control_shows_its_own_help():
+    """--help and the demo's settings panel show each field's own help (config.flag): no two fields
+    share a text, so no field shows another's (a block comment once became --sampling's help)."""
+    import types
+
+    import demo
+
+    for cls in (TrainConfig, config.GenConfig):
+        p = argparse.ArgumentParser()
+        cli.add_args(p, cls)
+        helps = {f.name: f.metadata["help"] for f in dataclasses.fields(cls)}
+        assert len(set(helps.values())) == len(helps), cls.__name__
+        for f in dataclasses.fields(cls):
+            assert p._option_string_actions[cli.flag_name(f.name)].help.startswith(helps[f.name])
+    record = types.SimpleNamespace(**{kind: lambda *a, **kw: kw for kind in
+                                      ("Dropdown", "Checkbox", "Slider", "Number", "Textbox")})
+    for f in demo.page_fields():
+        assert demo.control(record, f)["info"].startswith(f.metadata["help"]), f.name
+    assert config.GenConfig.__dataclass_fields__["sampling"].metadata["help"].startswith("how a token is drawn")
+
+
 SCRIPTS = ["train.py", "generate.py", "evaluate.py", "report.py", "baseline_ar.py", "bench.py", "demo.py",
            "experiments/masking_viz.py", "experiments/schedule_comparison.py", "experiments/layer_analysis.py",
            "experiments/sampler_frontier.py", "experiments/recipe_probe.py", "experiments/objective_study.py"]
