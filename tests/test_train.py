@@ -275,7 +275,30 @@ def test_bad_input_one_line_error(tmp_path, kw, msg, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and msg in err[-1], err
     if kw.get("output_dir") is None:
-        assert not any(p.name.startswith(("checkpoint", "final-model")) for p in out.glob("*")) if out.exists() else True
+        assert not out.exists()  # a run that failed before it began leaves no folder (and no train.lock) behind
+
+
+@pytest.mark.parametrize("kw,what", [(dict(model="no-such-org/no-such-model"), "hub model"),
+                                     (dict(dataset="no-such-org/no-such-dataset"), "hub dataset")])
+def test_a_hub_name_out_of_reach_fails_at_once(tmp_path, kw, what):
+    """Without HF_HUB_OFFLINE and with the hub out of reach (HF_ENDPOINT on a closed port), a hub
+    name is tried once: one error line naming why, none of huggingface_hub's "Retrying" lines, and
+    the new output folder is not left behind."""
+    env = {k: v for k, v in os.environ.items() if k not in (
+        "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", *modeling_proxy_vars())}
+    env |= {"HF_ENDPOINT": "http://127.0.0.1:9", "PYTHONUNBUFFERED": "1"}
+    out = tmp_path / "new" / "run"
+    proc = subprocess.run([sys.executable, "train.py", *tiny_overrides(str(out), **kw)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and last.startswith(f"error: cannot load {what}") and "127.0.0.1 unreachable" in last
+    assert "Retry" not in proc.stderr + proc.stdout and not (tmp_path / "new").exists()
+
+
+def modeling_proxy_vars():
+    import modeling
+
+    return modeling.PROXY_VARS
 
 
 def test_bad_input_exit_code_from_the_shell(tmp_path):
