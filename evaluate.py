@@ -115,14 +115,16 @@ def train_command(tcfg: TrainConfig) -> str:
     preset = {"quick_test": True} if tcfg.quick_test else {"model": tcfg.model}
     base = TrainConfig(**{**train_presets(preset), **preset})
     changed = {f.name: getattr(tcfg, f.name) for f in dataclasses.fields(TrainConfig)
-               if f.name not in ("quick_test", "resume", "model") and getattr(tcfg, f.name) != getattr(base, f.name)}
+               if f.name not in ("quick_test", "resume", "model", "log_format")
+               and getattr(tcfg, f.name) != getattr(base, f.name)}
     start = ["--quick-test"] if tcfg.quick_test else ["--model", tcfg.model]
     return shlex.join(["python", "train.py"] + start + to_argv(changed))
 
 
 def baseline_command(ar_cfg: dict) -> str:
     """baseline_ar.py with its resolved flags (auto shape written out), which reproduces the run."""
-    return shlex.join(["python", "baseline_ar.py"] + to_argv({k: v for k, v in ar_cfg.items() if k != "resume"}))
+    return shlex.join(["python", "baseline_ar.py"] + to_argv({k: v for k, v in ar_cfg.items()
+                                                              if k not in ("resume", "log_format")}))
 
 
 # ---------------------------------------------------------------------------------------------

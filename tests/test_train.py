@@ -197,6 +197,47 @@ def test_one_line_per_logging_interval(tiny_run):
     assert [r["step"] for r in rows] == [2, 4, 6] and all(r["steps_per_s"] > 0 and "eta_s" in r for r in rows)
 
 
+def test_eta_counts_training_steps_only_and_the_bar_agrees_with_the_log(tmp_path, monkeypatch):
+    """A 3,000-step run whose step-0 evaluation takes 100 s and whose steps take 1 s: after step 1
+    the ETA is 2,999 s (not 2,999 x 101 s); an evaluation and a save at step 250 do not move it; the
+    progress bar and the log line show the same ETA at the same moment."""
+    from types import SimpleNamespace
+
+    now = [0.0]
+    monkeypatch.setattr(trainer.time, "perf_counter", lambda: now[0])
+    state = SimpleNamespace(global_step=0, max_steps=3000, is_world_process_zero=True)
+    args = SimpleNamespace(world_size=1)
+    clock = trainer.TrainClock()
+    bar = trainer.Bar(clock)
+    log = trainer.RunLog(str(tmp_path), TrainConfig(batch_size=4, max_len=32), clock, bar=True)
+    for cb in (clock, bar):
+        cb.on_train_begin(args, state, None)
+    now[0] = 100.0  # the step-0 evaluation ends
+    clock.on_evaluate(args, state, None)
+
+    def step():
+        now[0] += 1.0
+        state.global_step += 1
+        for cb in (clock, bar):
+            cb.on_step_end(args, state, None)
+
+    step()
+    assert clock.eta(state) == 2999.0
+    for _ in range(249):
+        step()
+    now[0] += 50.0  # an evaluation and a checkpoint after step 250
+    clock.on_evaluate(args, state, None)
+    clock.on_save(args, state, None)
+    step()
+    assert clock.eta(state) == 2749.0
+    log.on_log(args, state, None, logs={"loss": 6.0, "learning_rate": 1e-3})
+    row = runs.read_metrics(str(tmp_path))[-1]
+    assert row["eta_s"] == 2749.0 and row["steps_per_s"] == pytest.approx(251 / 251.0)
+    assert bar.bar.postfix == "eta " + trainer.duration(row["eta_s"]) == "eta 45m49s"
+    assert trainer.log_line(row).endswith("| eta 45m49s")
+    bar.on_train_end(args, state, None)
+
+
 # ---------------------------------------------------------------------------------------------
 # Resume after a kill
 # ---------------------------------------------------------------------------------------------
@@ -228,6 +269,8 @@ def test_killed_run_resumes_from_last_checkpoint(tmp_path):
     resumed = run_train(["--resume", "--output-dir", str(out), "--max-steps", str(last + 5)])
     log, _ = resumed.communicate(timeout=180)
     assert resumed.returncode == 0, log
+    # stdout is a pipe, not a terminal: --log-format auto writes the log lines alone, no bar frames
+    assert "\r" not in log and "%|" not in log and f"step {last + 5}/{last + 5} | loss" in log
     state = json.load(open(out / "final-model" / ".." / f"checkpoint-{last + 5}" / "trainer_state.json"))
     assert state["global_step"] == last + 5
     assert config.load_train_config(str(out / "final-model")).scratch_hidden == 32  # settings came from the checkpoint
