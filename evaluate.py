@@ -134,12 +134,14 @@ def baseline_command(ar_cfg: dict) -> str:
 
 def mark_filled(ids: list[int], fixed: list[bool], tokenizer) -> str:
     """Infill output with each filled span in ⟦ ⟧, the template text as written."""
+    from tokens import decode_text
+
     out, i = [], 0
     while i < len(ids):
         j = i
         while j < len(ids) and fixed[j] == fixed[i]:
             j += 1
-        text = tokenizer.decode(ids[i:j])
+        text = decode_text(tokenizer, ids[i:j])
         out.append(text if fixed[i] else text[:len(text) - len(text.lstrip())] + "⟦" + text.lstrip() + "⟧")
         i = j
     return "".join(out)
@@ -150,7 +152,7 @@ def report_samples(model, tokenizer, tcfg, ar, seed: int) -> list[dict]:
     import torch
 
     from decoding import SAMPLERS, ar_generate, describe, explicit, generate, parse_template, sampler_setting, setting_of
-    from tokens import banned_ids
+    from tokens import banned_ids, decode_text
 
     out = []
     for section, caption, rule in REPORT_SAMPLES:
@@ -160,7 +162,7 @@ def report_samples(model, tokenizer, tcfg, ar, seed: int) -> list[dict]:
             fixed = parse_template(gc.template, tokenizer)[1]
             texts = [mark_filled(row, fixed, tokenizer) for row in ids.tolist()]
         else:
-            texts = [tokenizer.decode(row) for row in ids.tolist()]
+            texts = [decode_text(tokenizer, row) for row in ids.tolist()]
         out.append({"section": section, "caption": caption, "settings": setting_of(gc), "label": describe(gc),
                     "prompt": gc.prompt, "template": gc.template, "texts": texts})
     if ar is not None:
@@ -172,7 +174,7 @@ def report_samples(model, tokenizer, tcfg, ar, seed: int) -> list[dict]:
                               torch.Generator().manual_seed(seed))
             out.append({"section": "AR baseline", "caption": f"{caption}, left to right",
                         "settings": sampler_setting(gc), "label": SAMPLERS[gc.sampling].text(gc),
-                        "prompt": text, "template": "", "texts": [tokenizer.decode(start + row) for row in ids.tolist()]})
+                        "prompt": text, "template": "", "texts": [decode_text(tokenizer, start + row) for row in ids.tolist()]})
     return out
 
 

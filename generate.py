@@ -31,7 +31,7 @@ def main(argv=None) -> int:
     from decoding import cut_at_eos, generate, ignored
     from files import append_jsonl
     from modeling import load_checkpoint
-    from tokens import token_ids
+    from tokens import decode_text, token_ids
     from visualize import animate, format_steps
 
     for line in ignored([gc], given(args, GenConfig)):  # a flag no chosen rule reads: said, not refused
@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     ids, history, n_prompt = generate(model, tokenizer, gc, tcfg.max_len, g)
     seconds = time.time() - t0
     rows = cut_at_eos(ids, token_ids(tokenizer)["eos"], n_prompt) if gc.stop_at_eos else ids.tolist()
-    texts = [tokenizer.decode(row, skip_special_tokens=True) for row in rows]
+    texts = [decode_text(tokenizer, row, skip_special_tokens=True) for row in rows]
 
     if gc.show_steps:
         print(format_steps(history, tokenizer))

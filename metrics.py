@@ -32,6 +32,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Callable
 
+from tokens import decode_text
+
 
 def ngrams(tokens: list, n: int) -> list[tuple]:
     return [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
@@ -188,7 +190,7 @@ def reference_row(val_blocks, tokenizer, n: int, scorer, batch_size: int = 64) -
 
     special = set(special_token_ids(tokenizer)) | {tokenizer.mask_token_id}
     ref = [[t for t in row.tolist() if t not in special] for row in reference_blocks(val_blocks, n)]
-    texts = [tokenizer.decode(r) for r in ref]
+    texts = [decode_text(tokenizer, r) for r in ref]
     return {"name": "held-out text", "model": "reference", "settings": {}, "label": "", "texts": texts[:4],
             **sample_quality(ref, texts, scorer, None, batch_size)}
 
@@ -204,7 +206,7 @@ def diffusion_row(model, tokenizer, gc, window: int, scorer, batch_size: int = 6
     ids, history, n_prompt = generate(model, tokenizer, gc, window, torch.Generator().manual_seed(gc.seed))
     seconds = time.time() - t0
     tokens = ids[:, n_prompt:].tolist()
-    texts = [tokenizer.decode(t) for t in tokens]
+    texts = [decode_text(tokenizer, t) for t in tokens]
     return {"name": name, "model": "diffusion", "settings": setting_of(gc), "label": describe(gc),
             "forward_passes": len(history), "texts": texts[:4],
             **sample_quality(tokens, texts, scorer, seconds, batch_size)}
@@ -222,7 +224,7 @@ def ar_row(ar, tokenizer, gc, length: int, scorer, batch_size: int = 64, name: s
     ids = ar_generate(ar, bos, length, gc, banned_ids(tokenizer), torch.Generator().manual_seed(gc.seed))
     seconds = time.time() - t0
     tokens = ids.tolist()
-    texts = [tokenizer.decode(t) for t in tokens]
+    texts = [decode_text(tokenizer, t) for t in tokens]
     return {"name": name, "model": "AR", "settings": sampler_setting(gc), "label": SAMPLERS[gc.sampling].text(gc),
             "forward_passes": length, "texts": texts[:4], **sample_quality(tokens, texts, scorer, seconds, batch_size)}
 

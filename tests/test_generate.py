@@ -564,3 +564,54 @@ def test_cli_end_to_end_show_steps_and_animation(tiny_run, tmp_path, capsys):
 
     assert Image.open(gif).n_frames == 5
     assert '"samples"' in out.read_text()
+
+
+# ---------------------------------------------------------------------------------------------
+# Text of token ids: a byte-level token can hold part of a character
+# ---------------------------------------------------------------------------------------------
+
+
+def split_character(tok, char="日"):
+    """The ids of a character the tiny run's byte-level BPE spells in several tokens."""
+    ids = tok(char, add_special_tokens=False)["input_ids"]
+    assert len(ids) > 1 and all("\ufffd" in tok.decode([t]) for t in ids)  # each alone is not text
+    return ids
+
+
+def test_a_character_split_over_tokens_shows_whole_on_the_token_that_completes_it(tiny_model):
+    from tokens import decode_text, token_texts
+
+    _, tok, _ = tiny_model
+    text = "a 日本 café, ¿qué? – fin\n"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    pieces = token_texts(tok, ids)
+    assert "".join(pieces) == text == tok.decode(ids) and "\ufffd" not in "".join(pieces)
+    day = split_character(tok)
+    assert token_texts(tok, day) == [""] * (len(day) - 1) + ["日"]
+    stray = day[:1] + tok("P", add_special_tokens=False)["input_ids"]  # a lead byte the model did not complete
+    assert tok.decode(stray) == "\ufffdP" and decode_text(tok, stray) == "P"
+
+
+def test_views_decode_runs_between_masks_and_still_mark_every_token(tiny_model):
+    """--show-steps, the GIF and the demo decode each run between masks whole: a character shows
+    once its last byte is committed, never as U+FFFD, and each of its tokens keeps its own cell."""
+    _, tok, _ = tiny_model
+    mask, day = tok.mask_token_id, split_character(tok)
+    assert visualize.render(day, tok, mask, set()) == "日"
+    assert visualize.render(day[:-1] + [mask], tok, mask, set()) == visualize.MASK_GLYPH  # not complete yet
+    assert visualize.render([mask] + day[1:], tok, mask, set()) == visualize.MASK_GLYPH  # its lead byte masked
+    page = visualize.canvas_html(day + [mask], ["done"] * len(day) + ["mask"], [0.5] * len(day) + [None], tok)
+    assert page.count('class="tok done"') == len(day) and page.count(visualize.PART_GLYPH) == len(day) - 1
+    assert "日" in page and "\ufffd" not in page
+
+
+def test_generated_text_has_no_replacement_character(tiny_model):
+    """The tiny model writes stray partial bytes; what generate.py prints (decode_text) holds none."""
+    from tokens import decode_text
+
+    model, tok, cfg = tiny_model
+    gc = GenConfig(num_samples=16, seed=0, out="")
+    ids, history, _ = D.generate(model, tok, gc, cfg.max_len, torch.Generator().manual_seed(0))
+    assert any("\ufffd" in tok.decode(row) for row in ids.tolist())  # whole-row decoding shows them
+    assert not any("\ufffd" in decode_text(tok, row) for row in ids.tolist())
+    assert "\ufffd" not in visualize.format_steps(history, tok)
