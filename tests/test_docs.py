@@ -188,3 +188,17 @@ def test_every_checkpoint_a_doc_names_is_one_the_quick_test_keeps():
     for path in [p for p in tracked if p.endswith((".md", ".py", ".sh")) and not p.startswith("tests/")]:
         for step in re.findall(r"results/checkpoint-(\d+)", read(path)):
             assert int(step) in kept, f"{path} names results/checkpoint-{step}; a quick test keeps {sorted(kept)}"
+
+
+def test_the_timing_table_times_the_docs_own_commands():
+    """Every command experiments/timings.py times is one README.md (or DEPLOYMENT.md, for its
+    tests) shows, word for word, and every doc that states how long something takes links there."""
+    sys.path.insert(0, os.path.join(ROOT, "experiments"))
+    import timings
+
+    shown = {" ".join(part.split()) for doc in ("README.md", "DEPLOYMENT.md") for line in shell_lines(doc)
+             for part in line.split("&&")}
+    for name, command in timings.COMMANDS:
+        assert command in shown, f"{name}: no doc shows `{command}`"
+    for doc in ("README.md", "LEARNING_GUIDE.md", "DEPLOYMENT.md", "PROJECT_SUMMARY.md"):
+        assert "docs/timings.md" in read(doc), doc
