@@ -159,9 +159,12 @@ class Race:
     def __init__(self, model, tokenizer, window: int, ar, gc: GenConfig, names: tuple[str, str]):
         import torch
 
-        from decoding import generation_steps, lengths, parse_template, prompt_ids
+        from decoding import generation_steps, ignored, lengths, parse_template, prompt_ids
 
         self.tok, self.gc, self.names, self.mask_id = tokenizer, gc, names, tokenizer.mask_token_id
+        # a control moved off its default that no chosen rule reads: said when done, as generate.py warns
+        self.notes = ignored([gc], {f.name: getattr(gc, f.name) for f in page_fields()
+                                    if getattr(gc, f.name) != f.default})
         self.steps = generation_steps(model, tokenizer, gc, window, torch.Generator().manual_seed(gc.seed))
         t = time.perf_counter()
         first = next(self.steps)  # the first forward pass; bad input raises here
@@ -245,7 +248,8 @@ class Race:
 
     def status(self) -> str:
         if self.done["d"] and self.done["a"]:
-            return message_html("Done. Hover a token for the confidence it was committed with.")
+            notes = "".join(f"<br>note: {html.escape(n)}" for n in self.notes)
+            return message_html(f"Done. Hover a token for the confidence it was committed with.{notes}")
         return message_html("writing…")
 
     def advance(self) -> str:
