@@ -17,7 +17,8 @@ it depends on the network and on pip's cache.
 Recorded per command: wall seconds, the CPU seconds it and its children used, the machine's
 1-minute load average before and after (another job on the machine shows as load, and as wall
 seconds well above CPU seconds / cores), the exit code, the last lines of its output. With them:
-the machine (metrics.machine), versions, the commit and the date. The first command that fails
+the machine (metrics.machine), versions, the commit, the date and the niceness the commands ran at
+(`nice -n 10 python experiments/timings.py` leaves the CPU to other jobs first, and says so). The first command that fails
 stops the run (what follows needs its output); the table says which, and the exit code is 1.
 """
 
@@ -154,7 +155,8 @@ def render(result: dict) -> str:
         f"{result['date']}.",
         "- Load: the machine's 1-minute load average before and after each command. A load above the core count "
         "means other jobs shared the CPU, and wall seconds then exceed CPU seconds / cores: compare such rows "
-        "with care.", "",
+        "with care." + (f" The commands ran at nice {result['nice']} (lower priority than the other jobs)."
+                        if result.get("nice") else ""), "",
         "| command | seconds | CPU seconds | load before → after | exit |",
         "| --- | ---: | ---: | --- | --- |"]
     for r in result["rows"]:
@@ -164,6 +166,9 @@ def render(result: dict) -> str:
         lines.append(f"| `{r['command']}` | {r['seconds']:.0f} | {r['cpu_seconds']:.0f} | "
                      f"{r['load_before']:.2f} → {r['load_after']:.2f} | {r['exit_code']} |")
     done = [r for r in result["rows"] if r["exit_code"] == 0]
+    if result.get("only", "all") != "all":
+        lines += ["", f"This run timed only `--only {result['only']}`; `python experiments/timings.py --docs` times "
+                      f"every command of its `COMMANDS`, the test suite last."]
     lines += ["", f"Total of the commands that finished: {sum(r['seconds'] for r in done):.0f} s "
                   f"({sum(r['seconds'] for r in done) / 60:.1f} min). Installing is not timed (it depends on the "
                   f"network and pip's cache). Every number, each command's last output lines and the machine "
@@ -198,7 +203,8 @@ def main(argv=None) -> int:
     try:
         print(f"fresh copy: {fresh_copy(ROOT, copy)} tracked files in {copy}", flush=True)
         result = {"date": time.strftime("%Y-%m-%d %H:%M"), "commit": commit_of(ROOT), "machine": machine(),
-                  "versions": versions(), "rows": run_all(commands, copy)}
+                  "versions": versions(), "nice": os.nice(0), "only": tc.only,
+                  "rows": run_all(commands, copy)}
     finally:
         if not tc.keep:
             shutil.rmtree(copy, ignore_errors=True)

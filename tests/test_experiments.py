@@ -237,6 +237,7 @@ def test_timings_runs_each_command_in_order_and_stops_at_a_failure(tmp_path, mon
     assert probe_row["output_tail"] == [os.path.realpath(sys.executable), "True False False"]
     assert probe_row["exit_code"] == 0 and probe_row["seconds"] > 0 and failed["exit_code"] == 3
     assert after["exit_code"] is None and result["machine"]["cpu_count"] == os.cpu_count()
+    assert result["nice"] == os.nice(0)
     table = (tmp_path / "timings.md").read_text()
     assert "| `python -c 'exit(3)'` |" in table and "| `python -c pass` | not run (an earlier command failed)" in table
     assert TM.main(["--out-dir", str(tmp_path), "--render-only"]) == 0 and (tmp_path / "timings.md").read_text() == table
