@@ -138,10 +138,11 @@ def train(acfg: ARConfig, flags: dict, run) -> int:
 
     from data import build_datasets
     from diffusion import bound_prefix
-    from trainer import log_callbacks, training_arguments
+    from trainer import log_callbacks, use_bar, training_arguments
 
     hf_logging.disable_progress_bar()
     acfg, tcfg, diffusion, tokenizer, checkpoint = resolve(acfg, flags, run)
+    use_bar(acfg.log_format)  # decided before the data: a plain log has no tokenising bars either
     train_ds, val_ds = build_datasets(tcfg, tokenizer)  # the diffusion run's pipeline and split, unchanged
     model, acfg = build(acfg, tcfg, diffusion, tokenizer)
     del diffusion

@@ -49,6 +49,9 @@ def train(cfg: TrainConfig, flags: dict, run) -> int:
     set_seed(cfg.seed)
 
     # 1. data: documents -> tokenizer -> packed blocks (all cached after the first run)
+    from trainer import use_bar
+
+    use_bar(cfg.log_format)  # decided before the data: a plain log has no tokenising bars either
     tokenizer, train_ds, val_ds = load_data(cfg, run.is_main)
 
     # 2. the run's folder: a fresh run moves another run's outputs aside; a resumed one keeps only

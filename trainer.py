@@ -8,7 +8,8 @@ every masking level, one log line per interval, metrics.jsonl and its plots, the
     RunLog               callback: one line per logging interval, metrics.jsonl, progress.txt
                          (baseline_ar.py's run uses it too)
     TrainClock           seconds in training steps alone: the ETA and speed of the log line and the bar
-    log_callbacks        the clock, the progress bar (a terminal) and RunLog in place of the Trainer's printing
+    log_callbacks        the clock, the progress bar (a terminal: use_bar) and RunLog in place of the
+                         Trainer's printing
     training_arguments   TrainingArguments from a TrainConfig (speed_arguments: the speed part)
     write_curves         loss_by_level.csv / .png from metrics.jsonl
     write_model_card     final-model/README.md from the config and the last evaluation
@@ -204,16 +205,27 @@ class Bar(TrainerCallback):
             self.bar = None
 
 
+def use_bar(log_format: str) -> bool:
+    """True for a progress bar: --log-format bar, or auto when stdout is a terminal. Otherwise (plain)
+    the output is the log lines alone, fit for a file, so this also turns off the datasets library's
+    bars (tokenising a new corpus) for the rest of the process."""
+    bar = log_format == "bar" or (log_format == "auto" and sys.stdout.isatty())
+    if not bar:
+        import datasets
+
+        datasets.disable_progress_bars()
+    return bar
+
+
 def log_callbacks(trainer, out_dir: str, cfg: TrainConfig, log_format: str) -> None:
-    """Replace the Trainer's printing with this repo's: the clock, the bar (log_format "bar", or
-    "auto" when stdout is a terminal) and RunLog's one-line logs. Without the bar the output is the
-    log lines alone, fit for a file."""
+    """Replace the Trainer's printing with this repo's: the clock, the bar (use_bar) and RunLog's
+    one-line logs."""
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)  # the Trainer's dict dump when tqdm is off
     clock = TrainClock()
-    bar = log_format == "bar" or (log_format == "auto" and sys.stdout.isatty())
+    bar = use_bar(log_format)
     for callback in [clock] + [Bar(clock)] * bar + [RunLog(out_dir, cfg, clock, bar)]:
         trainer.add_callback(callback)
 

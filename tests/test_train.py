@@ -238,6 +238,23 @@ def test_eta_counts_training_steps_only_and_the_bar_agrees_with_the_log(tmp_path
     bar.on_train_end(args, state, None)
 
 
+def test_a_plain_log_has_no_library_bars_either(monkeypatch):
+    """--log-format plain (and auto with stdout not a terminal): no bar, and the datasets library's
+    tokenising bars are off too, so a log redirected to a file holds the log lines alone."""
+    import datasets
+
+    datasets.enable_progress_bars()  # as a fresh process starts (a train.main earlier in this session turns them off)
+    try:
+        monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+        assert trainer.use_bar("auto") and datasets.is_progress_bar_enabled()
+        assert not trainer.use_bar("plain") and not datasets.is_progress_bar_enabled()
+        datasets.enable_progress_bars()
+        monkeypatch.setattr(sys.stdout, "isatty", lambda: False)
+        assert not trainer.use_bar("auto") and not datasets.is_progress_bar_enabled()
+    finally:
+        datasets.enable_progress_bars()
+
+
 # ---------------------------------------------------------------------------------------------
 # Resume after a kill
 # ---------------------------------------------------------------------------------------------
