@@ -184,14 +184,21 @@ def reference_blocks(val_blocks, n: int):
 # ---------------------------------------------------------------------------------------------
 
 
+def shown(tokenizer, token_lists: list[list[int]], n: int = 4) -> list[str]:
+    """The first n samples as a row shows them (tokens.decode_text: no U+FFFD for a character split
+    over tokens). The numbers are computed on tokenizer.decode's text, as every evaluation has been:
+    a byte the model never completed reaches the scorer as U+FFFD, and costs what that costs."""
+    return [decode_text(tokenizer, t) for t in token_lists[:n]]
+
+
 def reference_row(val_blocks, tokenizer, n: int, scorer, batch_size: int = 64) -> dict:
     """Held-out text as a row: n blocks spread over the held-out set, special tokens dropped."""
     from tokens import special_token_ids
 
     special = set(special_token_ids(tokenizer)) | {tokenizer.mask_token_id}
     ref = [[t for t in row.tolist() if t not in special] for row in reference_blocks(val_blocks, n)]
-    texts = [decode_text(tokenizer, r) for r in ref]
-    return {"name": "held-out text", "model": "reference", "settings": {}, "label": "", "texts": texts[:4],
+    texts = [tokenizer.decode(r) for r in ref]
+    return {"name": "held-out text", "model": "reference", "settings": {}, "label": "", "texts": shown(tokenizer, ref),
             **sample_quality(ref, texts, scorer, None, batch_size)}
 
 
@@ -206,9 +213,9 @@ def diffusion_row(model, tokenizer, gc, window: int, scorer, batch_size: int = 6
     ids, history, n_prompt = generate(model, tokenizer, gc, window, torch.Generator().manual_seed(gc.seed))
     seconds = time.time() - t0
     tokens = ids[:, n_prompt:].tolist()
-    texts = [decode_text(tokenizer, t) for t in tokens]
+    texts = [tokenizer.decode(t) for t in tokens]
     return {"name": name, "model": "diffusion", "settings": setting_of(gc), "label": describe(gc),
-            "forward_passes": len(history), "texts": texts[:4],
+            "forward_passes": len(history), "texts": shown(tokenizer, tokens),
             **sample_quality(tokens, texts, scorer, seconds, batch_size)}
 
 
@@ -224,9 +231,10 @@ def ar_row(ar, tokenizer, gc, length: int, scorer, batch_size: int = 64, name: s
     ids = ar_generate(ar, bos, length, gc, banned_ids(tokenizer), torch.Generator().manual_seed(gc.seed))
     seconds = time.time() - t0
     tokens = ids.tolist()
-    texts = [decode_text(tokenizer, t) for t in tokens]
+    texts = [tokenizer.decode(t) for t in tokens]
     return {"name": name, "model": "AR", "settings": sampler_setting(gc), "label": SAMPLERS[gc.sampling].text(gc),
-            "forward_passes": length, "texts": texts[:4], **sample_quality(tokens, texts, scorer, seconds, batch_size)}
+            "forward_passes": length, "texts": shown(tokenizer, tokens),
+            **sample_quality(tokens, texts, scorer, seconds, batch_size)}
 
 
 def machine() -> dict:

@@ -111,12 +111,11 @@ def score(tokens, plen: int, tokenizer, judge, ref_entropy: float, seconds: floa
     import torch
 
     from metrics import pseudo_log_likelihood, sample_quality
-    from tokens import decode_text
 
     samples = tokens[:, 1 + plen:-1].tolist()  # [B, n]
     where = torch.zeros_like(tokens, dtype=torch.bool)  # [B, L]
     where[:, 1 + plen:-1] = True
-    row = sample_quality(samples, [decode_text(tokenizer, x) for x in samples], None, seconds, 64)
+    row = sample_quality(samples, [tokenizer.decode(x) for x in samples], None, seconds, 64)
     return {**row, "entropy_ratio": row["unigram_entropy"] / ref_entropy if ref_entropy else float("nan"),
             "pll_nats": pseudo_log_likelihood(judge, tokens, tokenizer.mask_token_id, where)}
 
