@@ -196,7 +196,9 @@ def plot_quality(rows: list[dict], ref: dict, grid: dict, order: str, judge_name
     legend_ax.add_artist(first)
     handles = [Line2D([], [], color="gray", ls=styles[s], lw=2, label=s) for s in grid["samplers"]]
     legend_ax.legend(handles=handles, title="sampler (line style)", loc="center left", fontsize=11)
-    legend_ax.text(0.0, 0.0, f"order: {order}\nblack line: the held-out continuations\nof the same prompts\n"
+    noise = next((r["order_noise"] for r in rows if r["order"] == order and r["order_noise"]), 0)
+    legend_ax.text(0.0, 0.0, f"order: {order}" + (f" + noise {noise:g}" if noise else ", no noise")
+                   + f"\nblack line: the held-out continuations\nof the same prompts\n"
                    f"PLL: each token masked alone, scored by\n{judge_name}",
                    transform=legend_ax.transAxes, fontsize=11, va="bottom")
     fig.suptitle("Sample quality vs denoising steps on held-out prompts", fontsize=14)
