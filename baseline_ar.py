@@ -40,6 +40,8 @@ class ARConfig(Settings):
     n_inner: int = flag(0, "0 = auto: MLP width solved so the parameter count matches", min=0)
     learning_rate: float = flag(0.0, "0 = the diffusion run's learning rate", min=0)
     resume: bool = flag(False, "continue this folder's run from its newest good checkpoint")
+    log_format: str = flag("auto", "as train.py's --log-format: bar (a progress bar above the log lines), plain "
+                           "(the log lines alone), auto (bar when stdout is a terminal)", choices=("auto", "bar", "plain"))
 
 
 def ar_trainer(prefix: int, **kw):
@@ -132,15 +134,15 @@ def main(argv=None) -> int:
 
 def train(acfg: ARConfig, flags: dict, run) -> int:
     from transformers import DataCollatorForLanguageModeling, set_seed
-    from transformers.trainer_callback import ProgressCallback
     from transformers.utils import logging as hf_logging
 
     from data import build_datasets
     from diffusion import bound_prefix
-    from trainer import QuietProgress, RunLog, training_arguments
+    from trainer import log_callbacks, use_bar, training_arguments
 
     hf_logging.disable_progress_bar()
     acfg, tcfg, diffusion, tokenizer, checkpoint = resolve(acfg, flags, run)
+    use_bar(acfg.log_format)  # decided before the data: a plain log has no tokenising bars either
     train_ds, val_ds = build_datasets(tcfg, tokenizer)  # the diffusion run's pipeline and split, unchanged
     model, acfg = build(acfg, tcfg, diffusion, tokenizer)
     del diffusion
@@ -165,8 +167,8 @@ def train(acfg: ARConfig, flags: dict, run) -> int:
     trainer = ar_trainer(bound_prefix(tcfg), model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
                          data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),  # labels = input_ids
                          processing_class=tokenizer)
-    trainer.remove_callback(ProgressCallback)
-    for callback in [QuietProgress(), RunLog(acfg.output_dir, tcfg)] + run.callbacks(tcfg.save_total_limit):
+    log_callbacks(trainer, acfg.output_dir, tcfg, acfg.log_format)
+    for callback in run.callbacks(tcfg.save_total_limit):
         trainer.add_callback(callback)
     if not run.train(trainer, checkpoint):
         return 130

@@ -237,6 +237,8 @@ class TrainConfig(Settings):
     elbo_draws: int = flag(4, "Monte Carlo draws per held-out block for the ELBO bound at each eval", min=2)
     save_steps: int = flag(500, "write checkpoint-N every N steps", min=1)
     save_total_limit: int = flag(3, "keep only the newest N checkpoints", min=1)
+    log_format: str = flag("auto", "bar: a progress bar with the log lines above it; plain: the log lines alone (for "
+                           "a file); auto: bar when stdout is a terminal, else plain", choices=("auto", "bar", "plain"))
     resume: bool = flag(False, "continue this folder's run from its newest good checkpoint")
     quick_test: bool = flag(False, "preset: small offline run on the embedded corpus (config.QUICK_TEST)")
 

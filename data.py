@@ -129,13 +129,16 @@ def load_documents(cfg: TrainConfig) -> list[str]:
 
 
 def _hub_documents(cfg: TrainConfig) -> list[str]:
+    from modeling import hub_offline
+
+    offline = hub_offline()  # one attempt: out of reach, the dataset comes from the cache or not at all
     import datasets
 
     try:
         ds = datasets.load_dataset(cfg.dataset, cfg.dataset_config or None, split="train")
     except Exception as e:  # connection errors come in many types; all mean the same to a user
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UsageError(f"cannot load hub dataset {cfg.dataset!r} ({first[:160]}); offline, use "
+        raise UsageError(f"cannot load hub dataset {cfg.dataset!r} ({first[:160]}){'; ' + offline if offline else ''}; offline, use "
                          f"--dataset embedded or a local .txt/.jsonl file or folder")
     if cfg.text_column not in ds.column_names:
         raise UsageError(f"hub dataset {cfg.dataset!r} has no column '{cfg.text_column}' "

@@ -343,11 +343,16 @@ def remask_draw(strategy: str, eta: float, conf_at_commit, committed, smax: floa
 SELECTORS = {"sampling": SAMPLERS, "order": ORDERS, "remdm": REMDM, "decode": DECODES}  # field -> its registry
 
 
+def rule_read() -> set:
+    """Every field some rule reads (k, p, order_noise, threshold, steps, ...)."""
+    return {f for reg in SELECTORS.values() for rule in reg.values() for f in rule.reads}
+
+
 def setting_of(gc) -> dict:
     """The fields of gc that decide its output: every decoding field (not a config.flag run field)
     that no rule reads, and the fields of the rules gc chooses, followed from selector to selector
     (decode -> order -> order_noise). A field no chosen rule reads (k under nucleus) is left out."""
-    owned = {f for reg in SELECTORS.values() for rule in reg.values() for f in rule.reads}
+    owned = rule_read()
     names = [f.name for f in fields(gc) if not f.metadata.get("run")]
     active = {n for n in names if n not in owned}
     todo = [n for n in active if n in SELECTORS]
@@ -357,6 +362,50 @@ def setting_of(gc) -> dict:
                 active.add(f)
                 todo += [f] if f in SELECTORS else []
     return {n: getattr(gc, n) for n in names if n in active}
+
+
+def decided(gc) -> list[str]:
+    """The fields gc's chosen rules decide: the selectors (sampling, decode, and order and remdm
+    where decode reaches them) and every field the chosen rules read. Not what is generated
+    (prompt, template, length, canvas, blocks, guidance, </s>): those describe the task."""
+    owned = rule_read()
+    return [f for f in setting_of(gc) if f in SELECTORS or f in owned]
+
+
+def explicit(rule: dict, left_to_right: bool = False):
+    """The GenConfig of a named rule (an experiment's row, a report's sample): `rule` must state
+    every field its chosen rules decide (decided; the sampler's alone for a left-to-right AR rule),
+    so no GenConfig default -- order noise 8 -- runs unseen under a name like "greedy" or "random
+    order". Fields of the task and the run (prompt, num_samples, seed, ...) may be left out. A rule
+    that leaves one out is a mistake in the code, not in the input: ValueError."""
+    from config import GenConfig
+
+    gc = GenConfig(**rule)
+    missing = [f for f in (sampler_setting(gc) if left_to_right else decided(gc)) if f not in rule]
+    if missing:
+        raise ValueError(f"the rule {rule} does not state {', '.join(missing)}: it would run with GenConfig's "
+                         f"default{'s' if len(missing) > 1 else ''} ({', '.join(f'{f}={getattr(gc, f)!r}' for f in missing)})")
+    return gc
+
+
+def readers(field: str) -> str:
+    """The choices that read a field, as flags: 'k' -> '--sampling topk', 'order_noise' ->
+    '--order low-confidence|margin|entropy with --decode schedule' ('' if no rule reads it)."""
+    for selector, registry in SELECTORS.items():
+        names = [name for name, rule in registry.items() if field in rule.reads]
+        if names:
+            above = readers(selector)
+            return f"--{selector} {'|'.join(names)}" + (f" with {above}" if above else "")
+    return ""
+
+
+def ignored(gcs: list, given: dict) -> list[str]:
+    """One line per decoding field set on the command line (`given`: field -> value) that no rule
+    chosen by any of `gcs` reads -- `--k 5` under nucleus sampling, `--remdm-eta` without --remdm:
+    the run is the same with or without it. Scripts print each as a warning and go on."""
+    read = set().union(*(setting_of(gc) for gc in gcs))
+    return [f"--{f.replace('_', '-')} {given[f]} has no effect: only {readers(f)} reads it"
+            for f in given if f in rule_read() | set(SELECTORS) and f not in read]
 
 
 def sampler_setting(gc) -> dict:

@@ -1,7 +1,7 @@
 """Watch diffusion write in the browser, racing the AR baseline: a local Gradio page.
 
     python demo.py                       # results/final-model (+ results/ar-baseline) on http://127.0.0.1:7860
-    python demo.py --checkpoint results/checkpoint-1500 --baseline none --port 8000
+    python demo.py --checkpoint results/checkpoint-3000 --baseline none --port 8000
     python demo.py --pause 0             # no slow motion: frames as fast as they compute
     python demo.py --host 0.0.0.0        # let other machines in (warns; nothing is ever shared publicly)
     python demo.py --measure 5 --pause 0 # five races at the page's defaults through its API: each lane's seconds
@@ -165,9 +165,12 @@ class Race:
     def __init__(self, model, tokenizer, window: int, ar, gc: GenConfig, names: tuple[str, str]):
         import torch
 
-        from decoding import generation_steps, lengths, parse_template, prompt_ids
+        from decoding import generation_steps, ignored, lengths, parse_template, prompt_ids
 
         self.tok, self.gc, self.names, self.mask_id = tokenizer, gc, names, tokenizer.mask_token_id
+        # a control moved off its default that no chosen rule reads: said when done, as generate.py warns
+        self.notes = ignored([gc], {f.name: getattr(gc, f.name) for f in page_fields()
+                                    if getattr(gc, f.name) != f.default})
         self.steps = generation_steps(model, tokenizer, gc, window, torch.Generator().manual_seed(gc.seed))
         t = time.perf_counter()
         first = next(self.steps)  # the first forward pass; bad input raises here
@@ -258,7 +261,8 @@ class Race:
             first = "Diffusion" if d < a else "The AR baseline"
             race = (f"{first} finished first: diffusion {d:.3f} s, AR baseline {a:.3f} s for {self.total} tokens "
                     f"(each lane's own wall time, the slow motion excluded; AR / diffusion = {a / max(d, 1e-9):.2f}). ")
-        return message_html(f"Done. {race}Hover a token for the confidence it was committed with.")
+        notes = "".join(f"<br>note: {html.escape(n)}" for n in self.notes)
+        return message_html(f"Done. {race}Hover a token for the confidence it was committed with.{notes}")
 
     def advance(self) -> str:
         """One forward pass of the lane whose clock is behind; returns that lane ("d" or "a")."""

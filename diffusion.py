@@ -27,7 +27,7 @@ import math
 
 import torch
 
-from tokens import never_masked_ids
+from tokens import decode_text, never_masked_ids, row_texts
 
 IGNORE = -100  # label of positions that carry no loss
 
@@ -278,13 +278,11 @@ def show_predictions(model, ids: torch.Tensor, tokenizer, rates=(0.15, 0.5, 0.9)
         where = labels != IGNORE  # [1, L]
         with autocast(device):
             pred = masked_logits(model, inputs.to(device), None, where.to(device)).argmax(-1).cpu()  # [N]
-        pieces, j = [], 0
-        for pos in range(1, ids.shape[0] - 1):
-            if where[0, pos]:
-                pieces.append(" [" + tokenizer.decode([int(pred[j])]).strip() + "]")
-                j += 1
-            else:
-                pieces.append(tokenizer.decode([int(ids[pos])]))
+        row = ids[1:-1].tolist()
+        masked = where[0, 1:-1].tolist()
+        texts = row_texts(tokenizer, row, masked)  # the text around the fills, decoded run by run
+        fills = iter(pred.tolist())
+        pieces = [" [" + decode_text(tokenizer, [next(fills)]).strip() + "]" if m else t for m, t in zip(masked, texts)]
         out.append({"rate": rate, "accuracy": (pred == labels[where]).float().mean().item(),
                     "text": "".join(pieces).replace("\n", " ")})
     model.train(was_training)

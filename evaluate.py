@@ -2,7 +2,7 @@
 
     python baseline_ar.py --checkpoint results/final-model   # once: the AR baseline
     python evaluate.py                                        # results/final-model vs results/ar-baseline
-    python report.py                                          # GENERATION_VALIDATION.md from its JSON
+    python report.py                                          # results/eval/GENERATION_VALIDATION.md from its JSON
     python evaluate.py --scorer gpt2-large                    # online: a hub model judges the samples
 
 1. Held-out likelihood, on the same tokens for both models: the diffusion model's ELBO bound
@@ -44,41 +44,56 @@ class EvalConfig(Settings):
     out_dir: str = flag("results/eval", "gets evaluation.json and eval_config.json")
 
 
-# Diffusion generation settings, as overrides of config.GenConfig. Every setting fills the whole
-# window, unprompted (the usual setup for generative perplexity) unless it names a prompt.
+# Every named setting states each field its rules read (decoding.explicit refuses one that leaves a
+# field to GenConfig's default), so a name never hides a default: "greedy" runs without order noise
+# because it says so. DEFAULTS are generate.py's defaults written out; a test keeps them equal to
+# GenConfig's, so a setting named "defaults..." is what generate.py runs.
+DEFAULTS = dict(sampling="nucleus", p=0.95, temperature=0.85, decode="schedule", schedule="linear", steps=16,
+                order="random", remdm="none")
+PREVIOUS = dict(sampling="nucleus", p=0.95, temperature=0.9, decode="schedule", schedule="linear", steps=10,
+                order="low-confidence", order_noise=8.0, remdm="none")  # the defaults before the speed frontier
+SEEDS_RULE = dict(sampling="nucleus", p=0.95, temperature=0.8, decode="schedule", schedule="linear", steps=10,
+                  order="random", remdm="none")  # random order, 10 steps, at its own best temperature
+GREEDY = dict(sampling="greedy", decode="schedule", schedule="linear", steps=10, order="low-confidence",
+              order_noise=0.0, remdm="none")  # argmax, most confident first: no randomness at all
+THRESHOLD = dict(sampling="nucleus", p=0.95, temperature=0.9, decode="threshold", threshold=0.9)
+
+# Diffusion generation settings. Every setting fills the whole window, unprompted (the usual setup
+# for generative perplexity) unless it names a prompt.
 SETTINGS = {
-    "defaults": {},  # generate.py's defaults: low-confidence order + annealed noise 8, nucleus 0.95, T 0.9
-    "defaults-prompted": dict(prompt="The history of the"),  # scored on the continuation only
-    "defaults-32-steps": dict(steps=32),
-    "cosine": dict(schedule="cosine"),
-    "no-order-noise": dict(order="low-confidence", order_noise=0.0),
-    "seeds-rule": dict(order="random", order_noise=0.0, temperature=0.8),  # random order at its own best point
-    "remdm-conf": dict(order="random", order_noise=0.0, temperature=0.8, remdm="conf", remdm_eta=0.5),
-    "previous-defaults": dict(sampling="topk", k=50, temperature=0.8, order="low-confidence", order_noise=0.0),
-    "greedy": dict(sampling="greedy", order_noise=0.0),
-    "threshold-0.9": dict(decode="threshold", threshold=0.9, order_noise=0.0),
+    "defaults": DEFAULTS,
+    "defaults-prompted": dict(DEFAULTS, prompt="The history of the"),  # scored on the continuation only
+    "defaults-32-steps": dict(DEFAULTS, steps=32),
+    "defaults-cosine": dict(DEFAULTS, schedule="cosine"),
+    "seeds-rule": SEEDS_RULE,
+    "remdm-conf": dict(SEEDS_RULE, remdm="conf"),
+    "previous-defaults": PREVIOUS,
+    "no-order-noise": dict(PREVIOUS, order_noise=0.0),
+    "greedy": GREEDY,
+    "threshold-0.9": THRESHOLD,
 }
 # The AR baseline's own samples: the same samplers (decoding.SAMPLERS), left to right.
 AR_SETTINGS = {
-    "ar-same-sampler": dict(sampling=GenConfig.sampling, k=GenConfig.k, p=GenConfig.p,
-                            temperature=GenConfig.temperature),  # generate.py's default sampler
+    "ar-same-sampler": dict(sampling="nucleus", p=0.95, temperature=0.85),  # DEFAULTS' sampler (a test checks)
     "ar-sample": dict(sampling="topk", temperature=1.0, k=10**9),  # plain ancestral sampling
 }
 
 REPORT_PROMPT = "The history of the"
 REPORT_TEMPLATE = "Aristotle was a Greek [MASK:4] and [MASK:6] in the [MASK:3] century."
-# (section, caption, GenConfig overrides of generate.py's defaults); two samples each
+# (section, caption, the setting and its task); two samples each. The report prints each caption
+# beside the setting in words (decoding.describe), so a caption names only what the setting states.
 REPORT_SAMPLES = [
-    ("Unprompted", "generate.py defaults", {}),
-    ("Unprompted", "cosine schedule, 32 steps", dict(schedule="cosine", steps=32)),
-    ("Unprompted", "nucleus, 32 steps", dict(sampling="nucleus", steps=32)),
-    ("Unprompted", "greedy", dict(sampling="greedy")),
-    ("Unprompted", "threshold decoding: commit every prediction with confidence >= 0.9", dict(decode="threshold")),
-    ("Unprompted", "the seed's rule: random order", dict(order="random")),
-    ("Prompted", "generate.py defaults", dict(prompt=REPORT_PROMPT)),
-    ("Prompted", "cosine schedule, 32 steps", dict(prompt=REPORT_PROMPT, schedule="cosine", steps=32)),
-    ("Infill", "generate.py defaults", dict(template=REPORT_TEMPLATE)),
-    ("Infill", "greedy", dict(template=REPORT_TEMPLATE, sampling="greedy")),
+    ("Unprompted", "generate.py defaults", DEFAULTS),
+    ("Unprompted", "defaults with the cosine schedule, 32 steps", dict(DEFAULTS, schedule="cosine", steps=32)),
+    ("Unprompted", "defaults with 32 steps", dict(DEFAULTS, steps=32)),
+    ("Unprompted", "greedy", GREEDY),
+    ("Unprompted", "threshold decoding: commit every prediction with confidence >= 0.9", THRESHOLD),
+    ("Unprompted", "the seed's rule: random order", SEEDS_RULE),
+    ("Prompted", "generate.py defaults", dict(DEFAULTS, prompt=REPORT_PROMPT)),
+    ("Prompted", "defaults with the cosine schedule, 32 steps",
+     dict(DEFAULTS, schedule="cosine", steps=32, prompt=REPORT_PROMPT)),
+    ("Infill", "generate.py defaults", dict(DEFAULTS, template=REPORT_TEMPLATE)),
+    ("Infill", "greedy", dict(GREEDY, template=REPORT_TEMPLATE)),
 ]
 
 
@@ -101,14 +116,16 @@ def train_command(tcfg: TrainConfig) -> str:
     preset = {"quick_test": True} if tcfg.quick_test else {"model": tcfg.model}
     base = TrainConfig(**{**train_presets(preset), **preset})
     changed = {f.name: getattr(tcfg, f.name) for f in dataclasses.fields(TrainConfig)
-               if f.name not in ("quick_test", "resume", "model") and getattr(tcfg, f.name) != getattr(base, f.name)}
+               if f.name not in ("quick_test", "resume", "model", "log_format")
+               and getattr(tcfg, f.name) != getattr(base, f.name)}
     start = ["--quick-test"] if tcfg.quick_test else ["--model", tcfg.model]
     return shlex.join(["python", "train.py"] + start + to_argv(changed))
 
 
 def baseline_command(ar_cfg: dict) -> str:
     """baseline_ar.py with its resolved flags (auto shape written out), which reproduces the run."""
-    return shlex.join(["python", "baseline_ar.py"] + to_argv({k: v for k, v in ar_cfg.items() if k != "resume"}))
+    return shlex.join(["python", "baseline_ar.py"] + to_argv({k: v for k, v in ar_cfg.items()
+                                                              if k not in ("resume", "log_format")}))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,12 +135,14 @@ def baseline_command(ar_cfg: dict) -> str:
 
 def mark_filled(ids: list[int], fixed: list[bool], tokenizer) -> str:
     """Infill output with each filled span in ⟦ ⟧, the template text as written."""
+    from tokens import decode_text
+
     out, i = [], 0
     while i < len(ids):
         j = i
         while j < len(ids) and fixed[j] == fixed[i]:
             j += 1
-        text = tokenizer.decode(ids[i:j])
+        text = decode_text(tokenizer, ids[i:j])
         out.append(text if fixed[i] else text[:len(text) - len(text.lstrip())] + "⟦" + text.lstrip() + "⟧")
         i = j
     return "".join(out)
@@ -133,30 +152,30 @@ def report_samples(model, tokenizer, tcfg, ar, seed: int) -> list[dict]:
     """[{section, caption, settings, label, texts}] for the report, from decoding.generate and ar_generate."""
     import torch
 
-    from decoding import SAMPLERS, ar_generate, describe, generate, parse_template, sampler_setting, setting_of
-    from tokens import banned_ids
+    from decoding import SAMPLERS, ar_generate, describe, explicit, generate, parse_template, sampler_setting, setting_of
+    from tokens import banned_ids, decode_text
 
     out = []
-    for section, caption, over in REPORT_SAMPLES:
-        gc = GenConfig(**{**over, "num_samples": 2, "seed": seed, "out": ""})
+    for section, caption, rule in REPORT_SAMPLES:
+        gc = explicit({**rule, "num_samples": 2, "seed": seed, "out": ""})
         ids, _, _ = generate(model, tokenizer, gc, tcfg.max_len, torch.Generator().manual_seed(seed))
         if gc.template:
             fixed = parse_template(gc.template, tokenizer)[1]
             texts = [mark_filled(row, fixed, tokenizer) for row in ids.tolist()]
         else:
-            texts = [tokenizer.decode(row) for row in ids.tolist()]
+            texts = [decode_text(tokenizer, row) for row in ids.tolist()]
         out.append({"section": section, "caption": caption, "settings": setting_of(gc), "label": describe(gc),
                     "prompt": gc.prompt, "template": gc.template, "texts": texts})
     if ar is not None:
         prompt = tokenizer(REPORT_PROMPT, add_special_tokens=False)["input_ids"]
         for caption, start, text in (("unprompted", [], ""), ("prompted", prompt, REPORT_PROMPT)):
-            gc = GenConfig(**AR_SETTINGS["ar-same-sampler"])
+            gc = explicit(AR_SETTINGS["ar-same-sampler"], left_to_right=True)
             first = torch.tensor([[tokenizer.bos_token_id] + start] * 2)  # [2, T0]
             ids = ar_generate(ar, first, tcfg.max_len - 2 - len(start), gc, banned_ids(tokenizer),
                               torch.Generator().manual_seed(seed))
             out.append({"section": "AR baseline", "caption": f"{caption}, left to right",
                         "settings": sampler_setting(gc), "label": SAMPLERS[gc.sampling].text(gc),
-                        "prompt": text, "template": "", "texts": [tokenizer.decode(start + row) for row in ids.tolist()]})
+                        "prompt": text, "template": "", "texts": [decode_text(tokenizer, start + row) for row in ids.tolist()]})
     return out
 
 
@@ -188,7 +207,7 @@ def evaluate(ec: EvalConfig, names: list[str], command: str) -> dict:
     import torch
 
     from data import build_datasets
-    from decoding import setting_of
+    from decoding import explicit, setting_of
     from metrics import ar_row, diffusion_row, held_out_likelihood, machine, reference_row, versions
     from modeling import n_params
 
@@ -197,7 +216,8 @@ def evaluate(ec: EvalConfig, names: list[str], command: str) -> dict:
     _, val_ds = build_datasets(tcfg, tokenizer)
     val = val_ds[:]["input_ids"]  # [M, L]
     blocks = val[:ec.elbo_blocks] if ec.elbo_blocks else val
-    commands = [train_command(tcfg)] + ([baseline_command(ar_cfg)] if ar_cfg else []) + [command, "python report.py"]
+    render = shlex.join(["python", "report.py", "--evaluation", os.path.join(ec.out_dir, "evaluation.json")])
+    commands = [train_command(tcfg)] + ([baseline_command(ar_cfg)] if ar_cfg else []) + [command, render]
     result = {"command": command, "commands": commands,
               "config": dataclasses.asdict(ec) | {"prefix": prefix, "settings": ",".join(names)},
               "checkpoint_config": dataclasses.asdict(tcfg), "baseline_config": ar_cfg,
@@ -214,10 +234,11 @@ def evaluate(ec: EvalConfig, names: list[str], command: str) -> dict:
     # 2. samples: held-out reference, diffusion settings, AR settings
     run = dict(num_samples=ec.num_samples, seed=ec.seed, out="")
     rows = [reference_row(val, tokenizer, ec.num_samples, scorer, ec.batch_size)]
-    rows += [diffusion_row(model, tokenizer, GenConfig(**{**SETTINGS[name], **run}), tcfg.max_len, scorer,
+    rows += [diffusion_row(model, tokenizer, explicit({**SETTINGS[name], **run}), tcfg.max_len, scorer,
                            ec.batch_size, name) for name in names]
     if ar is not None:
-        rows += [ar_row(ar, tokenizer, GenConfig(**{**over, **run}), tcfg.max_len - 2, scorer, ec.batch_size, name)
+        rows += [ar_row(ar, tokenizer, explicit({**over, **run}, left_to_right=True), tcfg.max_len - 2, scorer,
+                        ec.batch_size, name)
                  for name, over in AR_SETTINGS.items()]
     result["samples"] = rows
     result["sample_length"] = tcfg.max_len - 2
@@ -248,7 +269,8 @@ def main(argv=None) -> int:
     path = os.path.join(ec.out_dir, "evaluation.json")
     write_json(path, result)
     save_config(ec, ec.out_dir, "eval_config.json")
-    print(f"wrote {path} ({result['seconds']:.0f}s); render the report with: python report.py --evaluation {path}")
+    print(f"wrote {path} ({result['seconds']:.0f}s); render the report with: {result['commands'][-1]} "
+          f"(it writes {os.path.join(ec.out_dir, 'GENERATION_VALIDATION.md')})")
     return 0
 
 

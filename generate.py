@@ -19,21 +19,23 @@ import dataclasses
 import sys
 import time
 
-from cli import cli, parse  # noqa: E402
+from cli import cli, given, parse  # noqa: E402
 from config import GenConfig  # noqa: E402
 
 
 def main(argv=None) -> int:
-    gc, _ = parse(GenConfig, argv, __doc__)
+    gc, args = parse(GenConfig, argv, __doc__)
     import torch
     from transformers.utils import logging as hf_logging
 
-    from decoding import cut_at_eos, generate
+    from decoding import cut_at_eos, generate, ignored
     from files import append_jsonl
     from modeling import load_checkpoint
-    from tokens import token_ids
+    from tokens import decode_text, token_ids
     from visualize import animate, format_steps
 
+    for line in ignored([gc], given(args, GenConfig)):  # a flag no chosen rule reads: said, not refused
+        print(f"warning: {line}", file=sys.stderr)
     hf_logging.disable_progress_bar()  # quiet by default: no weight-loading bars
     model, tokenizer, tcfg = load_checkpoint(gc.checkpoint)
     g = torch.Generator().manual_seed(gc.seed)
@@ -42,7 +44,7 @@ def main(argv=None) -> int:
     ids, history, n_prompt = generate(model, tokenizer, gc, tcfg.max_len, g)
     seconds = time.time() - t0
     rows = cut_at_eos(ids, token_ids(tokenizer)["eos"], n_prompt) if gc.stop_at_eos else ids.tolist()
-    texts = [tokenizer.decode(row, skip_special_tokens=True) for row in rows]
+    texts = [decode_text(tokenizer, row, skip_special_tokens=True) for row in rows]
 
     if gc.show_steps:
         print(format_steps(history, tokenizer))

@@ -37,6 +37,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Callable
 
+from tokens import decode_text
+
 
 def ngrams(tokens: list, n: int) -> list[tuple]:
     return [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
@@ -223,6 +225,13 @@ def ppl_at(entropy: float, points: list[tuple[float, float]]) -> float | None:
 # ---------------------------------------------------------------------------------------------
 
 
+def shown(tokenizer, token_lists: list[list[int]], n: int = 4) -> list[str]:
+    """The first n samples as a row shows them (tokens.decode_text: no U+FFFD for a character split
+    over tokens). The numbers are computed on tokenizer.decode's text, as every evaluation has been:
+    a byte the model never completed reaches the scorer as U+FFFD, and costs what that costs."""
+    return [decode_text(tokenizer, t) for t in token_lists[:n]]
+
+
 def reference_row(val_blocks, tokenizer, n: int, scorer, batch_size: int = 64) -> dict:
     """Held-out text as a row: n blocks spread over the held-out set, special tokens dropped."""
     from tokens import banned_ids, bos_eos
@@ -231,7 +240,8 @@ def reference_row(val_blocks, tokenizer, n: int, scorer, batch_size: int = 64) -
     blocks = reference_blocks(val_blocks, n)
     ref = [[t for t in row.tolist() if t not in special] for row in blocks]
     texts = [tokenizer.decode(r) for r in ref]
-    return {"name": "held-out text", "model": "reference", "settings": {}, "label": "", "texts": texts[:4],
+    return {"name": "held-out text", "model": "reference", "settings": {}, "label": "",
+            "texts": shown(tokenizer, ref),
             "ends": text_ends(blocks[:, 1:-1].tolist(), bos_eos(tokenizer)[1]),  # inside the frame
             **sample_quality(ref, texts, scorer, None, batch_size)}
 
@@ -257,7 +267,7 @@ def diffusion_row(model, tokenizer, gc, window: int, scorer, batch_size: int = 6
         tokens = [row[n_prompt:] for row in cut_at_eos(ids, eos, n_prompt)]
     texts = [tokenizer.decode(t) for t in tokens]
     return {"name": name, "model": "diffusion", "settings": setting_of(gc), "label": describe(gc),
-            "forward_passes": len(history), "texts": texts[:4], **ends,
+            "forward_passes": len(history), "texts": shown(tokenizer, tokens), **ends,
             **sample_quality(tokens, texts, scorer, seconds, batch_size)}
 
 
@@ -277,7 +287,8 @@ def ar_row(ar, tokenizer, gc, length: int, scorer, batch_size: int = 64, name: s
     tokens = ids.tolist()
     texts = [tokenizer.decode(t) for t in tokens]
     return {"name": name, "model": "AR", "settings": sampler_setting(gc), "label": SAMPLERS[gc.sampling].text(gc),
-            "forward_passes": length, "texts": texts[:4], **sample_quality(tokens, texts, scorer, seconds, batch_size)}
+            "forward_passes": length, "texts": shown(tokenizer, tokens),
+            **sample_quality(tokens, texts, scorer, seconds, batch_size)}
 
 
 def fastest_alternating(runs: dict, repeats: int, sync=lambda: None) -> dict:

@@ -14,7 +14,11 @@ head on masked ones alone. It knows the heads of RoBERTa, BERT, DistilBERT and M
 any other architecture runs its full forward and the masked rows are picked out afterwards.
 """
 
+import functools
 import os
+import socket
+import sys
+import urllib.parse
 
 import torch
 import torch.nn.functional as F
@@ -24,15 +28,46 @@ from config import TrainConfig
 from tokens import bos_eos, fingerprint
 
 
+PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+
+
+@functools.cache
+def hub_offline() -> str:
+    """'' if the hub may be reached, else why not. HF_HUB_OFFLINE set: offline. Otherwise one TCP
+    connection to the hub's endpoint (HF_ENDPOINT), 5 s at most; when it fails this process goes
+    offline (HF_HUB_OFFLINE for huggingface_hub, transformers and datasets), so a hub name is read
+    from the local cache or refused at once -- not after huggingface_hub's five retries with backoff.
+    Behind a proxy (HTTPS_PROXY) the libraries connect as they would."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    if any(os.environ.get(v) for v in PROXY_VARS):
+        return ""
+    url = urllib.parse.urlsplit(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=5).close()
+        return ""
+    except OSError as e:
+        os.environ["HF_HUB_OFFLINE"] = "1"  # datasets reads it when imported; the constants below once imported
+        constants.HF_HUB_OFFLINE = True
+        if "datasets" in sys.modules:
+            sys.modules["datasets"].config.HF_HUB_OFFLINE = True
+        return f"{url.hostname} unreachable: {e.strerror or type(e).__name__}"
+
+
 def load_pretrained(cls, name: str, **kwargs):
-    """cls.from_pretrained(name) that turns 'no network' / 'no such folder' into a UsageError."""
+    """cls.from_pretrained(name) that turns 'no network' / 'no such folder' into a UsageError; a hub
+    name is tried once (hub_offline), from the cache when the hub is out of reach."""
+    offline = "" if os.path.isdir(name) else hub_offline()
     try:
         return cls.from_pretrained(name, **kwargs)
     except OSError as e:
         where = "local folder" if os.path.isdir(name) else "hub model"
         first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         hint = ("" if os.path.isdir(name) else
-                "; without network, train from scratch offline with --model scratch (or --quick-test)")
+                f"{'; ' + offline if offline else ''}; without network, train from scratch offline with "
+                f"--model scratch (or --quick-test)")
         raise UsageError(f"cannot load {where} {name!r} ({first}){hint}")
 
 
@@ -173,9 +208,23 @@ def training_loss(model, batch: dict, cfg: TrainConfig, step: int):
 # ---------------------------------------------------------------------------------------------
 
 
+def checkpoints_in(folder: str) -> list[str]:
+    """The names of the train.py checkpoints in folder (checkpoint-N by step, then final-model)."""
+    names = os.listdir(folder) if os.path.isdir(folder) else []
+    found = [n for n in names if os.path.isfile(os.path.join(folder, n, "diffusion_config.json"))]
+    step = lambda n: int(n[11:]) if n.startswith("checkpoint-") and n[11:].isdigit() else float("inf")  # noqa: E731
+    return sorted(found, key=lambda n: (step(n), n))
+
+
 def check_checkpoint(path: str) -> None:
-    """A UsageError that says how to make one unless `path` holds a train.py checkpoint's files."""
+    """A UsageError that says how to make one unless `path` holds a train.py checkpoint's files; a
+    missing checkpoint beside others names those (training keeps only the newest --save-total-limit)."""
     if not os.path.isdir(path):
+        parent = os.path.dirname(os.path.normpath(path)) or "."
+        there = checkpoints_in(parent)
+        if there:
+            raise UsageError(f"no checkpoint at {path}; {parent} holds {', '.join(there)} (training keeps the newest "
+                             f"--save-total-limit checkpoints)")
         raise UsageError(f"no checkpoint at {path}; make one with: python train.py --quick-test")
     missing = [f for f in ("config.json", "diffusion_config.json") if not os.path.isfile(os.path.join(path, f))]
     if not any(f.endswith((".safetensors", ".bin")) for f in os.listdir(path)):

@@ -1,7 +1,10 @@
 """GENERATION_VALIDATION.md from evaluate.py's evaluation.json, and nothing else.
 
-    python report.py                                            # results/eval/evaluation.json
-    python report.py --evaluation docs/evaluation.json --out GENERATION_VALIDATION.md
+    python report.py                        # results/eval/evaluation.json -> results/eval/GENERATION_VALIDATION.md
+    python report.py --evaluation docs/evaluation.json --out GENERATION_VALIDATION.md   # the committed page
+
+The report goes beside its JSON unless --out names another file; a file git tracks (the committed
+GENERATION_VALIDATION.md) is overwritten only when --out names it.
 
 No torch, no model: it renders in well under a second, so the report can be re-rendered (and
 tested against its JSON) without rerunning the evaluation. Every sentence of the assessment is
@@ -10,6 +13,8 @@ depends on what a setting is called. evaluate.py uses the table functions for it
 """
 
 import json
+import os
+import subprocess
 import sys
 
 from cli import UsageError, cli, parse
@@ -22,7 +27,28 @@ ENTROPY_SLACK = 1.0  # bits below held-out text's unigram entropy that count as 
 
 class ReportConfig(Settings):
     evaluation: str = flag("results/eval/evaluation.json", "written by evaluate.py")
-    out: str = flag("GENERATION_VALIDATION.md", "the markdown report")
+    out: str = flag("", "the markdown report; '' = GENERATION_VALIDATION.md beside --evaluation (a file git tracks "
+                    "is overwritten only when named here)")
+
+
+def tracked(path: str) -> bool:
+    """True if git tracks `path` (False outside a repository, or without git)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        return subprocess.run(["git", "ls-files", "--error-unmatch", os.path.basename(path)], cwd=folder,
+                              capture_output=True).returncode == 0
+    except OSError:  # no git, or the folder does not exist yet
+        return False
+
+
+def out_path(rc: ReportConfig) -> str:
+    """--out, or GENERATION_VALIDATION.md beside the JSON unless git tracks that file."""
+    if rc.out:
+        return rc.out
+    path = os.path.join(os.path.dirname(rc.evaluation), "GENERATION_VALIDATION.md")
+    if tracked(path):
+        raise UsageError(f"{path} is a tracked file: to replace it, name it with --out {path}")
+    return path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -367,6 +393,7 @@ def render_into(readme: str, command: str, body: str) -> None:
 
 def main(argv=None) -> int:
     rc, _ = parse(ReportConfig, argv, __doc__)
+    out = out_path(rc)
     try:
         with open(rc.evaluation) as f:
             result = json.load(f)
@@ -378,8 +405,8 @@ def main(argv=None) -> int:
         text = render(result, rc.evaluation)
     except (KeyError, TypeError, StopIteration) as e:
         raise UsageError(f"{rc.evaluation} is not an evaluate.py result (missing {e}); rerun python evaluate.py")
-    write_atomic(rc.out, text)
-    print(f"wrote {rc.out}")
+    write_atomic(out, text)
+    print(f"wrote {out}")
     return 0
 
 

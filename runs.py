@@ -81,6 +81,7 @@ class FolderLock:
 
     def __init__(self, out: str):
         self.path = os.path.join(out, LOCK)
+        self.new = not os.path.exists(self.path)
         self.f = open(self.path, "a+")
         try:
             fcntl.flock(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -95,7 +96,11 @@ class FolderLock:
         self.f.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
         self.f.flush()
 
-    def release(self) -> None:
+    def release(self, remove: bool = False) -> None:
+        """Unlock; remove=True deletes a train.lock this run made, while still holding it (a run that
+        failed before it began leaves the folder as it found it)."""
+        if remove and self.new:
+            os.remove(self.path)
         fcntl.flock(self.f, fcntl.LOCK_UN)
         self.f.close()
 
@@ -215,24 +220,49 @@ class StopOnInterrupt(TrainerCallback):
 # ---------------------------------------------------------------------------------------------
 
 
+def first_missing(path: str) -> str | None:
+    """The highest folder of `path` that does not exist yet (None if path exists)."""
+    path, top = os.path.abspath(path), None
+    while not os.path.exists(path):
+        path, top = os.path.dirname(path), path
+    return top
+
+
+def remove_empty(path: str, top: str) -> None:
+    """rmdir path and its parents up to `top`, stopping at the first that is not empty."""
+    path = os.path.abspath(path)
+    while True:
+        try:
+            os.rmdir(path)
+        except OSError:
+            return
+        if path == top:
+            return
+        path = os.path.dirname(path)
+
+
 class RunFolder:
     """The lifecycle of one run's output folder (module docstring). kind: "diffusion" or "ar"."""
 
     def __init__(self, out: str, kind: str, is_main: bool = True):
         self.out, self.kind, self.is_main = out, kind, is_main
-        self.lock, self.interrupt = None, None
+        self.lock, self.interrupt, self.began, self.created = None, None, False, None
 
     def __enter__(self):
+        self.created = first_missing(self.out)
         check_writable(self.out)
         if self.is_main:
             self.lock = FolderLock(self.out)  # a second run into this folder stops here
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, typ, e, tb):
         if self.interrupt is not None:
             self.interrupt.close()
+        undo = typ is not None and not self.began  # failed before the run began (bad input, no network, ...)
         if self.lock is not None:
-            self.lock.release()
+            self.lock.release(remove=undo)
+        if undo and self.is_main and self.created:  # and the folders it made, where still empty
+            remove_empty(self.out, self.created)
 
     def resume_point(self) -> str:
         last = last_complete_checkpoint(self.out, read_run(self.out).get("run_id"))
@@ -251,6 +281,7 @@ class RunFolder:
         if self.is_main:
             self.move_aside()
         run_id = uuid.uuid4().hex[:12]
+        self.began = True
         if self.is_main:
             write_json(os.path.join(self.out, RUN), {
                 "run_id": run_id, "kind": self.kind, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -273,6 +304,7 @@ class RunFolder:
     def resume(self, checkpoint: str, tokenizer) -> int:
         """Checks that the tokenizer rebuilt now is the checkpoint's and trims metrics.jsonl to
         the checkpoint's step, which it returns."""
+        self.began = True  # a resumed run's folder held a run before this one
         want = read_run(checkpoint).get("tokenizer_sha1")
         if want and want != fingerprint(tokenizer):
             raise UsageError(f"--resume: the tokenizer rebuilt now differs from the one {checkpoint} was trained with "

@@ -49,6 +49,9 @@ def train(cfg: TrainConfig, flags: dict, run) -> int:
     set_seed(cfg.seed)
 
     # 1. data: documents -> tokenizer -> blocks (--packing; all cached after the first run)
+    from trainer import use_bar
+
+    use_bar(cfg.log_format)  # decided before the data: a plain log has no tokenising bars either
     tokenizer, train_ds, val_ds = load_data(cfg, run.is_main)
 
     # 2. the run's folder: a fresh run moves another run's outputs aside; a resumed one keeps only
@@ -116,17 +119,16 @@ def build(cfg: TrainConfig, tokenizer, is_main: bool):
 
 def make_trainer(cfg, model, tokenizer, train_ds, val_ds, collator, run, evaluate_first: bool):
     import torch
-    from transformers.trainer_callback import ProgressCallback
 
-    from trainer import DiffusionTrainer, QuietProgress, RunLog, training_arguments
+    from trainer import DiffusionTrainer, log_callbacks, training_arguments
 
     cpu_ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
     trainer = DiffusionTrainer(
         model=model, args=training_arguments(cfg, evaluate_first=evaluate_first, use_cpu=cpu_ddp),
         train_dataset=train_ds, eval_dataset=val_ds, data_collator=collator,
         processing_class=tokenizer, diffusion_cfg=cfg, tokenizer=tokenizer)
-    trainer.remove_callback(ProgressCallback)
-    for callback in [QuietProgress(), RunLog(cfg.output_dir, cfg)] + run.callbacks(cfg.save_total_limit):
+    log_callbacks(trainer, cfg.output_dir, cfg, cfg.log_format)
+    for callback in run.callbacks(cfg.save_total_limit):
         trainer.add_callback(callback)
     return trainer
 

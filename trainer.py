@@ -7,7 +7,9 @@ every masking level, one log line per interval, metrics.jsonl and its plots, the
                          bound (diffusion.level_losses / elbo_estimate)
     RunLog               callback: one line per logging interval, metrics.jsonl, progress.txt
                          (baseline_ar.py's run uses it too)
-    QuietProgress        the Trainer's tqdm bar without its dict dump on every log
+    TrainClock           seconds in training steps alone: the ETA and speed of the log line and the bar
+    log_callbacks        the clock, the progress bar (a terminal: use_bar) and RunLog in place of the
+                         Trainer's printing
     training_arguments   TrainingArguments from a TrainConfig (speed_arguments: the speed part)
     write_curves         loss_by_level.csv / .png from metrics.jsonl
     write_model_card     final-model/README.md from the config and the last evaluation
@@ -99,8 +101,8 @@ class DiffusionTrainer(Trainer):
 
     def diverged_message(self, what: str) -> str:
         for cb in self.callback_handler.callbacks:  # end the progress bar's line before the error line
-            if isinstance(cb, ProgressCallback) and getattr(cb, "training_bar", None) is not None:
-                cb.training_bar.close()
+            if isinstance(cb, Bar) and cb.bar is not None:
+                cb.bar.close()
         last = last_complete_checkpoint(self.args.output_dir, quiet=True)
         keep = f"{os.path.basename(last)} is the last good checkpoint" if last else "no checkpoint was saved"
         return (f"training diverged at step {self.state.global_step}: {what} (learning rate {self.cfg.learning_rate:g}); "
@@ -149,11 +151,83 @@ class StepClock(TrainerCallback):
             self.marks[state.global_step] = (time.perf_counter(), time.process_time())
 
 
-class QuietProgress(ProgressCallback):
-    """The Trainer's tqdm bar without its dict dump on every log (RunLog prints those)."""
+class TrainClock(TrainerCallback):
+    """Seconds spent in training steps alone: each step counts from the end of the step before it
+    (or of the evaluation, log line or checkpoint that followed that step) to its own end, so the
+    step-0 evaluation, later evaluations and saves are not training time. The log line's speed and
+    ETA and the progress bar's ETA all read this one clock, so they agree."""
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        return control
+    def __init__(self):
+        self.mark, self.steps, self.seconds, self.logged = None, 0, 0.0, (0, 0.0)
+
+    def on_train_begin(self, args, state, control, **kw):
+        self.mark = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kw):
+        now = time.perf_counter()
+        self.steps, self.seconds, self.mark = self.steps + 1, self.seconds + now - self.mark, now
+
+    def on_evaluate(self, args, state, control, **kw):
+        self.mark = time.perf_counter()
+
+    on_save = on_log = on_evaluate
+
+    def eta(self, state) -> float:
+        """Seconds left at this run's mean training speed (0 before the first step)."""
+        return (state.max_steps - state.global_step) * self.seconds / self.steps if self.steps else 0.0
+
+    def since_last_log(self) -> float:
+        """Steps per second of training since the previous call (a logging interval)."""
+        steps, seconds = self.steps - self.logged[0], self.seconds - self.logged[1]
+        self.logged = (self.steps, self.seconds)
+        return steps / seconds if seconds > 0 else 0.0
+
+
+class Bar(TrainerCallback):
+    """A tqdm bar over the steps (for a terminal) whose ETA is the clock's, as the log line's is."""
+
+    def __init__(self, clock: TrainClock):
+        self.clock, self.bar = clock, None
+
+    def on_train_begin(self, args, state, control, **kw):
+        if state.is_world_process_zero:
+            self.bar = tqdm(total=state.max_steps, initial=state.global_step, dynamic_ncols=True,
+                            bar_format="{percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
+
+    def on_step_end(self, args, state, control, **kw):
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"eta {duration(self.clock.eta(state))}", refresh=False)
+            self.bar.update(state.global_step - self.bar.n)
+
+    def on_train_end(self, args, state, control, **kw):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def use_bar(log_format: str) -> bool:
+    """True for a progress bar: --log-format bar, or auto when stdout is a terminal. Otherwise (plain)
+    the output is the log lines alone, fit for a file, so this also turns off the datasets library's
+    bars (tokenising a new corpus) for the rest of the process."""
+    bar = log_format == "bar" or (log_format == "auto" and sys.stdout.isatty())
+    if not bar:
+        import datasets
+
+        datasets.disable_progress_bars()
+    return bar
+
+
+def log_callbacks(trainer, out_dir: str, cfg: TrainConfig, log_format: str) -> None:
+    """Replace the Trainer's printing with this repo's: the clock, the bar (use_bar) and RunLog's
+    one-line logs."""
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)  # the Trainer's dict dump when tqdm is off
+    clock = TrainClock()
+    bar = use_bar(log_format)
+    for callback in [clock] + [Bar(clock)] * bar + [RunLog(out_dir, cfg, clock, bar)]:
+        trainer.add_callback(callback)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,28 +276,19 @@ class RunLog(TrainerCallback):
     prints one line per training log and the eval block at each evaluation, keeps progress.txt
     (the last of each) and the loss curves up to date. Rank 0 only."""
 
-    def __init__(self, out_dir: str, cfg: TrainConfig):
-        self.out_dir, self.cfg = out_dir, cfg
-        self.mark = None  # (step, time) at the previous training log: speed is measured since then
+    def __init__(self, out_dir: str, cfg: TrainConfig, clock: TrainClock, bar: bool = False):
+        self.out_dir, self.cfg, self.clock, self.bar = out_dir, cfg, clock, bar
         self.last = {"train": [], "eval": []}
-
-    def on_train_begin(self, args, state, control, **kw):
-        self.mark = (state.global_step, time.time())
 
     def on_log(self, args, state, control, logs=None, **kw):
         if not state.is_world_process_zero or not logs:
             return
-        now = time.time()
-        row = {"step": state.global_step, "time": round(now, 2), "max_steps": state.max_steps, **logs}
-        if "loss" in logs:
-            step0, t0 = self.mark
-            rate = (state.global_step - step0) / max(now - t0, 1e-9)
+        row = {"step": state.global_step, "time": round(time.time(), 2), "max_steps": state.max_steps, **logs}
+        if "loss" in logs:  # speed over this interval's training steps, ETA from the same clock as the bar
+            rate = self.clock.since_last_log()
             tokens = self.cfg.tokens_per_step() * args.world_size
             row.update(steps_per_s=round(rate, 3), tokens_per_s=round(rate * tokens, 1),
-                       eta_s=round((state.max_steps - state.global_step) / rate, 1) if rate > 0 else 0.0)
-            self.mark = (state.global_step, now)
-        if "eval_seconds" in logs:  # training speed leaves out the time spent evaluating
-            self.mark = (self.mark[0], self.mark[1] + logs["eval_seconds"])
+                       eta_s=round(self.clock.eta(state), 1))
         append_jsonl(os.path.join(self.out_dir, METRICS), row)
         if "loss" in logs:
             self.last["train"] = [log_line(row)]
@@ -231,8 +296,11 @@ class RunLog(TrainerCallback):
             self.last["eval"] = eval_lines(row)
         else:
             return
-        # tqdm.write: the line goes above the Trainer's progress bar instead of onto its end
-        tqdm.write("\n".join(self.last["train"] if "loss" in logs else self.last["eval"]), file=sys.stdout)
+        text = "\n".join(self.last["train"] if "loss" in logs else self.last["eval"])
+        if self.bar:  # above the progress bar instead of onto its end
+            tqdm.write(text, file=sys.stdout)
+        else:
+            print(text, flush=True)
         write_atomic(os.path.join(self.out_dir, PROGRESS), "\n".join(self.last["train"] + self.last["eval"]) + "\n")
         if "eval_elbo_nats" in logs:
             write_curves(self.out_dir)

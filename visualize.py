@@ -12,27 +12,16 @@ import math
 import os
 
 from decoding import Step
-from tokens import banned_ids
+from tokens import banned_ids, row_texts
 
 MASK_GLYPH = "█"
+PART_GLYPH = "·"  # a token holding the first bytes of a character that a later token completes
 
 
 def render(tokens: list[int], tokenizer, mask_id: int, skip: set) -> str:
     """Text of one canvas row with each mask drawn as █ (runs of text decoded together)."""
-    out, run = [], []
-    for t in tokens:
-        if t in skip:
-            continue
-        if t == mask_id:
-            if run:
-                out.append(tokenizer.decode(run))
-                run = []
-            out.append(MASK_GLYPH)
-        else:
-            run.append(t)
-    if run:
-        out.append(tokenizer.decode(run))
-    return "".join(out)
+    pieces = row_texts(tokenizer, tokens, [t == mask_id for t in tokens])
+    return "".join(MASK_GLYPH if t == mask_id else p for t, p in zip(tokens, pieces) if t not in skip)
 
 
 def format_steps(history: list[Step], tokenizer) -> str:
@@ -73,20 +62,23 @@ def animate(history: list[Step], tokenizer, path: str, cols: int = 16) -> None:
         ax.axis("off")
         start = first[h.block]
         fixed = (start.tokens[0] != mask_id) & ~start.committed[0]  # [L]
-        for pos, t in enumerate(h.tokens[0].tolist()):
+        row = h.tokens[0].tolist()
+        texts = row_texts(tokenizer, row, [t == mask_id for t in row])
+        for pos, (t, text) in enumerate(zip(row, texts)):
             r, c = divmod(pos, cols)
+            label = (text.strip()[:10] or "␣") if text else PART_GLYPH
             if t == mask_id and h.remasked is not None and h.remasked[0, pos]:
                 color, label, fg = "#c0392b", "↺", "white"
             elif t == mask_id:
                 color, label, fg = "#3b3b3b", MASK_GLYPH, "#9a9a9a"
             elif h.committed[0, pos]:
-                color, label, fg = "#ff9f43", tokenizer.decode([t]), "black"
+                color, fg = "#ff9f43", "black"
             elif fixed[pos]:
-                color, label, fg = "#b8e994", tokenizer.decode([t]), "black"
+                color, fg = "#b8e994", "black"
             else:
-                color, label, fg = "#a5c8f0", tokenizer.decode([t]), "black"
+                color, fg = "#a5c8f0", "black"
             ax.add_patch(plt.Rectangle((c + 0.03, r + 0.06), 0.94, 0.88, color=color))
-            ax.text(c + 0.5, r + 0.5, label.strip()[:10] or "␣", ha="center", va="center", fontsize=7, color=fg)
+            ax.text(c + 0.5, r + 0.5, label, ha="center", va="center", fontsize=7, color=fg)
         ax.set_title(f"block {h.block}, step {h.step}: {h.masked_left} masks left   "
                      f"(green: prompt/fixed, orange: committed now, blue: earlier, red: re-masked)", fontsize=10)
 
@@ -108,21 +100,22 @@ def confidence_color(conf: float) -> str:
 def canvas_html(tokens: list[int], kinds: list[str], confidence: list, tokenizer) -> str:
     """One canvas row as HTML: a span per token, classed by kinds[i] ("fixed" prompt or template
     text, "mask", "new" = committed at this step, "done" = committed earlier, "remasked"), committed tokens
-    coloured by confidence[i] (a probability, or None where unknown), each mask drawn as █.
-    A token's leading space stays outside its span, so highlights hug the words."""
+    coloured by confidence[i] (a probability, or None where unknown), each mask drawn as █, a token
+    that holds the first bytes of a character drawn as · (the character shows on the token that
+    completes it). A token's leading space stays outside its span, so highlights hug the words."""
     out = []
-    for t, kind, conf in zip(tokens, kinds, confidence):
+    texts = row_texts(tokenizer, tokens, [kind in ("mask", "remasked") for kind in kinds])
+    for kind, conf, piece in zip(kinds, confidence, texts):
         if kind in ("mask", "remasked"):
             tip = "re-masked at this step" if kind == "remasked" else "masked"
             out.append(f'<span class="tok {kind}" title="{tip}">{MASK_GLYPH}</span>')
             continue
-        piece = tokenizer.decode([t])
         body = piece.lstrip()
         space, style, tip = piece[:len(piece) - len(body)], "", ""
         if conf is not None and kind in ("new", "done"):
             style = f' style="background:{confidence_color(conf)}"'
             tip = f' title="confidence {conf:.2f}"'
-        out.append(html.escape(space) + f'<span class="tok {kind}"{style}{tip}>{html.escape(body) or "&nbsp;"}</span>')
+        out.append(html.escape(space) + f'<span class="tok {kind}"{style}{tip}>{html.escape(body) or ("&nbsp;" if piece else PART_GLYPH)}</span>')
     return "".join(out)
 
 

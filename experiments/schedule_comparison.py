@@ -33,7 +33,7 @@ import csv
 import math
 import time
 
-from cli import UsageError, cli, parse
+from cli import UsageError, cli, given, parse
 from config import GenConfig, Registry, flag, parse_ints, parse_names, save_config, Settings
 
 
@@ -45,9 +45,11 @@ class CompareConfig(Settings):
     orders: str = flag("low-confidence,random", "comma-separated names from decoding.ORDERS")
     prompts: int = flag(16, "held-out blocks to take prompts from (one sample each, one batch)", min=1)
     prompt_len: int = flag(-1, "prompt tokens; -1 = the checkpoint's --prefix-len", min=-1)
-    temperature: float = flag(GenConfig.temperature, "sampling temperature (greedy ignores it)", min=0)
-    k: int = flag(GenConfig.k, "top-k size", min=1)
-    p: float = flag(GenConfig.p, "nucleus mass", above=0, max=1)
+    temperature: float = flag(0.9, "sampling temperature of topk and nucleus", min=0)
+    k: int = flag(50, "top-k size of topk", min=1)
+    p: float = flag(0.95, "nucleus mass of nucleus", above=0, max=1)
+    order_noise: float = flag(0.0, "Gumbel noise on the low-confidence/margin/entropy orders' scores, annealed to 0; "
+                              "0 = each order exactly as named", min=0)
     judge: str = flag("", "checkpoint that scores PLL; '' = the generating model itself (self-graded)")
     plot_order: str = flag("low-confidence", "order shown in the two figures", choices=Registry("decoding", "ORDERS"))
     heatmap_sampler: str = flag("topk", "sampler shown in the decoding-order heatmap",
@@ -75,8 +77,12 @@ def resolve_grid(cc: CompareConfig) -> dict:
 
 
 def gen_config(cc: CompareConfig, schedule: str, steps: int, sampler: str, order: str) -> GenConfig:
-    return GenConfig(checkpoint=cc.checkpoint, steps=steps, schedule=schedule, sampling=sampler, order=order,
-                     temperature=cc.temperature, k=cc.k, p=cc.p, seed=cc.seed, out="")
+    """One configuration of the grid, every field its rules read stated (decoding.explicit)."""
+    from decoding import decided, explicit
+
+    rule = dict(sampling=sampler, decode="schedule", schedule=schedule, steps=steps, order=order, remdm="none")
+    rule |= {f: getattr(cc, f) for f in decided(GenConfig(**rule)) if f not in rule}  # temperature, k, p, order_noise
+    return explicit({**rule, "checkpoint": cc.checkpoint, "seed": cc.seed, "out": ""})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,7 +196,9 @@ def plot_quality(rows: list[dict], ref: dict, grid: dict, order: str, judge_name
     legend_ax.add_artist(first)
     handles = [Line2D([], [], color="gray", ls=styles[s], lw=2, label=s) for s in grid["samplers"]]
     legend_ax.legend(handles=handles, title="sampler (line style)", loc="center left", fontsize=11)
-    legend_ax.text(0.0, 0.0, f"order: {order}\nblack line: the held-out continuations\nof the same prompts\n"
+    noise = next((r["order_noise"] for r in rows if r["order"] == order and r["order_noise"]), 0)
+    legend_ax.text(0.0, 0.0, f"order: {order}" + (f" + noise {noise:g}" if noise else ", no noise")
+                   + f"\nblack line: the held-out continuations\nof the same prompts\n"
                    f"PLL: each token masked alone, scored by\n{judge_name}",
                    transform=legend_ax.transAxes, fontsize=11, va="bottom")
     fig.suptitle("Sample quality vs denoising steps on held-out prompts", fontsize=14)
@@ -234,7 +242,8 @@ def format_table(ref: dict, rows: list[dict], judge_name: str) -> str:
         ("entropy_ratio", "H ratio", "{:.3f}"), ("pll_nats", "PLL", "{:.2f}"),
         ("seconds_per_sample", "s/sample", "{:.3f}"), ("forward_passes", "passes", "{}")]
     head = ["schedule", "steps", "sampler", "order"] + [title for _, title, _ in stats]
-    cells = [head] + [[str(r["schedule"]), str(r["steps"]), r["sampler"], r["order"]]
+    cells = [head] + [[str(r["schedule"]), str(r["steps"]), r["sampler"],
+                       r["order"] + (f" + noise {r['order_noise']:g}" if r.get("order_noise") else "")]
                       + [fmt.format(r[k]) for k, _, fmt in stats] for r in [ref] + rows]
     widths = [max(len(c[i]) for c in cells) for i in range(len(head))]
     lines = [f"PLL = pseudo-log-likelihood under {judge_name}, nats/token"]
@@ -272,7 +281,7 @@ def run_grid(cc: CompareConfig, grid: dict, model, tokenizer, judge, plen: int, 
     import torch
     from tqdm import tqdm
 
-    from decoding import denoise
+    from decoding import denoise, setting_of
     from tokens import token_ids
 
     start = prompt_canvas(blocks, plen, tokenizer)
@@ -285,6 +294,7 @@ def run_grid(cc: CompareConfig, grid: dict, model, tokenizer, judge, plen: int, 
         final, history = denoise(model, start, token_ids(tokenizer), gc, torch.Generator().manual_seed(cc.seed))
         seconds = time.perf_counter() - t0
         rows.append({"kind": "sample", "schedule": sched, "steps": steps, "sampler": sampler, "order": order,
+                     "order_noise": setting_of(gc).get("order_noise", 0.0),
                      **score(final, plen, tokenizer, judge, ref_entropy, seconds), "forward_passes": len(history)})
         if (sampler, order, steps) == (cc.heatmap_sampler, cc.plot_order, cc.heatmap_steps):
             commits = commit_steps(history, final.shape)
@@ -293,13 +303,14 @@ def run_grid(cc: CompareConfig, grid: dict, model, tokenizer, judge, plen: int, 
 
 
 def main(argv=None) -> int:
-    cc, _ = parse(CompareConfig, argv, __doc__)
+    cc, args = parse(CompareConfig, argv, __doc__)
     grid = resolve_grid(cc)
-    for sched in grid["schedules"]:  # every GenConfig of the grid is valid before any work starts
-        for steps in grid["steps"]:
-            for sampler in grid["samplers"]:
-                for order in grid["orders"]:
-                    gen_config(cc, sched, steps, sampler, order)
+    from decoding import ignored
+
+    configs = [gen_config(cc, sched, steps, sampler, order) for sched in grid["schedules"]  # all valid before any work
+               for steps in grid["steps"] for sampler in grid["samplers"] for order in grid["orders"]]
+    for line in ignored(configs, given(args, CompareConfig)):  # e.g. --k with no topk in --samplers
+        print(f"warning: {line}", file=sys.stderr)
     import torch
     from transformers.utils import logging as hf_logging
 

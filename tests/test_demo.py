@@ -170,12 +170,14 @@ def lane_passes(html: str) -> tuple[int, bool]:
 
 
 def test_api_prompt_and_template(client):
-    lane_d, lane_a, chart, status = call(client, length=5, steps=8)
+    lane_d, lane_a, chart, status = call(client, length=5, steps=8, k=7)  # k: nucleus (the default) ignores it
     assert lane_passes(lane_d) == (expected_passes("linear", 5, 8), True) == (5, True)
     assert lane_passes(lane_a) == (5, True)  # the AR baseline writes the same length, a token a pass
     assert MASK_GLYPH not in lane_d + lane_a and PROMPT.split()[-1] in lane_d and "Done." in status
+    assert status.count("note: ") == 1 and "note: --k 7 has no effect: only --sampling topk reads it" in status
     assert chart.count("<polyline") == 2
-    lane_d, lane_a, _, _ = call(client, mode="template", prompt="", template="The [MASK:3] of France", steps=3)
+    lane_d, lane_a, _, status = call(client, mode="template", prompt="", template="The [MASK:3] of France", steps=3)
+    assert "note: " not in status
     assert lane_passes(lane_d) == (3, True) and MASK_GLYPH not in lane_d and "France" in lane_d
     assert "cannot fill a template" in lane_a
 

@@ -174,3 +174,31 @@ def test_every_name_in_code_font_exists_somewhere(doc):
             if looks_like_code(word) and not re.search(rf"\b{re.escape(word)}\b", code):
                 missing.add(word)
     assert not missing, f"{doc} names what exists nowhere in the code: {sorted(missing)}"
+
+
+def test_every_checkpoint_a_doc_names_is_one_the_quick_test_keeps():
+    """`results/checkpoint-N` in a doc or a docstring is there after `python train.py --quick-test`:
+    a save every save_steps, the newest save_total_limit kept (runs.rotate_checkpoints)."""
+    import config
+
+    cfg = config.TrainConfig(**config.train_presets({"quick_test": True}), quick_test=True)
+    saved = list(range(cfg.save_steps, cfg.max_steps + 1, cfg.save_steps))
+    kept = set(saved[-cfg.save_total_limit:])
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    for path in [p for p in tracked if p.endswith((".md", ".py", ".sh")) and not p.startswith("tests/")]:
+        for step in re.findall(r"results/checkpoint-(\d+)", read(path)):
+            assert int(step) in kept, f"{path} names results/checkpoint-{step}; a quick test keeps {sorted(kept)}"
+
+
+def test_the_timing_table_times_the_docs_own_commands():
+    """Every command experiments/timings.py times is one README.md (or DEPLOYMENT.md, for its
+    tests) shows, word for word, and every doc that states how long something takes links there."""
+    sys.path.insert(0, os.path.join(ROOT, "experiments"))
+    import timings
+
+    shown = {" ".join(part.split()) for doc in ("README.md", "DEPLOYMENT.md") for line in shell_lines(doc)
+             for part in line.split("&&")}
+    for name, command in timings.COMMANDS:
+        assert command in shown, f"{name}: no doc shows `{command}`"
+    for doc in ("README.md", "LEARNING_GUIDE.md", "DEPLOYMENT.md", "PROJECT_SUMMARY.md"):
+        assert "docs/timings.md" in read(doc), doc

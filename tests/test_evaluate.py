@@ -5,6 +5,7 @@ import itertools
 import json
 import math
 import os
+import shlex
 from types import SimpleNamespace
 
 import pytest
@@ -219,8 +220,25 @@ def test_baseline_trains_and_saves(tiny_baseline, tiny_run):
     assert any("loss" in r for r in rows) and any("eval_loss" in r for r in rows)
 
 
+def test_every_named_setting_states_what_it_runs():
+    """Each setting, AR setting and report sample states every field its rules read (decoding.explicit),
+    DEFAULTS are generate.py's defaults, and a name or caption that does not say "defaults" or
+    "noise" never runs with order noise (the default noise 8 cannot slip into "greedy")."""
+    from decoding import explicit, sampler_setting, setting_of
+    from config import GenConfig
+
+    assert setting_of(explicit(E.DEFAULTS)) == setting_of(GenConfig())
+    assert E.AR_SETTINGS["ar-same-sampler"] == sampler_setting(explicit(E.DEFAULTS))
+    named = [(name, rule) for name, rule in E.SETTINGS.items()] + [(cap, rule) for _, cap, rule in E.REPORT_SAMPLES]
+    for name, rule in named:
+        noise = setting_of(explicit(rule)).get("order_noise", 0)
+        assert noise == 0 or "defaults" in name or "noise" in name, (name, noise)
+    for rule in E.AR_SETTINGS.values():
+        explicit(rule, left_to_right=True)
+
+
 def test_evaluate_end_to_end_and_report(tiny_run, tiny_baseline, tmp_path, capsys):
-    out, md = tmp_path / "eval", tmp_path / "GV.md"
+    out = tmp_path / "eval"
     args = ["--checkpoint", tiny_run[1], "--baseline", tiny_baseline, "--elbo-blocks", "6", "--elbo-draws", "2",
             "--num-samples", "2", "--settings", "defaults,greedy,defaults-32-steps,no-order-noise,defaults-prompted",
             "--out-dir", str(out)]
@@ -242,8 +260,10 @@ def test_evaluate_end_to_end_and_report(tiny_run, tiny_baseline, tmp_path, capsy
     assert len(set(greedy["texts"])) == 1  # greedy from an empty canvas: one sample, twice
     assert result["samples"][1]["settings"] == result["default_settings"]  # recorded, so the report can find it
     assert json.load(open(out / "eval_config.json"))["num_samples"] == 2
-    assert report.main(["--evaluation", str(out / "evaluation.json"), "--out", str(md)]) == 0
-    text = md.read_text()
+    hint = printed.split("render the report with: ")[1].split(" (it writes")[0]  # the printed next step, run as is
+    assert hint == f"python report.py --evaluation {out / 'evaluation.json'}" == result["commands"][-1]
+    assert report.main(shlex.split(hint)[2:]) == 0
+    text = (out / "GENERATION_VALIDATION.md").read_text()  # beside its JSON, never the committed page
     prompted = result["samples"][5]  # judged on its continuation only: the prompt is not in its texts
     assert prompted["settings"]["prompt"] == "The history of the"
     assert not any(t.startswith("The history of the") for t in prompted["texts"])

@@ -23,6 +23,7 @@ import sampler_frontier as SAF  # noqa: E402
 import schedule_comparison as SC  # noqa: E402
 import text_ends as TE  # noqa: E402
 import speed_frontier as SPF  # noqa: E402
+import timings as TM  # noqa: E402
 
 MASK, V = 4, 12
 
@@ -195,6 +196,55 @@ def test_schedule_comparison(tiny_run, tmp_path, capsys):
     for name in ("schedule_quality_final-model.png", "schedule_decoding_order_final-model.png"):
         assert (out / name).stat().st_size > 1000
     assert json.loads((out / "schedule_comparison_final-model.json").read_text())["prompts"] == 3
+
+
+def test_schedule_comparison_rules_run_as_named():
+    """Every configuration states the fields its rules read: the low-confidence rows run without
+    order noise unless --order-noise says so (GenConfig's default noise 8 never slips in)."""
+    from decoding import decided, setting_of
+
+    gc = SC.gen_config(SC.CompareConfig(), "linear", 8, "greedy", "low-confidence")
+    assert setting_of(gc)["order_noise"] == 0.0
+    gc = SC.gen_config(SC.CompareConfig(order_noise=3.0, p=0.5), "cosine", 4, "nucleus", "margin")
+    assert {f: getattr(gc, f) for f in decided(gc)} == dict(
+        steps=4, schedule="cosine", sampling="nucleus", p=0.5, temperature=0.9, order="margin", order_noise=3.0,
+        remdm="none", decode="schedule")
+
+
+def test_fresh_copy_holds_the_tracked_files_as_they_are(tmp_path):
+    import subprocess
+
+    repo, copy = tmp_path / "repo", tmp_path / "copy"
+    (repo / "sub").mkdir(parents=True)
+    (repo / "sub" / "a.py").write_text("committed\n")
+    (repo / "gone.txt").write_text("x")
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    subprocess.run(["git", "add", "."], cwd=repo, check=True)
+    (repo / "sub" / "a.py").write_text("edited\n")  # a change not yet committed travels
+    (repo / "gone.txt").unlink()  # a tracked file deleted in the working tree does not
+    (repo / "untracked.txt").write_text("y")  # an untracked file does not
+    assert TM.fresh_copy(str(repo), str(copy)) == 1
+    assert (copy / "sub" / "a.py").read_text() == "edited\n" and sorted(os.listdir(copy)) == ["sub"]
+
+
+def test_timings_runs_each_command_in_order_and_stops_at_a_failure(tmp_path, monkeypatch, capsys):
+    """On a fresh copy of this checkout: `python` is this interpreter, nothing untracked came along,
+    the first failure stops the run, and the table says so."""
+    probe = ("import os, sys; print(os.path.realpath(sys.executable)); "
+             "print(os.path.isfile('train.py'), os.path.exists('results/final-model'), os.path.exists('.cache'))")
+    monkeypatch.setattr(TM, "COMMANDS", [("probe", f'python -c "{probe}"'), ("fails", "python -c 'exit(3)'"),
+                                         ("after", "python -c pass")])
+    assert TM.main(["--out-dir", str(tmp_path)]) == 1
+    assert "error: python -c 'exit(3)' exited 3" in capsys.readouterr().err
+    result = json.loads((tmp_path / "timings.json").read_text())
+    probe_row, failed, after = result["rows"]
+    assert probe_row["output_tail"] == [os.path.realpath(sys.executable), "True False False"]
+    assert probe_row["exit_code"] == 0 and probe_row["seconds"] > 0 and failed["exit_code"] == 3
+    assert after["exit_code"] is None and result["machine"]["cpu_count"] == os.cpu_count()
+    assert result["nice"] == os.nice(0)
+    table = (tmp_path / "timings.md").read_text()
+    assert "| `python -c 'exit(3)'` |" in table and "| `python -c pass` | not run (an earlier command failed)" in table
+    assert TM.main(["--out-dir", str(tmp_path), "--render-only"]) == 0 and (tmp_path / "timings.md").read_text() == table
 
 
 def test_layer_analysis(tiny_run, tmp_path, capsys):

@@ -95,6 +95,64 @@ def test_setting_of_keeps_only_the_fields_the_chosen_rules_read():
                                                                                   "temperature": 0.9, "k": 7}
 
 
+def test_explicit_refuses_a_rule_that_leaves_a_field_to_the_default():
+    """A rule called "greedy" that does not state order_noise would run with GenConfig's noise 8:
+    refused, naming the field and the value it would have had."""
+    greedy = dict(sampling="greedy", decode="schedule", schedule="linear", steps=10, order="low-confidence", remdm="none")
+    with pytest.raises(ValueError, match=r"does not state order_noise: .*\(order_noise=8.0\)"):
+        D.explicit(greedy)
+    assert D.setting_of(D.explicit(dict(greedy, order_noise=0.0)))["order_noise"] == 0.0
+    assert D.explicit(dict(greedy, order="random")).order == "random"  # the random order reads no noise
+    with pytest.raises(ValueError, match="does not state p, temperature"):
+        D.explicit(dict(sampling="nucleus", decode="threshold", threshold=0.9))
+    with pytest.raises(ValueError, match="does not state temperature"):
+        D.explicit(dict(sampling="topk", k=5), left_to_right=True)  # an AR rule: its sampler's fields only
+    assert D.explicit(dict(sampling="topk", k=5, temperature=1.0, num_samples=3), left_to_right=True).num_samples == 3
+
+
+def test_readers_name_the_choices_that_read_a_field():
+    assert D.readers("k") == "--sampling topk"
+    assert D.readers("temperature") == "--sampling topk|nucleus"
+    assert D.readers("order_noise") == "--order low-confidence|margin|entropy with --decode schedule"
+    assert D.readers("remdm_eta") == "--remdm cap|rescale|conf with --decode schedule"
+    assert D.readers("prompt") == ""
+
+
+def generated(capsys, argv) -> tuple[str, str]:
+    """(the samples generate.py printed, its stderr), without the timing line."""
+    assert G.main(argv) == 0
+    out = capsys.readouterr()
+    return "\n".join(line for line in out.out.splitlines() if "forward passes" not in line), out.err
+
+
+@pytest.mark.parametrize("used,unread", [
+    ([], ["--k", "5"]),  # nucleus (the default) reads p, not k
+    ([], ["--remdm-eta", "0.3"]),
+    ([], ["--threshold", "0.5"]),
+    (["--order", "random"], ["--order-noise", "3"]),
+    (["--decode", "threshold"], ["--steps", "3", "--order", "margin"]),
+    (["--sampling", "greedy"], ["--temperature", "0.5", "--p", "0.5"]),
+])
+def test_a_flag_no_chosen_rule_reads_is_a_warning_and_changes_nothing(tiny_run, capsys, used, unread):
+    """The rule (README, Generating): a decoding flag that no chosen rule reads is run anyway, with
+    one warning line per flag naming what would read it; the text is the same as without it."""
+    base = ["--checkpoint", tiny_run[1], "--num-samples", "2", "--length", "12", "--seed", "1", "--out", ""] + used
+    plain, err = generated(capsys, base)
+    assert err == ""
+    with_flag, err = generated(capsys, base + unread)
+    assert with_flag == plain
+    warned = [line for line in err.splitlines() if line.startswith("warning: ")]
+    assert sorted(line.split()[1] for line in warned) == sorted(unread[::2]) and all("has no effect: only --" in w for w in warned)
+
+
+def test_a_flag_a_chosen_rule_reads_is_no_warning(tiny_run, capsys):
+    base = ["--checkpoint", tiny_run[1], "--num-samples", "2", "--length", "12", "--seed", "1", "--out", "",
+            "--sampling", "topk", "--temperature", "2"]
+    wide, _ = generated(capsys, base + ["--k", "1000"])
+    narrow, err = generated(capsys, base + ["--k", "1"])
+    assert err == "" and narrow != wide
+
+
 def logits_fixture(N=64, V=30, seed=0):
     return torch.randn(N, V, generator=torch.Generator().manual_seed(seed)) * 3
 
@@ -591,6 +649,13 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     (tmp_path / "half" / "config.json").write_text("{}")
     assert cli(G.main, ["--checkpoint", str(tmp_path / "half")]) == 2
     assert "incomplete checkpoint" in capsys.readouterr().err
+    for name in ("checkpoint-3000", "checkpoint-500", "final-model"):  # a run whose older checkpoints rotated away
+        (tmp_path / "run" / name).mkdir(parents=True)
+        (tmp_path / "run" / name / "diffusion_config.json").write_text("{}")
+    assert cli(G.main, ["--checkpoint", str(tmp_path / "run" / "checkpoint-1500")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'run'} holds checkpoint-500, checkpoint-3000, final-model" in err
+    assert "train.py" not in err  # the user just trained: the error does not send them back to it
 
 
 def test_cli_end_to_end_show_steps_and_animation(tiny_run, tmp_path, capsys):
@@ -607,3 +672,54 @@ def test_cli_end_to_end_show_steps_and_animation(tiny_run, tmp_path, capsys):
 
     assert Image.open(gif).n_frames == 5
     assert '"samples"' in out.read_text()
+
+
+# ---------------------------------------------------------------------------------------------
+# Text of token ids: a byte-level token can hold part of a character
+# ---------------------------------------------------------------------------------------------
+
+
+def split_character(tok, char="日"):
+    """The ids of a character the tiny run's byte-level BPE spells in several tokens."""
+    ids = tok(char, add_special_tokens=False)["input_ids"]
+    assert len(ids) > 1 and all("\ufffd" in tok.decode([t]) for t in ids)  # each alone is not text
+    return ids
+
+
+def test_a_character_split_over_tokens_shows_whole_on_the_token_that_completes_it(tiny_model):
+    from tokens import decode_text, token_texts
+
+    _, tok, _ = tiny_model
+    text = "a 日本 café, ¿qué? – fin\n"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    pieces = token_texts(tok, ids)
+    assert "".join(pieces) == text == tok.decode(ids) and "\ufffd" not in "".join(pieces)
+    day = split_character(tok)
+    assert token_texts(tok, day) == [""] * (len(day) - 1) + ["日"]
+    stray = day[:1] + tok("P", add_special_tokens=False)["input_ids"]  # a lead byte the model did not complete
+    assert tok.decode(stray) == "\ufffdP" and decode_text(tok, stray) == "P"
+
+
+def test_views_decode_runs_between_masks_and_still_mark_every_token(tiny_model):
+    """--show-steps, the GIF and the demo decode each run between masks whole: a character shows
+    once its last byte is committed, never as U+FFFD, and each of its tokens keeps its own cell."""
+    _, tok, _ = tiny_model
+    mask, day = tok.mask_token_id, split_character(tok)
+    assert visualize.render(day, tok, mask, set()) == "日"
+    assert visualize.render(day[:-1] + [mask], tok, mask, set()) == visualize.MASK_GLYPH  # not complete yet
+    assert visualize.render([mask] + day[1:], tok, mask, set()) == visualize.MASK_GLYPH  # its lead byte masked
+    page = visualize.canvas_html(day + [mask], ["done"] * len(day) + ["mask"], [0.5] * len(day) + [None], tok)
+    assert page.count('class="tok done"') == len(day) and page.count(visualize.PART_GLYPH) == len(day) - 1
+    assert "日" in page and "\ufffd" not in page
+
+
+def test_generated_text_has_no_replacement_character(tiny_model):
+    """The tiny model writes stray partial bytes; what generate.py prints (decode_text) holds none."""
+    from tokens import decode_text
+
+    model, tok, cfg = tiny_model
+    gc = GenConfig(num_samples=16, seed=0, out="")
+    ids, history, _ = D.generate(model, tok, gc, cfg.max_len, torch.Generator().manual_seed(0))
+    assert any("\ufffd" in tok.decode(row) for row in ids.tolist())  # whole-row decoding shows them
+    assert not any("\ufffd" in decode_text(tok, row) for row in ids.tolist())
+    assert "\ufffd" not in visualize.format_steps(history, tok)

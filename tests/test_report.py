@@ -144,3 +144,25 @@ def test_committed_report_is_the_render_of_its_json():
         r = json.load(f)
     with open(os.path.join(ROOT, "GENERATION_VALIDATION.md"), encoding="utf-8") as f:
         assert f.read() == report.render(r, "docs/evaluation.json")
+
+
+def test_a_tracked_report_is_replaced_only_when_named(tmp_path, capsys, monkeypatch):
+    """The README's `python report.py --evaluation X` writes beside X; where that file is tracked by
+    git (the committed GENERATION_VALIDATION.md beside an evaluation.json at the repo root), it is
+    refused unless --out names it."""
+    monkeypatch.setattr(report, "render", lambda result, path: "# Generation validation\n")  # where, not what
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / "evaluation.json").write_text("{}")
+    page = tmp_path / "GENERATION_VALIDATION.md"
+    page.write_text("committed\n")
+    subprocess.run(["git", "add", page.name], cwd=tmp_path, check=True)
+    assert cli.cli(report.main, ["--evaluation", str(tmp_path / "evaluation.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--out {page}" in err and page.read_text() == "committed\n"
+    assert report.main(["--evaluation", str(tmp_path / "evaluation.json"), "--out", str(page)]) == 0
+    assert page.read_text().startswith("# Generation validation")
+    (tmp_path / "eval").mkdir()  # untracked: beside its JSON
+    (tmp_path / "eval" / "evaluation.json").write_text("{}")
+    assert report.main(["--evaluation", str(tmp_path / "eval" / "evaluation.json")]) == 0
+    assert (tmp_path / "eval" / "GENERATION_VALIDATION.md").read_text().startswith("# Generation validation")
+    assert report.out_path(report.ReportConfig()) == os.path.join("results", "eval", "GENERATION_VALIDATION.md")

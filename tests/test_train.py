@@ -37,6 +37,27 @@ def test_every_field_is_a_flag_with_help():
         assert action.help and not action.help.startswith("(default"), f.name
 
 
+def test_each_flag_and_demo_control_shows_its_own_help():
+    """--help and the demo's settings panel show each field's own help (config.flag): no two fields
+    share a text, so no field shows another's (a block comment once became --sampling's help)."""
+    import types
+
+    import demo
+
+    for cls in (TrainConfig, config.GenConfig):
+        p = argparse.ArgumentParser()
+        cli.add_args(p, cls)
+        helps = {f.name: f.metadata["help"] for f in dataclasses.fields(cls)}
+        assert len(set(helps.values())) == len(helps), cls.__name__
+        for f in dataclasses.fields(cls):
+            assert p._option_string_actions[cli.flag_name(f.name)].help.startswith(helps[f.name])
+    record = types.SimpleNamespace(**{kind: lambda *a, **kw: kw for kind in
+                                      ("Dropdown", "Checkbox", "Slider", "Number", "Textbox")})
+    for f in demo.page_fields():
+        assert demo.control(record, f)["info"].startswith(f.metadata["help"]), f.name
+    assert config.GenConfig.__dataclass_fields__["sampling"].metadata["help"].startswith("how a token is drawn")
+
+
 SCRIPTS = ["train.py", "generate.py", "evaluate.py", "report.py", "baseline_ar.py", "bench.py", "demo.py",
            "experiments/masking_viz.py", "experiments/schedule_comparison.py", "experiments/layer_analysis.py",
            "experiments/sampler_frontier.py", "experiments/recipe_probe.py", "experiments/objective_study.py",
@@ -215,6 +236,64 @@ def test_one_line_per_logging_interval(tiny_run):
     assert [r["step"] for r in rows] == [2, 4, 6] and all(r["steps_per_s"] > 0 and "eta_s" in r for r in rows)
 
 
+def test_eta_counts_training_steps_only_and_the_bar_agrees_with_the_log(tmp_path, monkeypatch):
+    """A 3,000-step run whose step-0 evaluation takes 100 s and whose steps take 1 s: after step 1
+    the ETA is 2,999 s (not 2,999 x 101 s); an evaluation and a save at step 250 do not move it; the
+    progress bar and the log line show the same ETA at the same moment."""
+    from types import SimpleNamespace
+
+    now = [0.0]
+    monkeypatch.setattr(trainer.time, "perf_counter", lambda: now[0])
+    state = SimpleNamespace(global_step=0, max_steps=3000, is_world_process_zero=True)
+    args = SimpleNamespace(world_size=1)
+    clock = trainer.TrainClock()
+    bar = trainer.Bar(clock)
+    log = trainer.RunLog(str(tmp_path), TrainConfig(batch_size=4, max_len=32), clock, bar=True)
+    for cb in (clock, bar):
+        cb.on_train_begin(args, state, None)
+    now[0] = 100.0  # the step-0 evaluation ends
+    clock.on_evaluate(args, state, None)
+
+    def step():
+        now[0] += 1.0
+        state.global_step += 1
+        for cb in (clock, bar):
+            cb.on_step_end(args, state, None)
+
+    step()
+    assert clock.eta(state) == 2999.0
+    for _ in range(249):
+        step()
+    now[0] += 50.0  # an evaluation and a checkpoint after step 250
+    clock.on_evaluate(args, state, None)
+    clock.on_save(args, state, None)
+    step()
+    assert clock.eta(state) == 2749.0
+    log.on_log(args, state, None, logs={"loss": 6.0, "learning_rate": 1e-3})
+    row = runs.read_metrics(str(tmp_path))[-1]
+    assert row["eta_s"] == 2749.0 and row["steps_per_s"] == pytest.approx(251 / 251.0)
+    assert bar.bar.postfix == "eta " + trainer.duration(row["eta_s"]) == "eta 45m49s"
+    assert trainer.log_line(row).endswith("| eta 45m49s")
+    bar.on_train_end(args, state, None)
+
+
+def test_a_plain_log_has_no_library_bars_either(monkeypatch):
+    """--log-format plain (and auto with stdout not a terminal): no bar, and the datasets library's
+    tokenising bars are off too, so a log redirected to a file holds the log lines alone."""
+    import datasets
+
+    datasets.enable_progress_bars()  # as a fresh process starts (a train.main earlier in this session turns them off)
+    try:
+        monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+        assert trainer.use_bar("auto") and datasets.is_progress_bar_enabled()
+        assert not trainer.use_bar("plain") and not datasets.is_progress_bar_enabled()
+        datasets.enable_progress_bars()
+        monkeypatch.setattr(sys.stdout, "isatty", lambda: False)
+        assert not trainer.use_bar("auto") and not datasets.is_progress_bar_enabled()
+    finally:
+        datasets.enable_progress_bars()
+
+
 # ---------------------------------------------------------------------------------------------
 # Resume after a kill
 # ---------------------------------------------------------------------------------------------
@@ -246,6 +325,8 @@ def test_killed_run_resumes_from_last_checkpoint(tmp_path):
     resumed = run_train(["--resume", "--output-dir", str(out), "--max-steps", str(last + 5)])
     log, _ = resumed.communicate(timeout=180)
     assert resumed.returncode == 0, log
+    # stdout is a pipe, not a terminal: --log-format auto writes the log lines alone, no bar frames
+    assert "\r" not in log and "%|" not in log and f"step {last + 5}/{last + 5} | loss" in log
     state = json.load(open(out / "final-model" / ".." / f"checkpoint-{last + 5}" / "trainer_state.json"))
     assert state["global_step"] == last + 5
     assert config.load_train_config(str(out / "final-model")).scratch_hidden == 32  # settings came from the checkpoint
@@ -293,7 +374,30 @@ def test_bad_input_one_line_error(tmp_path, kw, msg, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and msg in err[-1], err
     if kw.get("output_dir") is None:
-        assert not any(p.name.startswith(("checkpoint", "final-model")) for p in out.glob("*")) if out.exists() else True
+        assert not out.exists()  # a run that failed before it began leaves no folder (and no train.lock) behind
+
+
+@pytest.mark.parametrize("kw,what", [(dict(model="no-such-org/no-such-model"), "hub model"),
+                                     (dict(dataset="no-such-org/no-such-dataset"), "hub dataset")])
+def test_a_hub_name_out_of_reach_fails_at_once(tmp_path, kw, what):
+    """Without HF_HUB_OFFLINE and with the hub out of reach (HF_ENDPOINT on a closed port), a hub
+    name is tried once: one error line naming why, none of huggingface_hub's "Retrying" lines, and
+    the new output folder is not left behind."""
+    env = {k: v for k, v in os.environ.items() if k not in (
+        "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", *modeling_proxy_vars())}
+    env |= {"HF_ENDPOINT": "http://127.0.0.1:9", "PYTHONUNBUFFERED": "1"}
+    out = tmp_path / "new" / "run"
+    proc = subprocess.run([sys.executable, "train.py", *tiny_overrides(str(out), **kw)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and last.startswith(f"error: cannot load {what}") and "127.0.0.1 unreachable" in last
+    assert "Retry" not in proc.stderr + proc.stdout and not (tmp_path / "new").exists()
+
+
+def modeling_proxy_vars():
+    import modeling
+
+    return modeling.PROXY_VARS
 
 
 def test_bad_input_exit_code_from_the_shell(tmp_path):
