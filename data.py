@@ -3,7 +3,8 @@
     load_documents(cfg)      list of raw documents (embedded corpus, local files or a hub dataset)
     get_tokenizer(cfg)       a BPE trained on the corpus (tokens.train_tokenizer, cached) for
                              from-scratch models, else the pretrained model's own
-    build_datasets(cfg, tok) tokenise once with datasets.map, pack, split, cache
+    build_datasets(cfg, tok) tokenise once with datasets.map, pack, split, cache (checked on load and
+                             rebuilt when damaged; one run builds it while others sharing it wait)
 
 Packing: documents are joined with the separator token `</s>` into one stream, cut into
 chunks of `max_len - 2` tokens, and each chunk is wrapped as `<s> chunk </s>`. That is the exact
@@ -16,13 +17,14 @@ import hashlib
 import json
 import os
 import re
-import shutil
 
 from cli import UsageError
 from config import TrainConfig
+from files import load_cached, locked, save_cached
 from tokens import bos_eos, fingerprint, train_tokenizer
 
 TEXT_SUFFIXES = (".txt", ".jsonl")
+CACHE_LOCK = ".lock"  # held while a run reads or builds the cache
 
 # ---------------------------------------------------------------------------------------------
 # Documents
@@ -75,8 +77,8 @@ def _read_file(path: str, text_column: str) -> list[str]:
                         continue
                     try:
                         row = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise UsageError(f"{path}:{n}: not valid JSON ({e.msg})")
+                    except (json.JSONDecodeError, RecursionError) as e:
+                        raise UsageError(f"{path}:{n}: not valid JSON ({getattr(e, 'msg', 'nested too deep')})")
                     if not isinstance(row, dict) or text_column not in row:
                         keys = ", ".join(row) if isinstance(row, dict) else type(row).__name__
                         raise UsageError(f"{path}:{n}: no '{text_column}' field (has: {keys}); "
@@ -166,9 +168,12 @@ def get_tokenizer(cfg: TrainConfig, docs: list[str] | None = None):
 
         return load_pretrained(AutoTokenizer, cfg.model)
     folder = os.path.join(cfg.cache_dir, f"tokenizer-{corpus_fingerprint(cfg)}-{cfg.tokenizer_vocab_size}")
-    if os.path.isdir(folder):
-        return AutoTokenizer.from_pretrained(folder)
-    return train_tokenizer(docs if docs is not None else load_documents(cfg), cfg.tokenizer_vocab_size, folder)
+    with locked(os.path.join(cfg.cache_dir, CACHE_LOCK)):  # runs sharing a cache build it once, checked on load
+        tokenizer = load_cached(folder, AutoTokenizer.from_pretrained)
+        if tokenizer is None:
+            tokenizer = train_tokenizer(docs if docs is not None else load_documents(cfg), cfg.tokenizer_vocab_size,
+                                        folder)
+    return tokenizer
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,29 +199,36 @@ def build_datasets(cfg: TrainConfig, tokenizer, docs: list[str] | None = None):
     key = hashlib.sha1(json.dumps([corpus_fingerprint(cfg), fingerprint(tokenizer), cfg.max_len, cfg.val_fraction,
                                    cfg.text_column]).encode()).hexdigest()[:12]
     folder = os.path.join(cfg.cache_dir, f"packed-{key}")
-    if os.path.isdir(folder):
-        dd = datasets.load_from_disk(folder)
-    else:
-        docs = docs if docs is not None else load_documents(cfg)
-        bos, eos = bos_eos(tokenizer)
-        raw = datasets.Dataset.from_dict({"text": docs})
-        tokenised = raw.map(lambda b: {"ids": tokenizer(b["text"], add_special_tokens=False)["input_ids"]},
-                            batched=True, remove_columns=["text"], desc="tokenising")
-        chunks = pack(tokenised["ids"], cfg.max_len - 2, eos)
-        blocks = [[bos] + c + [eos] for c in chunks]
-        n_val = max(1, int(len(blocks) * cfg.val_fraction))
-        if len(blocks) - n_val < 1:
-            raise UsageError(f"dataset {cfg.dataset!r} is too small: {len(blocks)} block(s) of "
-                             f"{cfg.max_len} tokens; need at least 2 (add text or lower --max-len)")
-        # the held-out set is the tail of the stream: text the model never trains on
-        dd = datasets.DatasetDict({
-            "train": datasets.Dataset.from_dict({"input_ids": blocks[:-n_val]}),
-            "validation": datasets.Dataset.from_dict({"input_ids": blocks[-n_val:]}),
-        })
-        shutil.rmtree(folder + ".tmp", ignore_errors=True)
-        dd.save_to_disk(folder + ".tmp")
-        os.replace(folder + ".tmp", folder)
+    with locked(os.path.join(cfg.cache_dir, CACHE_LOCK)):  # runs sharing a cache build it once, checked on load
+        dd = load_cached(folder, datasets.load_from_disk)
+        if dd is None:
+            dd = pack_datasets(cfg, tokenizer, docs)
+            save_cached(folder, dd.save_to_disk)
     train = dd["train"]
     if cfg.max_train_blocks and len(train) > cfg.max_train_blocks:
         train = train.select(range(cfg.max_train_blocks))
     return train.with_format("torch"), dd["validation"].with_format("torch")
+
+
+def pack_datasets(cfg: TrainConfig, tokenizer, docs: list[str] | None):
+    """DatasetDict(train, validation) of packed `<s> chunk </s>` blocks: the held-out set is the
+    tail of the stream."""
+    import datasets
+
+    docs = docs if docs is not None else load_documents(cfg)
+    bos, eos = bos_eos(tokenizer)
+    raw = datasets.Dataset.from_dict({"text": docs})
+    tokenised = raw.map(lambda b: {"ids": tokenizer(b["text"], add_special_tokens=False)["input_ids"]},
+                        batched=True, remove_columns=["text"], desc="tokenising")
+    chunks = pack(tokenised["ids"], cfg.max_len - 2, eos)
+    blocks = [[bos] + c + [eos] for c in chunks]
+    n_val = max(1, int(len(blocks) * cfg.val_fraction))
+    if len(blocks) - n_val < 1:
+        raise UsageError(f"dataset {cfg.dataset!r} is too small: {len(blocks)} block(s) of "
+                         f"{cfg.max_len} tokens; need at least 2 (add text or lower --max-len)")
+    # the held-out set is the tail of the stream: text the model never trains on
+    dd = datasets.DatasetDict({
+        "train": datasets.Dataset.from_dict({"input_ids": blocks[:-n_val]}),
+        "validation": datasets.Dataset.from_dict({"input_ids": blocks[-n_val:]}),
+    })
+    return dd
