@@ -49,20 +49,20 @@ class BenchConfig(Settings):
     # training measurement
     batch_size: int = flag(16, "this repo's batch (the config's for that size)", min=1)
     baseline_batch_size: int = flag(16, "the reference pipeline's batch (the original code's)", min=1)
-    warmup: int = flag(10, "untimed steps before the clock starts", min=1)
-    steps: int = flag(40, "timed optimiser steps, the same for both pipelines", min=1)
-    rounds: int = flag(5, "alternating rounds of both pipelines; the best of each is kept", min=1)
+    warmup: int = flag(10, "untimed steps before the clock starts", min=1, max=10_000)
+    steps: int = flag(40, "timed optimiser steps, the same for both pipelines", min=1, max=100_000)
+    rounds: int = flag(5, "alternating rounds of both pipelines; the best of each is kept", min=1, max=100)
     num_workers: int = flag(0, "DataLoader workers of this repo's pipeline", min=0)
     compile: bool = flag(False, "torch.compile this repo's encoder")
     # generation measurement
     gen_length: int = flag(256, "new tokens per sample", min=1)
     gen_steps: int = flag(10, "denoising steps of schedule decoding", min=1)
     gen_batches: str = flag("1,16", "comma-separated batch sizes")
-    gen_repeats: int = flag(3, "timed repeats after one warm-up; the fastest is kept", min=1)
+    gen_repeats: int = flag(3, "timed repeats after one warm-up; the fastest is kept", min=1, max=100)
     threshold: float = flag(0.9, "confidence of threshold decoding", above=0, max=1)
     skip_quick_test: bool = flag(False, "skip timing train.py --quick-test (--small does)")
     cache_dir: str = flag(".cache", "tokenizer and packed-data cache")
-    seed: int = flag(0, "weights, masks and samples", min=0)
+    seed: int = flag(0, "weights, masks and samples", min=0, max=2**32 - 1)
 
     def batches(self) -> list[int]:
         return parse_ints(self.gen_batches, "gen-batches")
@@ -101,6 +101,18 @@ def resolve(argv) -> tuple[BenchConfig, list[str]]:
     if bc.device == "auto":
         bc = dataclasses.replace(bc, device="cuda" if cuda_visible() else "cpu")
     return bc, argv
+
+
+def check_sizes(args) -> None:
+    """Both measurements fit this machine: one training step of the model, each generation batch."""
+    from config import GenConfig
+    from limits import check_generation, check_training, scratch_params
+
+    cfg = repo_config(args, args.seq_len, "unused")
+    check_training(cfg, args.vocab, scratch_params(cfg, args.vocab), args.device)
+    for batch in args.batches():
+        gc = GenConfig(length=args.gen_length, steps=args.gen_steps, num_samples=batch, out="")
+        check_generation(gc, args.gen_length + 2, args.vocab, args.gen_length, args.gen_length, args.device)
 
 
 def cuda_visible() -> bool:
@@ -411,18 +423,12 @@ def table(report: dict) -> str:
 
 def main(argv=None) -> int:
     args, argv = resolve(argv)
-    folder = os.path.dirname(os.path.abspath(args.out))
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"cannot create {folder} for --out ({e.strerror})")
-    if not os.access(folder, os.W_OK):
-        raise UsageError(f"--out folder {folder} is not writable")
+    from files import check_output, write_json
 
+    check_output(args.out, "--out")  # before minutes of work
     from transformers.utils import logging as hf_logging
 
     from data import get_tokenizer
-    from files import write_json
     from metrics import machine, versions
 
     hf_logging.set_verbosity_error()  # the Trainer's and generate's advice is noise in a benchmark
@@ -431,6 +437,7 @@ def main(argv=None) -> int:
     args = dataclasses.replace(args, vocab=args.vocab or len(tokenizer))
     if args.vocab < len(tokenizer):
         raise UsageError(f"--vocab {args.vocab} is smaller than the tokenizer's {len(tokenizer)} tokens")
+    check_sizes(args)
     t0 = time.time()
     work = tempfile.mkdtemp(prefix="bench-")
     try:
