@@ -241,8 +241,10 @@ def check_tokenizer(path: str, tokenizer, model) -> None:
     if len(tokenizer) > rows:
         raise UsageError(f"the tokenizer in {path} has {len(tokenizer):,} tokens but the model has {rows:,} "
                          f"embedding rows: they do not belong together")
-    if tokenizer.mask_token_id is None:
-        raise UsageError(f"the tokenizer in {path} has no mask token: not a masked LM's tokenizer")
+    others = {getattr(tokenizer, f"{n}_token_id") for n in ("unk", "pad", "bos", "eos", "cls", "sep")} - {None}
+    if tokenizer.mask_token_id is None or tokenizer.mask_token_id in others:  # "mask_token": "<unk>" in its config
+        raise UsageError(f"the tokenizer in {path} has no mask token of its own ({tokenizer.mask_token!r}): not the "
+                         f"tokenizer this masked LM was trained with; restore the checkpoint's own tokenizer files")
     run = os.path.join(path, "run.json")
     if os.path.isfile(run):
         try:

@@ -436,7 +436,11 @@ def main(argv=None) -> int:
         raise UsageError(f"--cka-levels {', '.join(map(str, missing))} not among the levels analysed ({levels})")
     seed = cfg.seed if lc.seed < 0 else lc.seed
     _, val = build_datasets(cfg, tokenizer)
-    batches = eval_batches(val, lc.batch_size or cfg.batch_size, lc.batches)
+    size = lc.batch_size or cfg.batch_size
+    if size > len(val) or lc.batches > -(-len(val) // size):  # more than the held-out set: say so, never cut quietly
+        raise UsageError(f"--batches {lc.batches} x --batch-size {size} is more than the {len(val)} held-out blocks; "
+                         f"at most {-(-len(val) // min(size, len(val)))} batches of {min(size, len(val))}")
+    batches = eval_batches(val, size, lc.batches)
 
     # 1. the same masks as train.py's held-out evaluation, one level at a time
     res = {}

@@ -518,6 +518,19 @@ def write_outputs(result: dict, out_dir: str, docs: bool) -> list[str]:
     return paths + [os.path.join(out_dir, f"{STUDY_FILE}.csv")]
 
 
+def check_sizes(sc: StudyConfig, names: list[str]) -> None:
+    """Before hours of training: the samples and the final bounds of every run fit this machine
+    (their window and vocabulary from the runs' train.py flags)."""
+    from config import GenConfig, TrainConfig, train_presets
+    from limits import check_fits, check_generation
+
+    for name in names:
+        cfg, _ = parse(TrainConfig, train_argv(name, 1, sc)[:-2], presets=train_presets)
+        vocab, n = cfg.tokenizer_vocab_size, cfg.max_len - 2
+        check_generation(GenConfig(num_samples=sc.num_samples, out=""), cfg.max_len, vocab, n, n)
+        check_fits(f"--elbo-draws {sc.elbo_draws}", sc.elbo_draws * n / 2 * vocab * 4)
+
+
 def read_study(path: str) -> dict:
     """A study's JSON, checked by rendering it, or one line saying it is not one."""
     try:
@@ -548,6 +561,7 @@ def main(argv=None) -> int:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+        check_sizes(sc, names)
         result = study(sc, names, shlex.join(["python", "experiments/objective_study.py", *argv]))
     for path in write_outputs(result, sc.out_dir, sc.docs):
         print(f"wrote {path}")

@@ -34,6 +34,7 @@ import time
 
 from cli import UsageError, cli, parse
 from files import check_outputs, write_csv, write_figure
+from limits import check_passes
 from config import GenConfig, Registry, flag, parse_ints, parse_names, save_config, Settings
 
 
@@ -296,6 +297,8 @@ def main(argv=None) -> int:
     cc, _ = parse(CompareConfig, argv, __doc__)
     grid = resolve_grid(cc)
     check_outputs(cc.out_dir, [os.path.basename(p) for p in output_paths(cc).values()], "--out-dir")
+    for steps in grid["steps"]:  # the loop runs every step, even one that commits nothing
+        check_passes(f"--steps {steps}", steps)
     for sched in grid["schedules"]:  # every GenConfig of the grid is valid before any work starts
         for steps in grid["steps"]:
             for sampler in grid["samplers"]:

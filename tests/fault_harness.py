@@ -343,7 +343,7 @@ def list_cases() -> list[Case]:
             ("experiments/schedule_comparison.py", "--steps", ["", "0", "x", "2,-1"]),
             ("experiments/schedule_comparison.py", "--samplers", ["bogus"]),
             ("experiments/layer_analysis.py", "--levels", ["x", "2", "0"]),
-            ("experiments/layer_analysis.py", "--cka-levels", ["0.3", ""]),
+            ("experiments/layer_analysis.py", "--cka-levels", ["0.35", ""]),
             ("experiments/masking_viz.py", "--levels", ["", "1.5", "nan"]),
             ("experiments/objective_study.py", "--scales", ["", "0", "2", "x"]),
             ("experiments/objective_study.py", "--objectives", ["bogus", ""]),
@@ -461,7 +461,7 @@ def loader_cases() -> list[Case]:
     ev = lambda name, *a, **kw: Case("loader", f"evaluate: {name}", cmd("evaluate.py", *a), timeout=180, **kw)  # noqa: E731
     cases += [ev("masked LM as --scorer", "--scorer", "{final}"), ev("empty --scorer folder", "--scorer", "{tmp}"),
               ev("diffusion run as --baseline", "--baseline", "{run}"), ev("empty --baseline", "--baseline", "{tmp}"),
-              ev("damaged ar_config.json", "--baseline", "{tmp}/ck", setup=damaged("ar_config.json", "{", "ar")),
+              ev("damaged ar_config.json", "--baseline", "{tmp}/ck", setup=damaged("final-model/ar_config.json", "{", "ar")),
               ev("baseline with another tokenizer", "--baseline", "{tmp}/ck",
                  setup=damaged("final-model/tokenizer.json", None, "ar"))]
     tr = lambda name, *a, **kw: Case("loader", f"train: {name}", cmd("train.py", *a), timeout=180, **kw)  # noqa: E731

@@ -473,7 +473,7 @@ def tamper_weight(d):
 
 
 @pytest.mark.parametrize("tamper,msg", [
-    (tamper_mask_token, "is not the one this model was trained with"),  # the vocabulary alone is unchanged
+    (tamper_mask_token, "has no mask token of its own"),  # the vocabulary alone is unchanged
     (tamper_merges, "is not the one this model was trained with"),
     (tamper_window, "says max_len 4096, but the model's weights hold 32 positions"),
     (tamper_weight, "are not finite"),
