@@ -180,8 +180,11 @@ def test_schedule_comparison(tiny_run, tmp_path, capsys):
     rows = read_csv(out / "schedule_comparison_final-model.csv")
     assert len(rows) == 1 + 2 * 2 * 2 and rows[0]["kind"] == "held-out"
     assert float(rows[0]["entropy_ratio"]) == pytest.approx(1.0)
+    from metrics import SAMPLE_METRICS
+
+    assert set(SAMPLE_METRICS) <= set(rows[0])  # every study shows every statistic, under one set of keys
     for r in rows[1:]:
-        for key in ("distinct_1", "distinct_2", "rep_4"):
+        for key in ("distinct_1", "distinct_2", "repeated_4gram", "top_word_share"):
             assert 0.0 <= float(r[key]) <= 1.0
         assert 0 < float(r["pll_nats"]) < 20 and float(r["entropy_ratio"]) >= 0  # a 6-step model may loop
         assert 1 <= int(r["forward_passes"]) <= int(r["steps"]) and float(r["seconds_per_sample"]) > 0
