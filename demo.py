@@ -399,8 +399,10 @@ def build_app(model, tokenizer, tcfg, ar, dc: DemoConfig):
                 add(f.name, control(gr, f))
         mode.change(lambda m: (gr.update(visible=m == "prompt"), gr.update(visible=m == "template")), mode,
                     [prompt, template], api_name=False)
+        # preprocess=False: the values reach page_config as sent, so a bad one (k "inf", p a list) is
+        # one message on the page, never a component's exception with a generic error
         go.click(generate, list(inputs.values()), [lane_d, lane_a, chart, status], api_name="generate",
-                 show_progress="hidden")
+                 show_progress="hidden", preprocess=False)
     return app
 
 

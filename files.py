@@ -131,14 +131,17 @@ def read_jsonl(path: str) -> list[dict]:
 
 
 def check_output_dir(folder: str, flag: str) -> None:
-    """Before any work: `folder` is (or can be made) a folder we can write files in."""
+    """Before any work: `folder` is a folder we can write files in, or can be made in its nearest
+    existing parent. Leaves nothing behind (a bad input writes nothing)."""
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise UsageError(f"{flag} {folder} exists and is not a folder")
+    here = os.path.abspath(folder)
+    while not os.path.exists(here):
+        here = os.path.dirname(here)
+    if not os.path.isdir(here):
+        raise UsageError(f"{flag} {folder} cannot be made: {here} is a file")
     try:
-        os.makedirs(folder, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-test-")
-        os.close(fd)
-        os.remove(probe)
+        os.rmdir(tempfile.mkdtemp(dir=here, prefix=".write-test-"))
     except OSError as e:
         raise UsageError(f"{flag} {folder} is not writable ({e.strerror})")
 

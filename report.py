@@ -377,14 +377,16 @@ def main(argv=None) -> int:
     try:
         with open(rc.evaluation) as f:
             result = json.load(f, parse_constant=not_a_number)
-        check_numbers(result)
     except FileNotFoundError:
         raise UsageError(f"no {rc.evaluation}; make it with: python evaluate.py")
     except IsADirectoryError:
         raise UsageError(f"--evaluation {rc.evaluation} is a folder; give evaluate.py's evaluation.json")
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
-        raise UsageError(f"{rc.evaluation} is not a valid evaluate.py result ({str(e).splitlines()[0][:120]}); "
-                         f"rerun python evaluate.py")
+        raise UsageError(f"{rc.evaluation} is not valid JSON ({str(e).splitlines()[0][:120]}); rerun python evaluate.py")
+    try:
+        check_numbers(result)
+    except ValueError as e:
+        raise UsageError(f"{rc.evaluation} holds a number the report cannot state ({e}); rerun python evaluate.py")
     try:
         text = render(result, rc.evaluation)
     except (KeyError, TypeError, StopIteration, ValueError, AttributeError, IndexError, ZeroDivisionError) as e:
