@@ -93,12 +93,17 @@ def append_jsonl(path: str, row: dict) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     line = (json.dumps(row) + "\n").encode()
     with open(path, "ab") as f:
-        if f.tell() > 0:
-            with open(path, "rb") as r:
-                r.seek(-1, os.SEEK_END)
-                if r.read(1) != b"\n":
-                    line = b"\n" + line
-        f.write(line)  # one write: concurrent appenders never interleave inside a line
+        fcntl.flock(f, fcntl.LOCK_EX)  # appenders in turn: none reads the end while another writes it
+        try:
+            if f.tell() > 0:
+                with open(path, "rb") as r:
+                    r.seek(-1, os.SEEK_END)
+                    if r.read(1) != b"\n":
+                        line = b"\n" + line
+            f.write(line)
+            f.flush()
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def read_json(path: str) -> dict:
