@@ -76,13 +76,19 @@ def fill(value: str, names: dict) -> str:
     return value
 
 
+def like_a_terminal() -> None:
+    """In the child: Ctrl-C (SIGINT) acts, as in a terminal, even when the harness runs in the
+    background (a background job inherits SIGINT ignored, and Python keeps it ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 NAMES = {}  # the fixtures' placeholders ({cache}, {final}, ...): every command gets them filled
 
 
 def run(cmd: list, env: dict, timeout: float, cwd: str = ROOT, stdin=subprocess.DEVNULL):
     """(exit code, stdout, stderr, timed out): the process group is killed at the time limit."""
     proc = subprocess.Popen([fill(a, NAMES) for a in cmd], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            errors="replace", start_new_session=True, stdin=stdin)
+                            errors="replace", start_new_session=True, stdin=stdin, preexec_fn=like_a_terminal)
     try:
         out, err = proc.communicate(timeout=timeout)
         return proc.returncode, out, err, False
@@ -710,13 +716,15 @@ def ask(d, over: dict, expect: str, seconds: float) -> tuple[str, str]:
 
 def demo_cases() -> list[Case]:
     # (NaN and Infinity cannot be sent at all: JSON has no such numbers; as text they reach the server)
-    bad = [dict(k="inf"), dict(k=1e300), dict(p=[0.5]), dict(p="abc"), dict(temperature=1e-39),
+    bad = [dict(k="inf"), dict(p=[0.5]), dict(p="abc"), dict(temperature=1e-39),
            dict(temperature=1e308), dict(cfg=1e308), dict(seed=-1), dict(seed=2 ** 64), dict(steps="abc"),
            dict(steps=1.5), dict(length=None), dict(mode="story"), dict(prompt=123), dict(template=None, mode="template"),
            dict(length=1024, steps=1024, block_size=8, remdm="cap"), dict(length=10 ** 12), dict(order_noise="nan"),
            dict(schedule=["linear"]), dict(stop_at_eos="yes"), dict(mode="template", template="[MASK:3000000000]")]
     cases = [Case("demo-request", f"demo request {over}", fn=request(over, "refuse")) for over in bad]
-    cases += [Case("demo-request", "demo request '<mask>' prompt", fn=request(dict(prompt="<mask> is", length=4), "ok")),
+    cases += [Case("demo-request", "demo request k 1e300 (every token: top-k of more than the vocabulary)",
+                   fn=request(dict(k=1e300, length=4), "either")),
+              Case("demo-request", "demo request '<mask>' prompt", fn=request(dict(prompt="<mask> is", length=4), "ok")),
               Case("demo-request", "demo request after the bad ones", fn=request(dict(length=6, steps=3), "ok"))]
     return cases
 
@@ -910,7 +918,7 @@ def read_only_mid_run(ctx):
 
 def popen(argv: list):
     return subprocess.Popen([fill(a, NAMES) for a in argv], cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            errors="replace", start_new_session=True)
+                            errors="replace", start_new_session=True, preexec_fn=like_a_terminal)
 
 
 def wait_for(cond: Callable, proc, seconds: float, every: float = 0.1) -> None:

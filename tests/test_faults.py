@@ -188,6 +188,7 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes(tmp_path):
 
 
 def test_ctrl_c_and_sigterm_both_ask_the_step_to_end_and_save():
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, whoever started pytest
     stop = runs.StopOnInterrupt()
     try:
         for sig, name in ((signal.SIGINT, "Ctrl-C"), (signal.SIGTERM, "SIGTERM")):
@@ -199,7 +200,8 @@ def test_ctrl_c_and_sigterm_both_ask_the_step_to_end_and_save():
             signal.signal(sig, stop.request)  # the first signal restored the default; arm it again for the loop
     finally:
         stop.close()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        signal.signal(signal.SIGINT, before)
 
 
 # ---------------------------------------------------------------------------------------------
