@@ -288,19 +288,19 @@ def test_hostile_names_are_refused_before_anything_runs(box, env):
     assert not (box.dir / "canary").exists()
 
 
-@pytest.mark.parametrize("env", [
+@pytest.mark.parametrize("remote,env", [
     # the issue's injection: a quote in SSH_KEY once split rsync's -e string into a ProxyCommand
-    {"SSH_KEY": "/nokey' '-oProxyCommand=touch CANARY", "KEY_IN_OPTS": "1"},
-    {"NPROC": "2", "TORCHRUN_ARGS": "--standalone $(touch CANARY) '\"`touch CANARY`"},
+    ("key", {"SSH_KEY": "/nokey' '-oProxyCommand=touch CANARY", "KEY_IN_OPTS": "1"}),
+    ("torchrun", {"NPROC": "2", "TORCHRUN_ARGS": "--standalone $(touch CANARY) '\"`touch CANARY`"}),
 ])
-def test_values_with_quotes_reach_ssh_rsync_and_the_box_as_words(box, env):
-    canary = box.dir / "quote-canary"
+def test_values_with_quotes_reach_ssh_rsync_and_the_box_as_words(box, remote, env):
+    canary = box.dir / f"{remote}-canary"
     env = {k: v.replace("CANARY", str(canary)) for k, v in env.items()}
     if env.pop("KEY_IN_OPTS", None):  # the real key still reaches ssh, through SSH_OPTS
         env["SSH_OPTS"] = f"-i {box.env['SSH_KEY']} {box.env['SSH_OPTS']}"
-    res = box.deploy("quotes", tiny_flags() + ["--max-steps", "-1"], DETACH="nohup", **env)
+    res = box.deploy(remote, tiny_flags() + ["--max-steps", "-1"], DETACH="nohup", **env)
     assert res.returncode == 0, res.stderr
-    res = box.wait("quotes", timeout=120)
+    res = box.wait(remote, timeout=120)
     assert res.stdout.splitlines()[-1].startswith("status: crashed")  # the run there refused its words
     assert not canary.exists()
 
