@@ -22,13 +22,13 @@ the tokens the diffusion bound scores). evaluate.py compares the two models on t
 """
 
 import dataclasses
-import json
 import math
 import os
 import sys
 
 from cli import Diverged, UsageError, cli, format_config, given, parse  # noqa: E402
 from config import flag, save_config, Settings  # noqa: E402
+from files import read_json  # noqa: E402
 
 AR_CONFIG = "ar_config.json"
 
@@ -90,18 +90,38 @@ def resolve(acfg: ARConfig, flags: dict, run):
 
     checkpoint = None
     if acfg.resume:
+        from runs import refuse_changes
+
         checkpoint = run.resume_point()
-        with open(os.path.join(acfg.output_dir, AR_CONFIG)) as f:
-            saved = json.load(f)
-        acfg = ARConfig(**{**saved, **{k: v for k, v in flags.items() if k != "resume"}, "resume": True})
+        saved = read_ar_config(acfg.output_dir)
+        flags = {k: v for k, v in flags.items() if k != "resume"}
+        refuse_changes(saved, flags, ("checkpoint", "n_layer", "n_inner"))
+        acfg = ARConfig(**{**saved, **flags, "resume": True})
     diffusion, tokenizer, tcfg = load_checkpoint(acfg.checkpoint, device="cpu")
     return acfg, tcfg, diffusion, tokenizer, checkpoint
+
+
+def read_ar_config(folder: str) -> dict:
+    """folder/ar_config.json (the resolved ARConfig of the run there), or one line saying why not."""
+    path = os.path.join(folder, AR_CONFIG)
+    try:
+        saved = read_json(path)
+        if not set(saved) <= {f.name for f in dataclasses.fields(ARConfig)}:
+            raise ValueError("not an ARConfig")
+        ARConfig(**saved)
+        return saved
+    except (OSError, ValueError, UsageError) as e:
+        raise UsageError(f"--resume: {path} is missing or damaged ({str(e).splitlines()[0][:100]}); start a fresh "
+                         f"baseline in another --output-dir")
 
 
 def build(acfg: ARConfig, tcfg, diffusion, tokenizer):
     """(the GPT-2 and the resolved ARConfig): same width and heads; n_inner (and maybe n_layer)
     solved for the diffusion model's parameter count."""
-    from modeling import ar_shape, build_ar_model, n_params, width_heads_depth
+    import torch
+
+    from limits import check_training
+    from modeling import ar_shape, build_ar_model, gpt2_param_count, n_params, width_heads_depth
 
     target = n_params(diffusion)
     d, heads, layers = width_heads_depth(diffusion.config)
@@ -110,8 +130,11 @@ def build(acfg: ARConfig, tcfg, diffusion, tokenizer):
         n_layer, n_inner = ar_shape(target, len(tokenizer), tcfg.max_len, d, n_layer, fixed_layers=bool(acfg.n_layer))
     acfg = dataclasses.replace(acfg, n_layer=n_layer, n_inner=n_inner,
                                learning_rate=acfg.learning_rate or tcfg.learning_rate)
-    model = build_ar_model(tokenizer, tcfg.max_len, d, heads, n_layer, n_inner, tcfg.seed)
-    count = n_params(model)
+    count = gpt2_param_count(len(tokenizer), tcfg.max_len, d, n_layer, n_inner)  # before building it
+    if abs(count / target - 1) <= 0.10:
+        check_training(tcfg, len(tokenizer), count, "cuda" if torch.cuda.is_available() else "cpu")
+        model = build_ar_model(tokenizer, tcfg.max_len, d, heads, n_layer, n_inner, tcfg.seed)
+        count = n_params(model)
     if abs(count / target - 1) > 0.10:
         raise UsageError(f"AR baseline has {count:,} parameters, more than 10% away from the diffusion "
                          f"model's {target:,}; change --n-layer / --n-inner")
@@ -154,11 +177,6 @@ def train(acfg: ARConfig, flags: dict, run) -> int:
     if tcfg.model != "scratch":
         print(f"note: the diffusion run fine-tuned the pretrained {tcfg.model}; this baseline starts from "
               f"scratch, so the comparison favours the diffusion model", flush=True)
-    if checkpoint is None:
-        run.start(tokenizer)
-        save_config(acfg, acfg.output_dir, AR_CONFIG)
-    else:
-        run.resume(checkpoint, tokenizer)
 
     # the diffusion run's optimisation settings (no masked-LM evaluation: ARTrainer scores the held-out set)
     set_seed(tcfg.seed)
@@ -170,6 +188,11 @@ def train(acfg: ARConfig, flags: dict, run) -> int:
     log_callbacks(trainer, acfg.output_dir, tcfg, acfg.log_format)
     for callback in run.callbacks(tcfg.save_total_limit):
         trainer.add_callback(callback)
+    if checkpoint is None:  # every check passed: now the folder becomes this run's
+        run.start(tokenizer)
+        save_config(acfg, acfg.output_dir, AR_CONFIG)
+    else:
+        run.resume(checkpoint, tokenizer, tcfg.max_steps)
     if not run.train(trainer, checkpoint):
         return 130
     return finish(acfg, tcfg, trainer, run)
@@ -179,8 +202,9 @@ def finish(acfg: ARConfig, tcfg, trainer, run) -> int:
     """The last held-out loss (evaluated now unless the last step already did), then final-model."""
     import torch
 
-    loss = trainer.evaluate()["eval_loss"] if trainer.state.global_step % tcfg.eval_steps else \
-        next(r for r in reversed(trainer.state.log_history) if "eval_loss" in r)["eval_loss"]
+    step = trainer.state.global_step
+    logged = [r["eval_loss"] for r in trainer.state.log_history if "eval_loss" in r and r.get("step") == step]
+    loss = logged[-1] if logged else trainer.evaluate()["eval_loss"]
     print(f"held-out loss {loss:.4f} nats/token over every token after <s> = perplexity "
           f"{torch.tensor(loss).exp().item():.1f} (evaluate.py scores the diffusion model's token set)", flush=True)
 

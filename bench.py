@@ -56,9 +56,9 @@ class BenchConfig(Settings):
     # training measurement
     batch_size: int = flag(16, "this repo's batch (the config's for that size)", min=1)
     baseline_batch_size: int = flag(16, "the reference pipeline's batch (the original code's)", min=1)
-    warmup: int = flag(10, "untimed steps before the clock starts", min=1)
-    steps: int = flag(40, "timed optimiser steps, the same for both pipelines", min=1)
-    rounds: int = flag(5, "alternating rounds of both pipelines; the best of each is kept", min=1)
+    warmup: int = flag(10, "untimed steps before the clock starts", min=1, max=10_000)
+    steps: int = flag(40, "timed optimiser steps, the same for both pipelines", min=1, max=100_000)
+    rounds: int = flag(5, "alternating rounds of both pipelines; the best of each is kept", min=1, max=100)
     num_workers: int = flag(0, "DataLoader workers of this repo's pipeline", min=0)
     compile: bool = flag(False, "torch.compile this repo's encoder")
     # generation measurement: generate.py's defaults (config.GenConfig) against the AR baseline
@@ -68,14 +68,14 @@ class BenchConfig(Settings):
                          "temperature; 'none' = a GPT-2 of the same size with random weights")
     gen_length: int = flag(0, "new tokens per sample; 0 = the window's (62 for the quick test)", min=0)
     gen_batches: str = flag("1,16", "comma-separated batch sizes")
-    gen_repeats: int = flag(3, "timed repeats after one warm-up; the fastest is kept", min=1)
+    gen_repeats: int = flag(3, "timed repeats after one warm-up; the fastest is kept", min=1, max=100)
     profile: bool = flag(False, "only time one generation stage by stage (model forward, sampler, order and noise, "
                          "bookkeeping), diffusion at the defaults and the AR at the same sampler")
     render: str = flag("", "measure nothing: write this bench JSON's tables into README.md's Performance section "
                        "(between the markers naming it)")
     skip_quick_test: bool = flag(False, "skip timing train.py --quick-test (--small does)")
     cache_dir: str = flag(".cache", "tokenizer and packed-data cache")
-    seed: int = flag(0, "weights, masks and samples", min=0)
+    seed: int = flag(0, "weights, masks and samples", min=0, max=2**32 - 1)
 
     def batches(self) -> list[int]:
         return parse_ints(self.gen_batches, "gen-batches")
@@ -128,6 +128,20 @@ def check_models(args) -> None:
     if args.baseline != "none" and not any(os.path.isfile(os.path.join(f, "ar_config.json")) for f in folders):
         raise UsageError(f"no AR baseline at {args.baseline}; train one with: python baseline_ar.py --checkpoint "
                          f"{args.checkpoint} --output-dir {args.baseline}   (or pass --baseline none)")
+
+
+def check_sizes(args) -> None:
+    """Both measurements fit this machine: one training step of the model, each generation batch
+    (generate.py's defaults, and one token per pass)."""
+    from config import GenConfig
+    from limits import check_generation, check_training, scratch_params
+
+    cfg = repo_config(args, args.seq_len, "unused")
+    check_training(cfg, args.vocab, scratch_params(cfg, args.vocab), args.device)
+    length = args.gen_length or args.seq_len - 2
+    for batch in args.batches():
+        gc = GenConfig(length=length, steps=max(GenConfig.steps, length), num_samples=batch, out="")
+        check_generation(gc, length + 2, args.vocab, length, length, args.device)
 
 
 def cuda_visible() -> bool:
@@ -653,18 +667,12 @@ def main(argv=None) -> int:
         render_into(os.path.join(ROOT, "README.md"), render_command(args.render), readme_markdown(load_report(args.render)))
         print(f"wrote README.md's tables from {args.render}")
         return 0
-    folder = os.path.dirname(os.path.abspath(args.out))
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"cannot create {folder} for --out ({e.strerror})")
-    if not os.access(folder, os.W_OK):
-        raise UsageError(f"--out folder {folder} is not writable")
+    from files import check_output, write_json
 
+    check_output(args.out, "--out")  # before minutes of work
     from transformers.utils import logging as hf_logging
 
     from data import get_tokenizer
-    from files import write_json
     from metrics import machine, versions
 
     check_models(args)
@@ -674,6 +682,7 @@ def main(argv=None) -> int:
     args = dataclasses.replace(args, vocab=args.vocab or len(tokenizer))
     if args.vocab < len(tokenizer):
         raise UsageError(f"--vocab {args.vocab} is smaller than the tokenizer's {len(tokenizer)} tokens")
+    check_sizes(args)
     t0 = time.time()
     report = {"settings": dataclasses.asdict(args), "versions": versions(), "machine": machine(),
               "command": " ".join(["python", "bench.py", *argv])}

@@ -5,7 +5,8 @@
     cli(main)                                                        runs a script's main()
 
 Exit codes (README, "Exit codes"): 0 done; 2 bad input (UsageError, printed as one line
-`error: ...` before any work starts); 3 training diverged (Diverged: the loss stopped being a
+`error: ...` before any work starts; also a full disk, a missing permission or too little memory,
+MACHINE_ERRNOS); 3 training diverged (Diverged: the loss stopped being a
 number; the last good checkpoint is kept); 130 interrupted (Ctrl-C or SIGTERM; train.py saves a
 checkpoint first).
 
@@ -120,10 +121,56 @@ def format_config(cfg) -> str:
     return "\n".join(f"  {k:<{width}} = {v}" for k, v in rows.items())
 
 
+# OSError numbers that mean the machine, not the program: a full disk, no permission, a read-only
+# or failing device. They end a script with one line (exit 2) like bad input does.
+MACHINE_ERRNOS = {"ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM", "EIO", "EFBIG", "EMFILE", "ENFILE", "ENOMEM",
+                  "ENAMETOOLONG", "ENOTDIR", "EISDIR", "ELOOP"}
+
+
+def machine_error(e: BaseException) -> str | None:
+    """The one line for an error the machine caused (full disk, permissions, memory), else None."""
+    import errno
+
+    if isinstance(e, OSError) and errno.errorcode.get(e.errno) in MACHINE_ERRNOS:
+        where = f" ({e.filename})" if e.filename else ""
+        return f"{e.strerror or e}{where}"
+    if isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and any(
+            m in str(e) for m in ("can't allocate memory", "out of memory", "Out of memory"))):
+        return f"not enough memory ({str(e).splitlines()[0][:160] if str(e) else 'MemoryError'}); ask for less"
+    return None
+
+
+class _SigTerm:
+    """While a script runs, SIGTERM (kill, docker stop, a cluster's preemption) ends it like Ctrl-C:
+    exit 130 with one line. A training run replaces this with saving a checkpoint first (runs.py)."""
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        self.previous = None
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            self.previous = signal.signal(signal.SIGTERM, self.stop)
+        return self
+
+    @staticmethod
+    def stop(signum, frame):
+        raise Interrupted("SIGTERM")
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+        return False
+
+
 def cli(main_fn, argv=None) -> int:
     """Run a script's main(); each failure is one line on stderr and its exit code (module doc)."""
     try:
-        return main_fn(argv)
+        with _SigTerm():
+            return main_fn(argv)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -136,3 +183,9 @@ def cli(main_fn, argv=None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted (Ctrl-C)", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except (OSError, MemoryError, RuntimeError) as e:
+        line = machine_error(e)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        return EXIT_USAGE

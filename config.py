@@ -26,7 +26,7 @@ import sys
 from dataclasses import dataclass
 
 from cli import UsageError, field_types, flag_name
-from files import write_json
+from files import read_json, write_json
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 CONFIG_FILE = "diffusion_config.json"  # saved beside every checkpoint and result
@@ -172,7 +172,7 @@ class TrainConfig(Settings):
     scratch_hidden: int = flag(256, "hidden size of a from-scratch model", min=1)
     scratch_heads: int = flag(4, "attention heads of a from-scratch model", min=1)
     scratch_intermediate: int = flag(512, "MLP width of a from-scratch model", min=1)
-    tokenizer_vocab_size: int = flag(4096, "byte-level BPE trained on the corpus (scratch only)", min=16)
+    tokenizer_vocab_size: int = flag(4096, "byte-level BPE trained on the corpus (scratch only)", min=16, max=1_000_000)
 
     # --- data --------------------------------------------------------------------------------
     dataset: str = flag("embedded", "'embedded' = 106 English Wikipedia articles shipped inside the gensim wheel "
@@ -227,7 +227,7 @@ class TrainConfig(Settings):
     precision: str = flag("auto", "auto = bf16 on a GPU that has it, else fp32", choices=("auto", "bf16", "fp16", "fp32"))
     fused_adamw: bool = flag(True, "fused AdamW kernel (CUDA and CPU); off = the per-tensor default")
     torch_compile: bool = flag(False, "torch.compile the model (slow start, faster steps on GPU)")
-    num_workers: int = flag(0, "DataLoader workers (seeded seed + worker_id)", min=0)
+    num_workers: int = flag(0, "DataLoader workers (seeded seed + worker_id)", min=0, max=128)
 
     # --- logging, evaluation, checkpoints ------------------------------------------------------
     logging_steps: int = flag(50, "one log line (and a metrics.jsonl row) every N steps", min=1)
@@ -257,8 +257,18 @@ class TrainConfig(Settings):
             raise UsageError(f"--prefix-len must be in [0, max_len - 3 = {self.max_len - 3}], got {self.prefix_len}")
         if self.scratch_hidden % self.scratch_heads:
             raise UsageError("--scratch-hidden must be divisible by --scratch-heads")
+        if self.scratch_arch == "modernbert" and self.scratch_hidden // self.scratch_heads % 2:
+            raise UsageError(f"--scratch-hidden / --scratch-heads = {self.scratch_hidden // self.scratch_heads}: "
+                             f"ModernBERT's rotary positions need an even head dimension")
         if self.antithetic and not self.per_sample_rate:
             raise UsageError("--antithetic spreads the rates of one batch: it needs --per-sample-rate")
+
+
+# --resume refuses a change to these: they fix the model's shape or the data it trains on (a new
+# window re-packs the data, a new width cannot load the checkpoint's weights).
+RESUME_FIXED = ("model", "scratch_arch", "scratch_layers", "scratch_hidden", "scratch_heads", "scratch_intermediate",
+                "tokenizer_vocab_size", "dataset", "dataset_config", "text_column", "max_len", "val_fraction",
+                "max_train_blocks")
 
 
 # Offline preset: from-scratch ModernBERT (2 layers, hidden 128; modeling.n_params counts it) on
@@ -319,7 +329,8 @@ class GenConfig(Settings):
                          "generative perplexity, at the fewest forward passes", choices=Registry("decoding", "SAMPLERS"))
     k: int = flag(50, "top-k size", min=1)
     p: float = flag(0.95, "nucleus mass", above=0, max=1)
-    temperature: float = flag(0.85, "softmax temperature; 0 = greedy argmax for any sampler", min=0)
+    temperature: float = flag(0.85, "softmax temperature; 0 = greedy argmax for any sampler, else at least 0.001 "
+                              "(below that float32 logits overflow)", min=0, max=100)
     order: str = flag("random", "which predictions are committed first (decoding.ORDERS); random = the seed's rule, "
                       "which predicts only where it commits", choices=Registry("decoding", "ORDERS"))
     order_noise: float = flag(8.0, "Gumbel noise on a certainty order's scores, tau (T - s) / T at step s of T "
@@ -329,7 +340,8 @@ class GenConfig(Settings):
                       choices=Registry("decoding", "REMDM"))
     remdm_eta: float = flag(0.02, "ReMDM's eta: how many committed tokens go back (a probability scale; conf does "
                             "not read it)", min=0, max=1)
-    cfg: float = flag(0.0, "classifier-free guidance weight w: logits = u + (w+1)(c - u), u = prompt masked", min=0)
+    cfg: float = flag(0.0, "classifier-free guidance weight w: logits = u + (w+1)(c - u), u = prompt masked", min=0,
+                      max=100)
     stop_at_eos: bool = flag(False, "let the model write </s> and cut each sample there (and stop writing blocks)")
     min_length: int = flag(0, "with --stop-at-eos: no </s> before this many generated tokens", min=0)
     canvas: str = flag("full", "full: always the whole window, masks beyond the text stay masked | fit: </s> right "
@@ -358,6 +370,8 @@ class GenConfig(Settings):
             raise UsageError(f"--remdm {self.remdm} needs --remdm-eta above 0")
         if self.min_length and not self.stop_at_eos:
             raise UsageError("--min-length only applies with --stop-at-eos")
+        if 0 < self.temperature < 1e-3:
+            raise UsageError(f"--temperature must be 0 (greedy) or at least 0.001, got {self.temperature:g}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -386,11 +400,8 @@ def load_train_config(checkpoint: str) -> TrainConfig:
         raise UsageError(f"{checkpoint} has no {CONFIG_FILE}: not a checkpoint of this repo "
                          f"(make one with: python train.py --quick-test)")
     try:
-        with open(path) as f:
-            data = json.load(f)
-        if not isinstance(data, dict):
-            raise ValueError("not a JSON object")
-    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        data = read_json(path)
+    except ValueError as e:
         raise UsageError(f"{path} is not a valid config ({str(e).splitlines()[0][:120]}); "
                          f"the checkpoint is damaged: retrain or use another checkpoint")
     names = {f.name for f in dataclasses.fields(TrainConfig)}

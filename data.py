@@ -4,6 +4,8 @@
     get_tokenizer(cfg)       a BPE trained on the corpus (tokens.train_tokenizer, cached) for
                              from-scratch models, else the pretrained model's own
     build_datasets(cfg, tok) tokenise once with datasets.map, cut into blocks (PACKINGS), split, cache
+                             (checked on load and rebuilt when damaged; one run builds it while others
+                             sharing it wait)
 
 Every block is `<s> chunk </s>`, `max_len` tokens: the exact layout generate.py builds for its
 canvas (`<s> prompt <mask>... </s>`), so nothing the model sees at generation time is new to it.
@@ -22,13 +24,14 @@ import hashlib
 import json
 import os
 import re
-import shutil
 
 from cli import UsageError
 from config import TrainConfig
+from files import load_cached, locked, save_cached
 from tokens import bos_eos, fingerprint, train_tokenizer
 
 TEXT_SUFFIXES = (".txt", ".jsonl")
+CACHE_LOCK = ".lock"  # held while a run reads or builds the cache
 
 # ---------------------------------------------------------------------------------------------
 # Documents
@@ -81,8 +84,8 @@ def _read_file(path: str, text_column: str) -> list[str]:
                         continue
                     try:
                         row = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise UsageError(f"{path}:{n}: not valid JSON ({e.msg})")
+                    except (json.JSONDecodeError, RecursionError) as e:
+                        raise UsageError(f"{path}:{n}: not valid JSON ({getattr(e, 'msg', 'nested too deep')})")
                     if not isinstance(row, dict) or text_column not in row:
                         keys = ", ".join(row) if isinstance(row, dict) else type(row).__name__
                         raise UsageError(f"{path}:{n}: no '{text_column}' field (has: {keys}); "
@@ -175,9 +178,12 @@ def get_tokenizer(cfg: TrainConfig, docs: list[str] | None = None):
 
         return load_pretrained(AutoTokenizer, cfg.model)
     folder = os.path.join(cfg.cache_dir, f"tokenizer-{corpus_fingerprint(cfg)}-{cfg.tokenizer_vocab_size}")
-    if os.path.isdir(folder):
-        return AutoTokenizer.from_pretrained(folder)
-    return train_tokenizer(docs if docs is not None else load_documents(cfg), cfg.tokenizer_vocab_size, folder)
+    with locked(os.path.join(cfg.cache_dir, CACHE_LOCK)):  # runs sharing a cache build it once, checked on load
+        tokenizer = load_cached(folder, AutoTokenizer.from_pretrained)
+        if tokenizer is None:
+            tokenizer = train_tokenizer(docs if docs is not None else load_documents(cfg), cfg.tokenizer_vocab_size,
+                                        folder)
+    return tokenizer
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,28 +230,35 @@ def build_datasets(cfg: TrainConfig, tokenizer, docs: list[str] | None = None):
     key = hashlib.sha1(json.dumps([corpus_fingerprint(cfg), fingerprint(tokenizer), cfg.max_len, cfg.val_fraction,
                                    cfg.text_column, cfg.packing]).encode()).hexdigest()[:12]
     folder = os.path.join(cfg.cache_dir, f"blocks-{key}")
-    if os.path.isdir(folder):
-        dd = datasets.load_from_disk(folder)
-    else:
-        docs = docs if docs is not None else load_documents(cfg)
-        bos, eos = bos_eos(tokenizer)
-        raw = datasets.Dataset.from_dict({"text": docs})
-        tokenised = raw.map(lambda b: {"ids": tokenizer(b["text"], add_special_tokens=False)["input_ids"]},
-                            batched=True, remove_columns=["text"], desc="tokenising")
-        chunks = PACKINGS[cfg.packing](tokenised["ids"], cfg.max_len - 2, eos)
-        blocks = [[bos] + c + [eos] for c in chunks]
-        if len(blocks) < 2:
-            raise UsageError(f"dataset {cfg.dataset!r} is too small: {len(blocks)} block(s) of "
-                             f"{cfg.max_len} tokens; need at least 2 (add text or lower --max-len)")
-        val = set(held_out_rows(len(blocks), cfg.val_fraction, cfg.packing))  # text the model never trains on
-        dd = datasets.DatasetDict({
-            "train": datasets.Dataset.from_dict({"input_ids": [b for i, b in enumerate(blocks) if i not in val]}),
-            "validation": datasets.Dataset.from_dict({"input_ids": [b for i, b in enumerate(blocks) if i in val]}),
-        })
-        shutil.rmtree(folder + ".tmp", ignore_errors=True)
-        dd.save_to_disk(folder + ".tmp")
-        os.replace(folder + ".tmp", folder)
+    with locked(os.path.join(cfg.cache_dir, CACHE_LOCK)):  # runs sharing a cache build it once, checked on load
+        dd = load_cached(folder, datasets.load_from_disk)
+        if dd is None:
+            dd = block_datasets(cfg, tokenizer, docs)
+            save_cached(folder, dd.save_to_disk)
     train = dd["train"]
     if cfg.max_train_blocks and len(train) > cfg.max_train_blocks:
         train = train.select(range(cfg.max_train_blocks))
     return train.with_format("torch"), dd["validation"].with_format("torch")
+
+
+def block_datasets(cfg: TrainConfig, tokenizer, docs: list[str] | None):
+    """DatasetDict(train, validation) of `<s> chunk </s>` blocks cut by --packing (PACKINGS); the
+    held-out rows are held_out_rows' (the stream's tail when packed, documents spread over the
+    corpus when not)."""
+    import datasets
+
+    docs = docs if docs is not None else load_documents(cfg)
+    bos, eos = bos_eos(tokenizer)
+    raw = datasets.Dataset.from_dict({"text": docs})
+    tokenised = raw.map(lambda b: {"ids": tokenizer(b["text"], add_special_tokens=False)["input_ids"]},
+                        batched=True, remove_columns=["text"], desc="tokenising")
+    chunks = PACKINGS[cfg.packing](tokenised["ids"], cfg.max_len - 2, eos)
+    blocks = [[bos] + c + [eos] for c in chunks]
+    if len(blocks) < 2:
+        raise UsageError(f"dataset {cfg.dataset!r} is too small: {len(blocks)} block(s) of "
+                         f"{cfg.max_len} tokens; need at least 2 (add text or lower --max-len)")
+    val = set(held_out_rows(len(blocks), cfg.val_fraction, cfg.packing))  # text the model never trains on
+    return datasets.DatasetDict({
+        "train": datasets.Dataset.from_dict({"input_ids": [b for i, b in enumerate(blocks) if i not in val]}),
+        "validation": datasets.Dataset.from_dict({"input_ids": [b for i, b in enumerate(blocks) if i in val]}),
+    })

@@ -35,7 +35,8 @@ import torch
 
 from cli import UsageError
 from diffusion import mask_counts
-from tokens import bos_eos, token_ids
+from limits import check_generation
+from tokens import bos_eos, encode_text, token_ids
 
 
 @dataclass(frozen=True)
@@ -685,25 +686,29 @@ def with_ban(ids: dict, device) -> dict:
 TEMPLATE_SPAN = re.compile(r"\[MASK(?::(\d+))?\]")
 
 
-def parse_template(template: str, tokenizer) -> tuple[list[int], list[bool]]:
+def parse_template(template: str, tokenizer, window: int | None = None) -> tuple[list[int], list[bool]]:
     """'The [MASK:3] of France' -> (token ids with <mask> in the spans, fixed flags).
-    `[MASK]` alone is one token; fixed text is tokenised exactly as written (spaces included)."""
+    `[MASK]` alone is one token; fixed text is tokenised exactly as written (spaces included,
+    special-token text kept as text: tokens.encode_text). A span longer than `window` is refused
+    before it is built."""
     ids, fixed, pos = [], [], 0
     for m in TEMPLATE_SPAN.finditer(template):
         text = template[pos:m.start()]
         if text:
-            piece = tokenizer(text, add_special_tokens=False)["input_ids"]
+            piece = encode_text(tokenizer, text)
             ids += piece
             fixed += [True] * len(piece)
         n = int(m.group(1)) if m.group(1) else 1
         if n < 1:
             raise UsageError(f"template span {m.group(0)} must ask for at least one token")
+        if window is not None and len(ids) + n + 2 > window:
+            raise UsageError(f"template span {m.group(0)} does not fit: the window holds {window - 2} tokens")
         ids += [tokenizer.mask_token_id] * n
         fixed += [False] * n
         pos = m.end()
     tail = template[pos:]
     if tail:
-        piece = tokenizer(tail, add_special_tokens=False)["input_ids"]
+        piece = encode_text(tokenizer, tail)
         ids += piece
         fixed += [True] * len(piece)
     if all(fixed):
@@ -742,9 +747,10 @@ def generation_steps(model, tokenizer, gc, window: int, g: torch.Generator, refr
     if gc.template:
         if gc.stop_at_eos:
             raise UsageError("--stop-at-eos does not apply to --template (the template fixes the length)")
-        tmpl, fixed = parse_template(gc.template, tokenizer)
+        tmpl, fixed = parse_template(gc.template, tokenizer, window)
         if len(tmpl) + 2 > window:
             raise UsageError(f"template is {len(tmpl)} tokens; the window holds {window - 2}")
+        check_generation(gc, window, len(tokenizer), fixed.count(False), fixed.count(False), model_device(model))
         tokens = torch.tensor([[bos] + tmpl + [eos]] * B)  # [B, L]
         fixed_t = torch.tensor([False] + fixed + [False]).expand(B, -1)
         canvas = Canvas(tokens, tokens == ids["mask"], fixed_t, start=1)
@@ -758,6 +764,7 @@ def generation_steps(model, tokenizer, gc, window: int, g: torch.Generator, refr
     if gc.cfg > 0 and not prompt:
         raise UsageError("--cfg needs something to condition on: a --prompt or a --template")
     length, block = lengths(gc, len(prompt), window)
+    check_generation(gc, window, len(tokenizer), length, block, model_device(model))
     text = (torch.tensor([prompt] * B, dtype=torch.long) if context is None else context).reshape(B, len(prompt))
     text = text.to(device)  # [B, T]
     b = 0
@@ -778,10 +785,14 @@ def generation_steps(model, tokenizer, gc, window: int, g: torch.Generator, refr
 
 
 def prompt_ids(gc, tokenizer, window: int) -> list[int]:
-    prompt = tokenizer(gc.prompt, add_special_tokens=False)["input_ids"] if gc.prompt else []
+    prompt = encode_text(tokenizer, gc.prompt)
     if window - 2 - len(prompt) < 1:
         raise UsageError(f"prompt is {len(prompt)} tokens; the window of {window} holds at most {window - 3}")
     return prompt
+
+
+def model_device(model) -> str:
+    return next(model.parameters()).device.type
 
 
 def lengths(gc, n_prompt: int, window: int) -> tuple[int, int]:

@@ -36,9 +36,14 @@ class DemoConfig(Settings):
                         "baseline is slowed by the same factor, so a small fast model can be watched; 0 = full speed "
                         "(timings exclude it)", min=0, max=10)
     concurrency: int = flag(2, "requests generated at once; more wait in the queue", min=1)
-    max_tokens: int = flag(1024, "most new tokens (and steps) one request may ask for", min=1)
+    max_tokens: int = flag(1024, "most new tokens, steps, and denoising steps (blocks x steps) one request may ask "
+                           "for", min=1, max=100_000)
     measure: int = flag(0, "serve, run this many races through the page's API (gradio_client) with the page's "
                         "default values, print each lane's wall time, and stop; 0 = serve for people", min=0)
+
+    def check(self) -> None:
+        if not self.host.strip() or any(c.isspace() for c in self.host):
+            raise UsageError(f"--host must be an address or a name (127.0.0.1, 0.0.0.0, localhost), got {self.host!r}")
 
 
 PAGE_SKIP = ("checkpoint", "prompt", "template", "num_samples", "show_steps", "animate", "out")  # set by the page itself
@@ -96,9 +101,10 @@ def coerce(f: dataclasses.Field, value):
         raise UsageError(f"{flag_} must be {kind}, got {value!r}")
 
 
-def page_config(values: dict, max_tokens: int) -> GenConfig:
+def page_config(values: dict, max_tokens: int, window: int | None = None) -> GenConfig:
     """The GenConfig of one request, from the page's values by name (mode: prompt | template, the
-    text of that mode, every page field), or a UsageError in one line."""
+    text of that mode, every page field), or a UsageError in one line. Its length, steps and
+    denoising steps (blocks x steps, for a model of `window`) are each at most max_tokens."""
     mode = values.get("mode")
     if mode not in MODES:
         raise UsageError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -117,6 +123,11 @@ def page_config(values: dict, max_tokens: int) -> GenConfig:
         if getattr(gc, name) > max_tokens:
             raise UsageError(f"--{name.replace('_', '-')} {getattr(gc, name)} is more than this page allows "
                              f"(at most {max_tokens}: demo.py --max-tokens)")
+    length = gc.length or (window or 2) - 2
+    blocks = -(-length // gc.block_size) if gc.block_size else 1
+    if blocks * gc.steps > max_tokens:
+        raise UsageError(f"{blocks} blocks x --steps {gc.steps} = {blocks * gc.steps:,} denoising steps is more than "
+                         f"this page allows (at most {max_tokens}: demo.py --max-tokens)")
     return gc
 
 
@@ -371,7 +382,7 @@ def build_app(model, tokenizer, tcfg, ar, dc: DemoConfig):
 
     def generate(*values):
         try:
-            gc = page_config(dict(zip(inputs, values)), dc.max_tokens)
+            gc = page_config(dict(zip(inputs, values)), dc.max_tokens, tcfg.max_len)
             for frame in race(model, tokenizer, tcfg.max_len, ar, gc, dc.pause, names):
                 yield tuple(gr.skip() if part is None else part for part in frame)
         except UsageError as e:  # the message quotes what was typed: escaped
@@ -404,8 +415,10 @@ def build_app(model, tokenizer, tcfg, ar, dc: DemoConfig):
                 add(f.name, control(gr, f))
         mode.change(lambda m: (gr.update(visible=m == "prompt"), gr.update(visible=m == "template")), mode,
                     [prompt, template], api_name=False)
+        # preprocess=False: the values reach page_config as sent, so a bad one (k "inf", p a list) is
+        # one message on the page, never a component's exception with a generic error
         go.click(generate, list(inputs.values()), [lane_d, lane_a, chart, status], api_name="generate",
-                 show_progress="hidden")
+                 show_progress="hidden", preprocess=False)
     return app
 
 

@@ -32,6 +32,7 @@ while [[ $# -gt 0 ]]; do
   shift
 done
 [[ -n "$host" ]] || die "no host given; $usage"
+safe_host "$host"
 resume=0
 for arg in "$@"; do
   [[ "$arg" != --output-dir* ]] || die "deploy.sh sets --output-dir results/<RUN_NAME>; set RUN_NAME instead"
@@ -43,14 +44,14 @@ REMOTE_DIR="${REMOTE_DIR:-text-diffusion}" PYTHON="${PYTHON:-python3}" VENV="${V
 REMOTE_PYTHON="${REMOTE_PYTHON:-}" NPROC="${NPROC:-1}" TORCHRUN_ARGS="${TORCHRUN_ARGS:---standalone}"
 RUN_NAME="${RUN_NAME:-$(date +%Y%m%d-%H%M%S)}" DETACH="${DETACH:-}"
 SESSION="${SESSION:-train-${RUN_NAME//./_}}" REMOTE_DIR="${REMOTE_DIR#\~/}"  # relative paths start at the remote home
-safe_name REMOTE_DIR "$REMOTE_DIR" path
+safe_remote_dir "$REMOTE_DIR"
 safe_name RUN_NAME "$RUN_NAME"
 safe_name SESSION "$SESSION"
 [[ "$SESSION" != *.* ]] || die "SESSION must not contain '.' (tmux replaces it), got '$SESSION'"
 safe_name VENV "$VENV" path
 safe_name PYTHON "$PYTHON" path
 if [[ -n "$REMOTE_PYTHON" ]]; then safe_name REMOTE_PYTHON "$REMOTE_PYTHON" path; fi
-[[ "$NPROC" =~ ^[1-9][0-9]*$ ]] || die "NPROC must be a positive integer, got '$NPROC'"
+number NPROC "$NPROC" 1 1024
 [[ "$DETACH" =~ ^(|tmux|nohup)$ ]] || die "DETACH must be tmux or nohup, got '$DETACH'"
 git rev-parse --is-inside-work-tree > /dev/null 2>&1 || die "deploy.sh ships the files git tracks: run it from a git checkout"
 
@@ -76,7 +77,10 @@ runner+=$'\n''echo "$code" > "$run/exit_code.tmp" && mv "$run/exit_code.tmp" "$r
 check='command -v rsync > /dev/null || { echo "rsync is not installed there (apt-get install rsync)"; exit 4; }
 umask 077
 mkdir -p -- "$REMOTE_DIR" && cd -- "$REMOTE_DIR" || exit 1
-for f in results/*/pid; do if [ -e "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null; then echo "${f%/pid}"; exit 3; fi; done
+for f in results/*/pid; do
+  p="$(head -c 20 "$f" 2>/dev/null)"
+  if [[ "$p" =~ ^[1-9][0-9]*$ ]] && kill -0 "$p" 2>/dev/null; then echo "${f%/pid}"; exit 3; fi
+done
 if [ -e "results/$RUN_NAME" ] && [ "$RESUME" != 1 ]; then echo "results/$RUN_NAME"; exit 5; fi'
 # 3. set up python and start the run, detached
 start='set -euo pipefail
@@ -103,13 +107,14 @@ vars=("REMOTE_DIR=$REMOTE_DIR" "RUN_NAME=$RUN_NAME" "RESUME=$resume")
 start_vars=("${vars[@]}" "REMOTE_PYTHON=$REMOTE_PYTHON" "PYTHON=$PYTHON" "VENV=$VENV" "SESSION=$SESSION"
             "DETACH=$DETACH" "RUNNER=$runner")
 # 2. ship the files git tracks (never untracked .env, wandb/, results/), owner-only; -s keeps the
-# remote path away from the remote shell
-rsync_cmd=(rsync -az -s --from0 --files-from=- "--chmod=D700,F600" -e "$rsync_e" ./ "$host:$REMOTE_DIR/")
+# remote path away from the remote shell; -e names ssh_wrapper, so rsync never splits a value
+rsync_args=(-az -s --from0 --files-from=- "--chmod=D700,F600")
 tracked() { git ls-files -z | while IFS= read -r -d '' f; do if [[ -e "$f" ]]; then printf '%s\0' "$f"; fi; done; }
 
 if ((dry_run)); then
   printf '+ %s bash -s <<EOF\n%sEOF\n' "${ssh_cmd[*]} $host" "$(remote_script "$check" "${vars[@]}")"$'\n'
-  printf '+ git ls-files | %s   # %s files\n' "${rsync_cmd[*]}" "$(tracked | tr -cd '\0' | wc -c)"
+  printf '+ git ls-files | rsync %s -e (ssh_wrapper: %s) ./ %s   # %s files\n' "${rsync_args[*]}" "${ssh_cmd[*]}" \
+    "$host:$REMOTE_DIR/" "$(tracked | tr -cd '\0' | wc -c)"
   printf '+ %s bash -s <<EOF\n%sEOF\n' "${ssh_cmd[*]} $host" "$(remote_script "$start" "${start_vars[@]}")"$'\n'
   echo "dry run: nothing was done"
   exit 0
@@ -119,7 +124,7 @@ monitor=""  # the monitor command for this box, settings included
 for v in REMOTE_DIR SSH_PORT SSH_KEY SSH_OPTS CONNECT_TIMEOUT; do
   if [[ -n "${!v:-}" ]]; then monitor+="$v=$(printf '%q' "${!v}") "; fi
 done
-monitor+="./monitor_training.sh $host --run"
+monitor+="./monitor_training.sh $(printf '%q' "$host") --run"
 
 rc=0
 out=$(remote_bash "$host" "$check" "${vars[@]}" 2>&1) || rc=$?
@@ -135,7 +140,10 @@ elif ((rc == 5)); then
 elif ((rc != 0)); then
   echo "error: checking $host failed: $last" >&2; exit 1
 fi
-tracked | "${rsync_cmd[@]}" || { echo "error: copying the repo to $host with rsync failed (exit $?)" >&2; exit 1; }
+wrapper="$(ssh_wrapper)"
+trap 'rm -f "$wrapper"' EXIT
+tracked | rsync "${rsync_args[@]}" -e "$wrapper" ./ "$host:$REMOTE_DIR/" ||
+  { echo "error: copying the repo to $host with rsync failed (exit $?)" >&2; exit 1; }
 remote_bash "$host" "$start" "${start_vars[@]}" ||
   { echo "error: setting up or starting the run on $host failed (exit $?, its output is above)" >&2; exit 1; }
 

@@ -40,7 +40,7 @@ class EvalConfig(Settings):
     settings: str = flag("all", "comma-separated names from evaluate.SETTINGS, or 'all'")
     num_samples: int = flag(16, "samples per generation setting (and held-out blocks in the reference row)", min=1)
     batch_size: int = flag(64, "rows per forward pass", min=1)
-    seed: int = flag(0, "masks of the bound and every sample (each setting restarts from this seed)", min=0)
+    seed: int = flag(0, "masks of the bound and every sample (each setting restarts from this seed)", min=0, max=2**32 - 1)
     out_dir: str = flag("results/eval", "gets evaluation.json and eval_config.json")
 
 
@@ -202,6 +202,20 @@ def load_models(ec: EvalConfig):
     return model, tokenizer, tcfg, prefix, ar, ar_cfg, scorer
 
 
+def check_sizes(ec: EvalConfig, names: list[str], tcfg, tokenizer, n_blocks: int, device: str) -> None:
+    """Before any work: one forward pass of the bound, and every setting's samples, fit this machine."""
+    from decoding import lengths, prompt_ids
+    from limits import check_fits, check_generation
+
+    rows = min(max(1, ec.batch_size // ec.elbo_draws), n_blocks) * ec.elbo_draws
+    check_fits(f"--elbo-draws {ec.elbo_draws} with --batch-size {ec.batch_size} (the bound's forward passes)",
+               rows * (tcfg.max_len - 2) / 2 * len(tokenizer) * 4, device)
+    for name in names:
+        gc = GenConfig(**{**SETTINGS[name], "num_samples": ec.num_samples, "seed": ec.seed, "out": ""})
+        length, block = lengths(gc, len(prompt_ids(gc, tokenizer, tcfg.max_len)), tcfg.max_len)
+        check_generation(gc, tcfg.max_len, len(tokenizer), length, block, device)
+
+
 def evaluate(ec: EvalConfig, names: list[str], command: str) -> dict:
     """Every number, sample and setting of one evaluation, as the JSON report.py reads."""
     import torch
@@ -216,6 +230,7 @@ def evaluate(ec: EvalConfig, names: list[str], command: str) -> dict:
     _, val_ds = build_datasets(tcfg, tokenizer)
     val = val_ds[:]["input_ids"]  # [M, L]
     blocks = val[:ec.elbo_blocks] if ec.elbo_blocks else val
+    check_sizes(ec, names, tcfg, tokenizer, len(blocks), next(model.parameters()).device.type)
     render = shlex.join(["python", "report.py", "--evaluation", os.path.join(ec.out_dir, "evaluation.json")])
     commands = [train_command(tcfg)] + ([baseline_command(ar_cfg)] if ar_cfg else []) + [command, render]
     result = {"command": command, "commands": commands,
@@ -253,9 +268,12 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ec, _ = parse(EvalConfig, argv, __doc__)
     names = list(SETTINGS) if ec.settings == "all" else parse_names(ec.settings, "settings", tuple(SETTINGS))
+    from files import check_output, write_json
+
+    for name in ("evaluation.json", "eval_config.json"):  # before the work: the results can be written
+        check_output(os.path.join(ec.out_dir, name), "--out-dir")
     from transformers.utils import logging as hf_logging
 
-    from files import write_json
     from report import format_table, likelihood_lines
 
     hf_logging.disable_progress_bar()

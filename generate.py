@@ -25,11 +25,15 @@ from config import GenConfig  # noqa: E402
 
 def main(argv=None) -> int:
     gc, args = parse(GenConfig, argv, __doc__)
+    from files import append_jsonl, check_output
+
+    for flag_, path in (("--out", gc.out), ("--animate", gc.animate)):  # before the model loads
+        if path:
+            check_output(path, flag_)
     import torch
     from transformers.utils import logging as hf_logging
 
     from decoding import cut_at_eos, generate, ignored
-    from files import append_jsonl
     from modeling import load_checkpoint
     from tokens import decode_text, token_ids
     from visualize import animate, format_steps

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 
 from cli import UsageError
 from config import TrainConfig
-from tokens import bos_eos, fingerprint
+from files import read_json
+from tokens import bos_eos, fingerprint, fingerprint_matches
 
 
 PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
@@ -57,18 +58,19 @@ def hub_offline() -> str:
 
 
 def load_pretrained(cls, name: str, **kwargs):
-    """cls.from_pretrained(name) that turns 'no network' / 'no such folder' into a UsageError; a hub
-    name is tried once (hub_offline), from the cache when the hub is out of reach."""
+    """cls.from_pretrained(name) that turns 'no network' / 'no such folder' / 'not this kind of
+    model' / a damaged file into one UsageError; a hub name is tried once (hub_offline), from the
+    cache when the hub is out of reach."""
     offline = "" if os.path.isdir(name) else hub_offline()
     try:
         return cls.from_pretrained(name, **kwargs)
-    except OSError as e:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
         where = "local folder" if os.path.isdir(name) else "hub model"
         first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        hint = ("" if os.path.isdir(name) else
+        hint = ("" if os.path.isdir(name) or os.path.exists(name) else
                 f"{'; ' + offline if offline else ''}; without network, train from scratch offline with "
                 f"--model scratch (or --quick-test)")
-        raise UsageError(f"cannot load {where} {name!r} ({first}){hint}")
+        raise UsageError(f"cannot load {where} {name!r} as {cls.__name__.replace('Auto', '')} ({first}){hint}")
 
 
 def autocast(device, precision: str = "auto"):
@@ -124,12 +126,18 @@ def build_model(cfg: TrainConfig, tokenizer):
         torch.manual_seed(cfg.seed)  # weight init is the one place transformers uses the global RNG
         return AutoModelForMaskedLM.from_config(scratch_model_config(cfg, tokenizer), attn_implementation="sdpa")
     model = load_pretrained(AutoModelForMaskedLM, cfg.model)
-    limit = getattr(model.config, "max_position_embeddings", None)
-    if limit is not None and getattr(model.config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
-        limit -= model.config.pad_token_id + 1
+    limit = position_limit(model.config)
     if limit is not None and cfg.max_len > limit:
         raise UsageError(f"--max-len {cfg.max_len} exceeds {cfg.model}'s {limit} positions")
     return model
+
+
+def position_limit(config) -> int | None:
+    """The longest block a model's position embeddings cover (RoBERTa's are offset by pad_token_id + 1)."""
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit is not None and getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
+        limit -= config.pad_token_id + 1
+    return limit
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,29 +263,48 @@ def load_checkpoint(path: str, device: str | None = None):
         first = str(e).strip().splitlines()[0][:120] if str(e).strip() else ""
         raise UsageError(f"cannot load {path} ({type(e).__name__}{': ' + first if first else ''}){damaged}")
     check_tokenizer(path, tokenizer, model)
+    check_weights(path, cfg, model)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return model.to(device).eval(), tokenizer, cfg
 
 
-def check_tokenizer(path: str, tokenizer, model) -> None:
-    """The tokenizer beside the weights must be the one they were trained with: its vocabulary
-    fingerprint against run.json (written by train.py), and in any case no id beyond the
-    embedding rows. A foreign tokenizer would give silently wrong text and numbers."""
-    import json
+def check_weights(path: str, cfg: TrainConfig, model) -> None:
+    """The window diffusion_config.json claims must fit the weights' positions, and the weights
+    must be numbers: a claimed window of 4096 on a 32-position model, or nan weights, would give
+    text that is silently wrong."""
+    limit = position_limit(model.config)
+    if limit is not None and cfg.max_len > limit:
+        raise UsageError(f"{path}/diffusion_config.json says max_len {cfg.max_len}, but the model's weights hold "
+                         f"{limit} positions: the files do not belong together; restore the checkpoint's own config")
+    bad = next((n for n, p in model.named_parameters() if p.is_floating_point() and not torch.isfinite(p).all()), None)
+    if bad is not None:
+        raise UsageError(f"the weights in {path} are not finite ({bad}): saved after training diverged; use an "
+                         f"earlier checkpoint or retrain")
 
+
+def check_tokenizer(path: str, tokenizer, model) -> None:
+    """The tokenizer beside the weights must be the one they were trained with: its fingerprint
+    (vocabulary, merges, special tokens) against run.json (written by train.py), and in any case no
+    id beyond the embedding rows. A foreign tokenizer would give silently wrong text and numbers."""
     rows = model.get_input_embeddings().num_embeddings
     if len(tokenizer) > rows:
         raise UsageError(f"the tokenizer in {path} has {len(tokenizer):,} tokens but the model has {rows:,} "
                          f"embedding rows: they do not belong together")
+    others = {getattr(tokenizer, f"{n}_token_id") for n in ("unk", "pad", "bos", "eos", "cls", "sep")} - {None}
+    if tokenizer.mask_token_id is None or tokenizer.mask_token_id in others:  # "mask_token": "<unk>" in its config
+        raise UsageError(f"the tokenizer in {path} has no mask token of its own ({tokenizer.mask_token!r}): not the "
+                         f"tokenizer this masked LM was trained with; restore the checkpoint's own tokenizer files")
     run = os.path.join(path, "run.json")
     if os.path.isfile(run):
-        with open(run) as f:
-            want = json.load(f).get("tokenizer_sha1")
-        have = fingerprint(tokenizer)
-        if want and want != have:
-            raise UsageError(f"the tokenizer in {path} is not the one this model was trained with (vocabulary "
-                             f"fingerprint {have[:8]} != {want[:8]}, {len(tokenizer):,} tokens); restore the "
-                             f"checkpoint's own tokenizer files")
+        try:
+            recorded = read_json(run)
+        except ValueError as e:
+            raise UsageError(f"{run} is damaged ({str(e).splitlines()[0][:80]}); restore it from the run's folder "
+                             f"(run.json) or retrain")
+        if not fingerprint_matches(recorded, tokenizer):
+            raise UsageError(f"the tokenizer in {path} is not the one this model was trained with (fingerprint "
+                             f"{fingerprint(tokenizer)[:8]}, {len(tokenizer):,} tokens, mask token "
+                             f"{tokenizer.mask_token!r}); restore the checkpoint's own tokenizer files")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -332,22 +359,23 @@ def build_ar_model(tokenizer, n_positions: int, n_embd: int, n_head: int, n_laye
 
 def load_baseline(path: str, tokenizer, checkpoint: str, window: int):
     """(model, its ar_config.json as a dict) from baseline_ar.py's --output-dir (or its final-model)."""
-    import json
-
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = os.path.join(path, "final-model") if os.path.isdir(os.path.join(path, "final-model")) else path
     if not os.path.isfile(os.path.join(folder, "ar_config.json")):
         raise UsageError(f"no AR baseline at {path}; train one with: python baseline_ar.py --checkpoint "
                          f"{checkpoint} --output-dir {path}   (or pass --baseline none)")
-    if load_pretrained(AutoTokenizer, folder).get_vocab() != tokenizer.get_vocab():
+    if fingerprint(load_pretrained(AutoTokenizer, folder)) != fingerprint(tokenizer):
         raise UsageError(f"the AR baseline at {path} uses a different tokenizer than {checkpoint}; "
                          f"retrain it with: python baseline_ar.py --checkpoint {checkpoint} --output-dir {path}")
     model = load_pretrained(AutoModelForCausalLM, folder)
     if model.config.n_positions < window:
         raise UsageError(f"the AR baseline at {path} has {model.config.n_positions} positions; the window is {window}")
-    with open(os.path.join(folder, "ar_config.json")) as f:
-        return model.eval(), json.load(f)
+    try:
+        ar_cfg = read_json(os.path.join(folder, "ar_config.json"))
+    except ValueError as e:
+        raise UsageError(f"{folder}/ar_config.json is damaged ({str(e).splitlines()[0][:80]}); retrain the baseline")
+    return model.eval(), ar_cfg
 
 
 def load_scorer(name: str):

@@ -5,7 +5,8 @@
 #   ./monitor_training.sh [user@host] [--run NAME | --dir FOLDER] [--follow]
 # Local when no host is given. Default run: the newest results/*/ with a train.log, else results/.
 # Settings: REMOTE_DIR, SSH_PORT, SSH_KEY, SSH_OPTS, CONNECT_TIMEOUT as for deploy.sh;
-# INTERVAL seconds between --follow refreshes [10].
+# INTERVAL whole seconds between --follow refreshes [10]. Control characters in what the run wrote
+# (terminal escapes in progress.txt) are dropped before they reach the terminal.
 # The last line is always `status: running | succeeded | crashed (exit N) | stopped | not started`;
 # the exit status says the same for scripts that poll: 0 succeeded, 1 crashed or stopped,
 # 3 running, 4 not started, 2 bad usage.
@@ -25,6 +26,10 @@ while [[ $# -gt 0 ]]; do
   shift
 done
 if [[ -n "$RUN" ]]; then safe_name "--run" "$RUN"; fi
+if [[ -n "$host" ]]; then safe_host "$host"; fi
+if [[ "$DIR" == -* ]]; then DIR="./$DIR"; fi  # a folder named -x is never read as an option
+INTERVAL="${INTERVAL:-10}"
+number INTERVAL "$INTERVAL" 1 86400
 
 report() {  # the run folder's state, read on the machine that holds it (RUN, DIR set by the caller)
   local d="$DIR" f
@@ -48,12 +53,14 @@ report() {  # the run folder's state, read on the machine that holds it (RUN, DI
   for f in "$d"/checkpoint-* "$d"/final-model; do if [[ -d "$f" ]]; then ckpts+=("${f##*/}"); fi; done
   echo "checkpoints: ${ckpts[*]:-none yet}"
   if [[ -f "$d/exit_code" ]]; then  # written by deploy.sh's runner when train.py ends
-    local code; code="$(cat "$d/exit_code")"
+    local code; code="$(head -c 20 "$d/exit_code")"
     if [[ "$code" == 0 ]]; then echo "status: succeeded"; return 0; fi
     tail -n 5 "$d/train.log" 2>/dev/null | sed 's/^/  | /'
+    if [[ ! "$code" =~ ^[0-9]+$ ]]; then code="unknown: $d/exit_code is damaged"; fi
     echo "status: crashed (exit $code)"; return 1
   elif [[ -f "$d/pid" ]]; then
-    if kill -0 "$(cat "$d/pid")" 2>/dev/null; then echo "status: running"; return 3; fi
+    local pid; pid="$(head -c 20 "$d/pid")"
+    if [[ "$pid" =~ ^[1-9][0-9]*$ ]] && kill -0 "$pid" 2>/dev/null; then echo "status: running"; return 3; fi
     echo "status: crashed (exit unknown: the process is gone without an exit code - killed, or the box restarted)"; return 1
   elif [[ -f "$d/train.lock" ]] && command -v flock > /dev/null && ! flock -n "$d/train.lock" true; then
     echo "status: running (train.py holds $d/train.lock)"; return 3
@@ -70,7 +77,7 @@ once() {  # the report, here or over ssh (the box runs this same function)
   echo "host: $host"
   local remote_dir="${REMOTE_DIR:-text-diffusion}"
   remote_dir="${remote_dir#\~/}"  # relative to the remote home, as in deploy.sh
-  safe_name REMOTE_DIR "$remote_dir" path
+  safe_remote_dir "$remote_dir"
   remote_bash "$host" "$(declare -f report)
 cd -- \"\$REMOTE_DIR\" 2>/dev/null || { echo \"status: not started (no folder \$REMOTE_DIR)\"; exit 4; }
 report" "REMOTE_DIR=$remote_dir" "RUN=$RUN" "DIR=$DIR"
@@ -79,9 +86,9 @@ report" "REMOTE_DIR=$remote_dir" "RUN=$RUN" "DIR=$DIR"
 rc=0
 while :; do
   if ((follow)) && [[ -t 1 ]]; then printf '\033[H\033[2J'; fi
-  rc=0; once || rc=$?
+  rc=0; once | printable || rc=$?  # what the run wrote reaches the terminal without its escapes
   if ((rc == 255)); then echo "error: cannot reach $host over ssh" >&2; fi
   if ((!follow || rc != 3)); then break; fi
-  sleep "${INTERVAL:-10}"
+  sleep "$INTERVAL"
 done
 exit "$rc"

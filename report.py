@@ -13,13 +13,14 @@ depends on what a setting is called. evaluate.py uses the table functions for it
 """
 
 import json
+import math
 import os
 import subprocess
 import sys
 
 from cli import UsageError, cli, parse
 from config import flag, Settings
-from files import write_atomic
+from files import check_output, write_atomic
 from metrics import SAMPLE_METRICS
 
 ENTROPY_SLACK = 1.0  # bits below held-out text's unigram entropy that count as degenerate
@@ -391,20 +392,54 @@ def render_into(readme: str, command: str, body: str) -> None:
         write_atomic(readme, replace_block(f.read(), command, body))
 
 
+def not_a_number(text: str):
+    raise ValueError(f"{text} is not a number")
+
+
+def check_numbers(obj, where: str = "") -> None:
+    """Every number must be finite, and those a count, a time, a likelihood or a text statistic
+    records (NONNEGATIVE) at least 0, perplexities above 0: the report would state them as facts."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            check_numbers(v, f"{where}.{k}" if where else str(k))
+            key = str(k)
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and \
+                    (v < 0 and (key in NONNEGATIVE or key.startswith("distinct_")) or v <= 0 and "perplexity" in key):
+                raise ValueError(f"{where}.{k} is {v}")
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            check_numbers(v, f"{where}[{i}]")
+    elif isinstance(obj, float) and not math.isfinite(obj):
+        raise ValueError(f"{where} is {obj}")
+
+
+NONNEGATIVE = {"nats_per_token", "nats_stderr", "bits_per_byte", "gen_ppl", "unigram_entropy", "repeated_4gram",
+               "seconds", "seconds_per_sample", "forward_passes", "samples", "scored_tokens", "scored_bytes",
+               "blocks", "draws", "prefix", "diffusion", "ar", "num_samples", "sample_length"}
+
+
 def main(argv=None) -> int:
     rc, _ = parse(ReportConfig, argv, __doc__)
     out = out_path(rc)
+    check_output(out, "--out")  # before reading anything
     try:
         with open(rc.evaluation) as f:
-            result = json.load(f)
+            result = json.load(f, parse_constant=not_a_number)
     except FileNotFoundError:
         raise UsageError(f"no {rc.evaluation}; make it with: python evaluate.py")
-    except (ValueError, UnicodeDecodeError) as e:
-        raise UsageError(f"{rc.evaluation} is not valid JSON ({str(e)[:120]}); rerun python evaluate.py")
+    except IsADirectoryError:
+        raise UsageError(f"--evaluation {rc.evaluation} is a folder; give evaluate.py's evaluation.json")
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise UsageError(f"{rc.evaluation} is not valid JSON ({str(e).splitlines()[0][:120]}); rerun python evaluate.py")
+    try:
+        check_numbers(result)
+    except ValueError as e:
+        raise UsageError(f"{rc.evaluation} holds a number the report cannot state ({e}); rerun python evaluate.py")
     try:
         text = render(result, rc.evaluation)
-    except (KeyError, TypeError, StopIteration) as e:
-        raise UsageError(f"{rc.evaluation} is not an evaluate.py result (missing {e}); rerun python evaluate.py")
+    except (KeyError, TypeError, StopIteration, ValueError, AttributeError, IndexError, ZeroDivisionError) as e:
+        raise UsageError(f"{rc.evaluation} is not an evaluate.py result ({type(e).__name__}: {e}); "
+                         f"rerun python evaluate.py")
     write_atomic(out, text)
     print(f"wrote {out}")
     return 0

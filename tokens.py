@@ -6,7 +6,10 @@ byte-level BPE that from-scratch models train on their corpus.
     never_masked_ids(tok)     never masked wherever they stand: every special token but <mask> and </s>
     banned_ids(tok)           never sampled into text: every special token
     token_ids(tok)            what the denoising loop needs: mask, eos, banned (</s> allowed by --stop-at-eos)
-    fingerprint(tok)          sha1 of the vocabulary: saved in run.json, checked at every load
+    fingerprint(tok)          sha1 of the whole tokenizer (vocabulary, merges, pre- and post-processing,
+                              special tokens and their ids): saved in run.json, checked at every load
+    fingerprint_matches(run, tok)   tok against a run.json (older ones recorded the vocabulary alone)
+    encode_text(tok, text)    ids of text typed by a user: special-token text ("<mask>") stays text
     train_tokenizer(docs, vocab_size, folder)   RoBERTa's byte-level BPE trained on docs
     token_texts(tok, ids)     the text each token adds, a character split over tokens shown once, whole
     row_texts(tok, ids, gaps) each token's text in a row with masks (gaps): runs between them decoded whole
@@ -18,7 +21,6 @@ import functools
 import hashlib
 import json
 import os
-import shutil
 
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # RoBERTa's ids 0..4
 
@@ -51,27 +53,68 @@ def token_ids(tokenizer) -> dict:
     return {"mask": tokenizer.mask_token_id, "eos": eos, "banned": [t for t in banned_ids(tokenizer) if t != eos]}
 
 
-def fingerprint(tokenizer) -> str:
-    """sha1 of the vocabulary: train.py saves it in run.json, every load checks it."""
-    return hashlib.sha1(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()
+def fingerprint(tokenizer, legacy: bool = False) -> str:
+    """sha1 of everything that decides which ids a text becomes and what they mean: the backend's
+    whole serialisation (vocabulary, merges, normaliser, pre-tokeniser, post-processor, added
+    tokens) and which token is <mask>, <s>, ... (tokenizer_config.json). legacy=True: the vocabulary
+    alone, what run.json held before (tokenizer_sha1)."""
+    if legacy:
+        return hashlib.sha1(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        spec = json.loads(backend.to_str())
+        spec.pop("truncation", None)  # set by the last call with truncation= or padding=, not the tokenizer's
+        spec.pop("padding", None)
+    else:
+        ranks = getattr(tokenizer, "bpe_ranks", {})
+        spec = {"vocab": sorted(tokenizer.get_vocab().items()), "merges": sorted((v, list(k)) for k, v in ranks.items())}
+    special = {name: [str(tok), tokenizer.convert_tokens_to_ids(tok)] for name, tok in tokenizer.special_tokens_map.items()
+               if isinstance(tok, str)}
+    return hashlib.sha1(json.dumps({"spec": spec, "special": special}, sort_keys=True).encode()).hexdigest()
+
+
+def fingerprint_matches(run: dict, tokenizer) -> bool:
+    """True if `tokenizer` is the one run.json (a dict) recorded: the whole-tokenizer fingerprint,
+    or for a run.json written before it existed, the vocabulary's; True when nothing is recorded."""
+    if run.get("tokenizer_fingerprint"):
+        return run["tokenizer_fingerprint"] == fingerprint(tokenizer)
+    return not run.get("tokenizer_sha1") or run["tokenizer_sha1"] == fingerprint(tokenizer, legacy=True)
+
+
+def encode_text(tokenizer, text: str) -> list[int]:
+    """Ids of text a user typed (a prompt, a template's fixed text). Special-token text in it
+    ("<mask>", "<s>", "[SEP]") is tokenised as the characters it is, never turned into the control
+    token: a typed "<mask>" would otherwise become a hole the model fills, and "<s>" would vanish
+    from the output as a special token."""
+    if not text:
+        return []
+    ids = tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    if set(ids) & set(tokenizer.all_special_ids) - {tokenizer.unk_token_id}:  # a tokenizer without split_special_tokens
+        from cli import UsageError
+
+        raise UsageError(f"{text[:60]!r} holds the text of a special token ({', '.join(tokenizer.all_special_tokens)}), "
+                         f"which this tokenizer cannot keep as plain text; rephrase it")
+    return ids
 
 
 def train_tokenizer(docs: list[str], vocab_size: int, folder: str):
-    """Byte-level BPE (RoBERTa's scheme) trained on `docs`, saved to `folder`, returned as a
-    transformers tokenizer that AutoTokenizer.from_pretrained(folder) loads back."""
+    """Byte-level BPE (RoBERTa's scheme) trained on `docs`, saved to `folder` whole or not at all
+    (files.save_cached), returned as a transformers tokenizer that AutoTokenizer.from_pretrained(folder)
+    loads back."""
     from tokenizers import ByteLevelBPETokenizer
     from transformers import AutoTokenizer, RobertaTokenizer
+
+    from files import save_cached
 
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(docs, vocab_size=vocab_size, min_frequency=2,
                             special_tokens=SPECIAL_TOKENS, show_progress=False)
-    tmp = folder + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)  # debris of a killed run
-    os.makedirs(tmp)
-    bpe.save_model(tmp)
-    tok = RobertaTokenizer(vocab=os.path.join(tmp, "vocab.json"), merges=os.path.join(tmp, "merges.txt"))
-    tok.save_pretrained(tmp)
-    os.replace(tmp, folder)  # whole folder or nothing: a killed run leaves only *.tmp
+
+    def save(tmp):
+        bpe.save_model(tmp)
+        RobertaTokenizer(vocab=os.path.join(tmp, "vocab.json"), merges=os.path.join(tmp, "merges.txt")).save_pretrained(tmp)
+
+    save_cached(folder, save)
     return AutoTokenizer.from_pretrained(folder)
 
 

@@ -20,8 +20,8 @@ import dataclasses
 import os
 import sys
 
-from cli import cli, format_config, given, parse  # noqa: E402
-from config import TrainConfig, load_train_config, save_config, train_presets  # noqa: E402
+from cli import UsageError, cli, format_config, given, parse  # noqa: E402
+from config import RESUME_FIXED, TrainConfig, load_train_config, save_config, train_presets  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -29,16 +29,21 @@ def main(argv=None) -> int:
     from runs import RunFolder, check_writable
 
     check_writable(cfg.cache_dir)
-    with RunFolder(cfg.output_dir, "diffusion", is_main=int(os.environ.get("RANK", "0")) == 0) as run:
+    with RunFolder(cfg.output_dir, "diffusion") as run:
         return train(cfg, given(args, TrainConfig), run)
 
 
 def train(cfg: TrainConfig, flags: dict, run) -> int:
     checkpoint = None
     if cfg.resume:  # the saved config of this folder's newest good checkpoint, explicit flags on top
+        from runs import refuse_changes, refuse_past_end
+
         checkpoint = run.resume_point()
+        saved = dataclasses.asdict(load_train_config(checkpoint))
         flags = {k: v for k, v in flags.items() if k not in ("resume", "quick_test")}
-        cfg = TrainConfig(**{**dataclasses.asdict(load_train_config(checkpoint)), **flags, "resume": True})
+        refuse_changes(saved, flags, RESUME_FIXED)
+        cfg = TrainConfig(**{**saved, **flags, "resume": True})
+        refuse_past_end(checkpoint, cfg.max_steps)
 
     from transformers import set_seed
     from transformers.utils import logging as hf_logging
@@ -53,22 +58,27 @@ def train(cfg: TrainConfig, flags: dict, run) -> int:
 
     use_bar(cfg.log_format)  # decided before the data: a plain log has no tokenising bars either
     tokenizer, train_ds, val_ds = load_data(cfg, run.is_main)
+    if cfg.batch_size * cfg.grad_accum > len(train_ds):  # the Trainer would quietly take a smaller step
+        raise UsageError(f"--batch-size {cfg.batch_size} x --grad-accum {cfg.grad_accum} = "
+                         f"{cfg.batch_size * cfg.grad_accum:,} blocks per optimiser step, more than the "
+                         f"{len(train_ds):,} training blocks; lower them (or add data)")
 
-    # 2. the run's folder: a fresh run moves another run's outputs aside; a resumed one keeps only
-    # its own log rows up to the checkpoint, and the masks an uninterrupted run would draw
+    # 2. model and trainer: the diffusion loss, per-level evaluation, one log line per interval
     from data_collator import DiffusionCollator
 
     collator = DiffusionCollator(tokenizer, cfg)
+    model = build(cfg, tokenizer, len(train_ds), run.is_main)
+    trainer = make_trainer(cfg, model, tokenizer, train_ds, val_ds, collator, run, evaluate_first=checkpoint is None)
+
+    # 3. the run's folder, now that every check has passed: a fresh run moves another run's
+    # outputs aside; a resumed one keeps only its own log rows up to the checkpoint, and the masks
+    # an uninterrupted run would draw
     if checkpoint is None:
         run.start(tokenizer)
         if run.is_main:
             save_config(cfg, cfg.output_dir)
     else:
-        collator.resume(checkpoint, run.resume(checkpoint, tokenizer), cfg)
-
-    # 3. model and trainer: the diffusion loss, per-level evaluation, one log line per interval
-    model = build(cfg, tokenizer, run.is_main)
-    trainer = make_trainer(cfg, model, tokenizer, train_ds, val_ds, collator, run, evaluate_first=checkpoint is None)
+        collator.resume(checkpoint, run.resume(checkpoint, tokenizer, cfg.max_steps), cfg)
 
     # 4. train (the Trainer evaluates and saves at the last step), then the final model
     if not run.train(trainer, checkpoint):
@@ -94,8 +104,9 @@ def load_data(cfg: TrainConfig, is_main: bool):
     from accelerate import PartialState
 
     from data import build_datasets, get_tokenizer, load_documents
+    from runs import process_rank
 
-    cpu_ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    cpu_ddp = process_rank()[1] > 1 and not torch.cuda.is_available()
     with PartialState(cpu=cpu_ddp).local_main_process_first():
         docs = load_documents(cfg) if cfg.model == "scratch" else None
         tokenizer = get_tokenizer(cfg, docs)
@@ -105,10 +116,17 @@ def load_data(cfg: TrainConfig, is_main: bool):
     return tokenizer, train_ds, val_ds
 
 
-def build(cfg: TrainConfig, tokenizer, is_main: bool):
+def build(cfg: TrainConfig, tokenizer, n_train: int, is_main: bool):
+    import torch
+
+    from limits import check_training, scratch_params
     from modeling import build_model, compile_model, n_params
 
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if cfg.model == "scratch":  # before building it: a model that cannot fit is one line, not an allocator error
+        check_training(cfg, len(tokenizer), scratch_params(cfg, len(tokenizer)), device, n_train)
     model = build_model(cfg, tokenizer)
+    check_training(cfg, model.config.vocab_size, n_params(model), device, n_train)
     if is_main:
         print(f"model: {type(model).__name__}, {n_params(model) / 1e6:.2f}M parameters, "
               f"{model.config._attn_implementation} attention", flush=True)
@@ -122,7 +140,7 @@ def make_trainer(cfg, model, tokenizer, train_ds, val_ds, collator, run, evaluat
 
     from trainer import DiffusionTrainer, log_callbacks, training_arguments
 
-    cpu_ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    cpu_ddp = run.world > 1 and not torch.cuda.is_available()
     trainer = DiffusionTrainer(
         model=model, args=training_arguments(cfg, evaluate_first=evaluate_first, use_cpu=cpu_ddp),
         train_dataset=train_ds, eval_dataset=val_ds, data_collator=collator,

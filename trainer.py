@@ -16,7 +16,6 @@ every masking level, one log line per interval, metrics.jsonl and its plots, the
 The run's folder (lock, run id, resume, checkpoints, Ctrl-C, final save) is runs.py.
 """
 
-import csv
 import math
 import os
 import sys
@@ -32,9 +31,9 @@ from config import TrainConfig, save_config
 from diffusion import (bound_prefix, elbo_estimate, eval_batches, level_losses, nearest_level, report_levels,
                        show_predictions)
 from data_collator import STATE_FILE as COLLATOR_STATE
-from files import append_jsonl, write_atomic
+from files import append_jsonl, write_atomic, write_csv, write_figure
 from modeling import training_loss
-from runs import METRICS, PROGRESS, last_complete_checkpoint, read_metrics
+from runs import METRICS, PROGRESS, close_progress, last_complete_checkpoint, process_rank, read_metrics
 
 # ---------------------------------------------------------------------------------------------
 # The Trainer
@@ -100,9 +99,7 @@ class DiffusionTrainer(Trainer):
         return metrics
 
     def diverged_message(self, what: str) -> str:
-        for cb in self.callback_handler.callbacks:  # end the progress bar's line before the error line
-            if isinstance(cb, Bar) and cb.bar is not None:
-                cb.bar.close()
+        close_progress(self)  # end the progress bar's line before the error line
         last = last_complete_checkpoint(self.args.output_dir, quiet=True)
         keep = f"{os.path.basename(last)} is the last good checkpoint" if last else "no checkpoint was saved"
         return (f"training diverged at step {self.state.global_step}: {what} (learning rate {self.cfg.learning_rate:g}); "
@@ -321,10 +318,7 @@ def write_curves(out_dir: str) -> None:
              for lv, v in metrics_by_level(r, f"{split}_mask_").items()]
     if not table:  # e.g. the AR baseline's log: no masking levels
         return
-    with open(os.path.join(out_dir, "loss_by_level.csv"), "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["step", "split", "mask_level", "loss"])
-        w.writerows(table)
+    write_csv(os.path.join(out_dir, "loss_by_level.csv"), [["step", "split", "mask_level", "loss"]] + table)
     plot_curves(rows, os.path.join(out_dir, "loss_by_level.png"))
 
 
@@ -355,7 +349,7 @@ def plot_curves(rows: list[dict], path: str) -> None:
     axes[2].set(title="Held-out ELBO perplexity bound", xlabel="step", ylabel="perplexity (upper bound)")
     axes[2].grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    write_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -402,7 +396,7 @@ def training_arguments(cfg: TrainConfig, evaluate_first: bool, use_cpu: bool = F
         save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=None,  # rotation: Rotate
         logging_nan_inf_filter=False,  # a nan loss is logged as nan (and stops the run), never hidden
         seed=cfg.seed, data_seed=cfg.seed, report_to="none", remove_unused_columns=False,
-        disable_tqdm=int(os.environ.get("RANK", "0")) != 0, use_cpu=use_cpu, **speed_arguments(cfg))
+        disable_tqdm=process_rank()[0] != 0, use_cpu=use_cpu, **speed_arguments(cfg))
     return TrainingArguments(**{**args, **over})
 
 

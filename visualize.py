@@ -10,8 +10,10 @@
 import html
 import math
 import os
+import tempfile
 
 from decoding import Step
+from files import write_atomic
 from tokens import banned_ids, row_texts
 
 MASK_GLYPH = "█"
@@ -83,8 +85,10 @@ def animate(history: list[Step], tokenizer, path: str, cols: int = 16) -> None:
                      f"(green: prompt/fixed, orange: committed now, blue: earlier, red: re-masked)", fontsize=10)
 
     anim = FuncAnimation(fig, draw, frames=len(history), interval=700)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    anim.save(path, writer=PillowWriter(fps=1.5))
+    with tempfile.TemporaryDirectory() as tmp:  # the writer wants a file name; the GIF lands whole
+        anim.save(os.path.join(tmp, "a.gif"), writer=PillowWriter(fps=1.5))
+        with open(os.path.join(tmp, "a.gif"), "rb") as f:
+            write_atomic(path, f.read())
     plt.close(fig)
 
 

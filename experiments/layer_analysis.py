@@ -29,9 +29,9 @@ import sys
 
 import repo_root  # noqa: F401  (first: puts the repo's modules on sys.path)
 
-import csv
 import math
 
+import files
 from cli import UsageError, cli, parse
 from config import flag, parse_rates, save_config, Settings
 
@@ -42,8 +42,8 @@ class LayerConfig(Settings):
     batches: int = flag(8, "held-out batches (the first ones, as train.py's evaluation takes them)", min=1)
     batch_size: int = flag(0, "blocks per batch; 0 = the checkpoint's --batch-size", min=0)
     cka_levels: str = flag("0.1,0.5,1.0", "masking rates with a CKA panel each")
-    bins: int = flag(10, "equal-width confidence bins for the reliability diagram and ECE", min=1)
-    seed: int = flag(-1, "masks; -1 = the checkpoint's seed, i.e. the masks of train.py's held-out eval", min=-1)
+    bins: int = flag(10, "equal-width confidence bins for the reliability diagram and ECE", min=1, max=1000)
+    seed: int = flag(-1, "masks; -1 = the checkpoint's seed, i.e. the masks of train.py's held-out eval", min=-1, max=2**32 - 1)
     threads: int = flag(1, "torch CPU threads (0 = torch's default); one avoids thread contention on shared cores",
                         min=0)
     out_dir: str = flag("results/figures", "PNGs, CSV and the settings JSON go here")
@@ -229,7 +229,7 @@ def plot_lens(res, levels, tag, path):
     fig.suptitle(f"Logit lens ({tag}): each layer through the LM head"
                  " (final_norm applied to every layer)", fontsize=12)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    files.write_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -254,7 +254,7 @@ def plot_entropy(res, levels, window, tag, path):
     b.set(title="Per head (bits)", xlabel="masking level")
     fig.suptitle(f"Attention entropy ({tag}): low = focused on a few positions", fontsize=12)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    files.write_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -273,7 +273,7 @@ def plot_cka(cka, tag, path):
     fig.colorbar(im, ax=axes[0].tolist(), label="linear CKA")
     fig.suptitle(f"Linear CKA between layers' representations ({tag}), over all content positions",
                  fontsize=12)
-    fig.savefig(path, dpi=110)
+    files.write_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -306,7 +306,7 @@ def plot_calibration(cal, res, levels, tag, path):
     c.grid(alpha=0.3, axis="y")
     fig.suptitle(f"Calibration of the final layer on masked tokens ({tag})", fontsize=12)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    files.write_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -379,34 +379,42 @@ def format_table(res, cal, losses, levels) -> str:
     return "\n".join(lines)
 
 
-def write_csv(path, res, cal, cka, losses, levels) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["metric", "level", "layer", "layer2", "head", "bin", "value"])
-        for t in levels:
-            r = res[t]
-            w.writerow(["level_loss", t, "", "", "", "", round(losses[t], 6)])
-            w.writerow(["masked_tokens", t, "", "", "", "", r["count"]])
-            for l, (a, c) in enumerate(zip(r["acc"], r["ce"])):
-                w.writerow(["lens_accuracy", t, l, "", "", "", round(a, 6)])
-                w.writerow(["lens_ce", t, l, "", "", "", round(c, 6)])
-            for l, heads in enumerate(r["entropy"]):
-                for h, e in enumerate(heads):
-                    w.writerow(["attention_entropy_bits", t, l + 1, "", h, "", round(e, 6)])
-            w.writerow(["ece", t, "", "", "", "", round(cal[t][0], 6)])
-            w.writerow(["mean_confidence", t, "", "", "", "", round(float(r["conf"].mean()), 6)])
-            for b, (_, _, n, mc, acc) in enumerate(cal[t][1]):
-                w.writerow(["bin_count", t, "", "", "", b, n])
-                w.writerow(["bin_confidence", t, "", "", "", b, round(mc, 6)])
-                w.writerow(["bin_accuracy", t, "", "", "", b, round(acc, 6)])
-        for t, m in cka.items():
-            for i, row in enumerate(m):
-                for j, v in enumerate(row):
-                    w.writerow(["cka", t, i, j, "", "", round(v, 6)])
+def write_table(path, res, cal, cka, losses, levels) -> None:
+    rows = [["metric", "level", "layer", "layer2", "head", "bin", "value"]]
+    for t in levels:
+        r = res[t]
+        rows.append(["level_loss", t, "", "", "", "", round(losses[t], 6)])
+        rows.append(["masked_tokens", t, "", "", "", "", r["count"]])
+        for l, (a, c) in enumerate(zip(r["acc"], r["ce"])):
+            rows.append(["lens_accuracy", t, l, "", "", "", round(a, 6)])
+            rows.append(["lens_ce", t, l, "", "", "", round(c, 6)])
+        for l, heads in enumerate(r["entropy"]):
+            for h, e in enumerate(heads):
+                rows.append(["attention_entropy_bits", t, l + 1, "", h, "", round(e, 6)])
+        rows.append(["ece", t, "", "", "", "", round(cal[t][0], 6)])
+        rows.append(["mean_confidence", t, "", "", "", "", round(float(r["conf"].mean()), 6)])
+        for b, (_, _, n, mc, acc) in enumerate(cal[t][1]):
+            rows.append(["bin_count", t, "", "", "", b, n])
+            rows.append(["bin_confidence", t, "", "", "", b, round(mc, 6)])
+            rows.append(["bin_accuracy", t, "", "", "", b, round(acc, 6)])
+    for t, m in cka.items():
+        for i, row in enumerate(m):
+            for j, v in enumerate(row):
+                rows.append(["cka", t, i, j, "", "", round(v, 6)])
+
+    files.write_csv(path, rows)
+
+def output_paths(lc: LayerConfig) -> dict:
+    tag = os.path.basename(os.path.normpath(lc.checkpoint))
+    return {k: os.path.join(lc.out_dir, f"{name}_{tag}.{ext}") for k, name, ext in (
+        ("lens", "layer_logit_lens", "png"), ("entropy", "layer_attention_entropy", "png"),
+        ("cka", "layer_cka", "png"), ("calibration", "layer_calibration", "png"),
+        ("csv", "layer_analysis", "csv"), ("json", "layer_analysis", "json"))}
 
 
 def main(argv=None) -> int:
     lc, _ = parse(LayerConfig, argv, __doc__)
+    files.check_outputs(lc.out_dir, [os.path.basename(p) for p in output_paths(lc).values()], "--out-dir")
     import torch
     from tqdm import tqdm
     from transformers.utils import logging as hf_logging
@@ -428,7 +436,11 @@ def main(argv=None) -> int:
         raise UsageError(f"--cka-levels {', '.join(map(str, missing))} not among the levels analysed ({levels})")
     seed = cfg.seed if lc.seed < 0 else lc.seed
     _, val = build_datasets(cfg, tokenizer)
-    batches = eval_batches(val, lc.batch_size or cfg.batch_size, lc.batches)
+    size = lc.batch_size or cfg.batch_size
+    if size > len(val) or lc.batches > -(-len(val) // size):  # more than the held-out set: say so, never cut quietly
+        raise UsageError(f"--batches {lc.batches} x --batch-size {size} is more than the {len(val)} held-out blocks; "
+                         f"at most {-(-len(val) // min(size, len(val)))} batches of {min(size, len(val))}")
+    batches = eval_batches(val, size, lc.batches)
 
     # 1. the same masks as train.py's held-out evaluation, one level at a time
     res = {}
@@ -458,16 +470,12 @@ def write_outputs(lc, res, cal, cka, losses, levels, window: int, drift: float) 
     print()
     for line in findings(res, cal, cka, levels, window):
         print("- " + line)
-    os.makedirs(lc.out_dir, exist_ok=True)
-    paths = {k: os.path.join(lc.out_dir, f"{name}_{tag}.{ext}") for k, name, ext in (
-        ("lens", "layer_logit_lens", "png"), ("entropy", "layer_attention_entropy", "png"),
-        ("cka", "layer_cka", "png"), ("calibration", "layer_calibration", "png"),
-        ("csv", "layer_analysis", "csv"), ("json", "layer_analysis", "json"))}
+    paths = output_paths(lc)
     plot_lens(res, levels, tag, paths["lens"])
     plot_entropy(res, levels, window, tag, paths["entropy"])
     plot_cka(cka, tag, paths["cka"])
     plot_calibration(cal, res, levels, tag, paths["calibration"])
-    write_csv(paths["csv"], res, cal, cka, losses, levels)
+    write_table(paths["csv"], res, cal, cka, losses, levels)
     save_config(lc, lc.out_dir, os.path.basename(paths["json"]))
     print()
     for key in paths:

@@ -28,6 +28,8 @@ import math
 import textwrap
 
 from cli import UsageError, cli, parse
+from files import check_outputs, write_atomic, write_figure
+from limits import check_fits, check_passes
 from config import QUICK_TEST, TrainConfig, flag, parse_rates, save_config, Settings
 
 
@@ -39,7 +41,7 @@ class VizConfig(Settings):
     steps: int = flag(10, "denoising steps for the tokens-per-step panel", min=1)
     draws: int = flag(20000, "masking rates drawn per distribution for the histograms", min=1)
     width: int = flag(100, "terminal line width for the masked text", min=1)
-    seed: int = flag(0, "fixes the masks and the drawn rates", min=0)
+    seed: int = flag(0, "fixes the masks and the drawn rates", min=0, max=2**32 - 1)
     out_dir: str = flag("results/figures", "PNGs and the settings JSON go here")
 
     def check(self) -> None:
@@ -137,7 +139,7 @@ def plot_schedules(n_tokens: int, steps: int, path: str) -> None:
     right.grid(alpha=0.3, axis="y")
     right.legend(title="schedule")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    write_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -211,7 +213,7 @@ def plot_distributions(cfg: TrainConfig, draws: int, realised, path: str, seed: 
     levels = cfg.mask_levels if cfg.mask_distribution == "levels" else f"mask_min {cfg.mask_min}"
     fig.suptitle(f"Training masking rates: {draws} draws per distribution ({levels})", fontsize=12)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    write_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -220,9 +222,15 @@ def plot_distributions(cfg: TrainConfig, draws: int, realised, path: str, seed: 
 # ---------------------------------------------------------------------------------------------
 
 
+OUTPUTS = ("masking_levels.txt", "masking_schedules.png", "masking_rate_distributions.png", "masking_viz.json")
+
+
 def main(argv=None) -> int:
     vc, _ = parse(VizConfig, argv, __doc__)
     levels = parse_rates(vc.levels, "levels")
+    check_outputs(vc.out_dir, OUTPUTS, "--out-dir")
+    check_passes(f"--steps {vc.steps}", vc.steps)
+    check_fits(f"--draws {vc.draws:,}", vc.draws * 8 * 2)  # the drawn rates and their realised fractions
     import torch
     from transformers.utils import logging as hf_logging
 
@@ -239,7 +247,6 @@ def main(argv=None) -> int:
           f"as the model sees it at each masking level:")
     print(text)
 
-    os.makedirs(vc.out_dir, exist_ok=True)
     n_gen = cfg.max_len - 2 - cfg.prefix_len  # what a prompted generation fills in this window
     plot_schedules(n_gen, vc.steps, os.path.join(vc.out_dir, "masking_schedules.png"))
     g = torch.Generator().manual_seed(vc.seed)
@@ -247,14 +254,12 @@ def main(argv=None) -> int:
     drawn = [realised_fractions(blocks, cfg, tokenizer, g) for _ in range(repeats)]
     rates, realised = torch.cat([d[0] for d in drawn]), torch.cat([d[1] for d in drawn])  # [N], [N]
     plot_distributions(cfg, vc.draws, realised, os.path.join(vc.out_dir, "masking_rate_distributions.png"), vc.seed)
-    with open(os.path.join(vc.out_dir, "masking_levels.txt"), "w") as f:
-        f.write(text + "\n")
+    write_atomic(os.path.join(vc.out_dir, "masking_levels.txt"), text + "\n")
     save_config(vc, vc.out_dir, "masking_viz.json")
     print(f"\ntraining recipe ({cfg.mask_distribution} rates, prefix {cfg.prefix_mode} <= {cfg.prefix_len}) "
           f"on {len(realised)} blocks: mean drawn rate {float(rates.mean()):.2f}, mean share of the "
           f"block's content actually masked {float(realised.mean()):.2f}")
-    names = ("masking_levels.txt", "masking_schedules.png", "masking_rate_distributions.png", "masking_viz.json")
-    print(f"wrote {', '.join(names)} to {vc.out_dir}")
+    print(f"wrote {', '.join(OUTPUTS)} to {vc.out_dir}")
     return 0
 
 

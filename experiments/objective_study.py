@@ -29,7 +29,6 @@ import sys
 
 from repo_root import ROOT  # first: puts the repo's modules on sys.path
 
-import csv
 import dataclasses
 import json
 import math
@@ -39,6 +38,10 @@ import time
 
 from cli import UsageError, cli, parse, to_argv
 from config import QUICK_TEST, flag, parse_ints, parse_names, Settings
+from files import check_outputs, write_atomic, write_csv, write_figure, write_json
+
+
+MAX_SCALE = 64  # 64 x the quick test's 3000 steps: days on a CPU, the most a study here may ask for
 
 
 class StudyConfig(Settings):
@@ -49,7 +52,7 @@ class StudyConfig(Settings):
                            "evaluate.py)", min=2)
     num_samples: int = flag(16, "unprompted samples per model at generate.py's defaults (entropy, generative "
                             "perplexity)", min=1)
-    seed: int = flag(0, "masks of the final bounds and every sample (evaluate.py's default)", min=0)
+    seed: int = flag(0, "masks of the final bounds and every sample (evaluate.py's default)", min=0, max=2**32 - 1)
     train_flags: str = flag("", "extra train.py flags for every run, after --quick-test and the objective's")
     out_dir: str = flag("results/objective_study", "a folder per run; objective_study.json / .csv / .md / .png")
     docs: bool = flag(False, "also write docs/objective_study.md, docs/objective_study.json, "
@@ -62,9 +65,9 @@ class StudyConfig(Settings):
 
     def check(self) -> None:
         scales = self.scale_list()
-        if not scales or min(scales) < 1 or 1 not in scales:
-            raise UsageError(f"--scales must be positive integers including 1 (the budget objectives are compared "
-                             f"at), got {self.scales!r}")
+        if not scales or min(scales) < 1 or 1 not in scales or max(scales) > MAX_SCALE:
+            raise UsageError(f"--scales must be integers from 1 to {MAX_SCALE} including 1 (the budget objectives "
+                             f"are compared at), got {self.scales!r}")
         try:
             shlex.split(self.train_flags)
         except ValueError as e:
@@ -128,8 +131,7 @@ def run(script: str, argv: list[str], folder: str, done: str) -> dict:
         raise UsageError(f"{command} failed with exit code {proc.returncode}; see {os.path.join(folder, 'run.log')}")
     record = {"command": command, "seconds": round(time.time() - t0, 1),
               "load_average_1min": round(os.getloadavg()[0], 2)}
-    with open(stamp, "w") as f:
-        json.dump(record, f)
+    write_json(stamp, record)
     return {**record, "reused": False}
 
 
@@ -495,13 +497,11 @@ def plot(result: dict, path: str) -> None:
     for ax in (left, mid, right):
         ax.title.set_fontsize(10.5)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    write_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
 def write_outputs(result: dict, out_dir: str, docs: bool) -> list[str]:
-    from files import write_atomic, write_json
-
     os.makedirs(out_dir, exist_ok=True)
     paths = []
     targets = [(out_dir, out_dir, f"{STUDY_FILE}.png")]
@@ -514,22 +514,45 @@ def write_outputs(result: dict, out_dir: str, docs: bool) -> list[str]:
         write_atomic(os.path.join(folder, f"{STUDY_FILE}.md"), render(result, fig_rel))
         paths += [os.path.join(folder, f"{STUDY_FILE}.{ext}") for ext in ("json", "md")]
         paths.append(os.path.join(fig_dir, f"{STUDY_FILE}.png"))
-    with open(os.path.join(out_dir, f"{STUDY_FILE}.csv"), "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(CSV_COLUMNS)
-        w.writerows(csv_rows(result))
+    write_csv(os.path.join(out_dir, f"{STUDY_FILE}.csv"), [CSV_COLUMNS] + csv_rows(result))
     return paths + [os.path.join(out_dir, f"{STUDY_FILE}.csv")]
+
+
+def check_sizes(sc: StudyConfig, names: list[str]) -> None:
+    """Before hours of training: the samples and the final bounds of every run fit this machine
+    (their window and vocabulary from the runs' train.py flags)."""
+    from config import GenConfig, TrainConfig, train_presets
+    from limits import check_fits, check_generation
+
+    for name in names:
+        cfg, _ = parse(TrainConfig, train_argv(name, 1, sc)[:-2], presets=train_presets)
+        vocab, n = cfg.tokenizer_vocab_size, cfg.max_len - 2
+        check_generation(GenConfig(num_samples=sc.num_samples, out=""), cfg.max_len, vocab, n, n)
+        check_fits(f"--elbo-draws {sc.elbo_draws}", sc.elbo_draws * n / 2 * vocab * 4)
+
+
+def read_study(path: str) -> dict:
+    """A study's JSON, checked by rendering it, or one line saying it is not one."""
+    try:
+        with open(path) as f:
+            result = json.load(f)
+        render(result, f"{STUDY_FILE}.png")
+        return result
+    except (ValueError, UnicodeDecodeError, RecursionError, KeyError, TypeError, IndexError, AttributeError,
+            ZeroDivisionError) as e:
+        raise UsageError(f"--render-only: {path} is not a study this script wrote ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:100] if str(e) else ''}); run the study again")
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     sc, _ = parse(StudyConfig, argv, __doc__)
+    check_outputs(sc.out_dir, [f"{STUDY_FILE}.{ext}" for ext in ("json", "md", "png", "csv")], "--out-dir")
     if sc.render_only:
         path = os.path.join(sc.out_dir, f"{STUDY_FILE}.json")
         if not os.path.isfile(path):
             raise UsageError(f"--render-only: no {path}; run the study first")
-        with open(path) as f:
-            result = json.load(f)
+        result = read_study(path)
     else:
         names = list(OBJECTIVES) if sc.objectives == "all" else parse_names(sc.objectives, "objectives",
                                                                             tuple(OBJECTIVES))
@@ -538,6 +561,7 @@ def main(argv=None) -> int:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+        check_sizes(sc, names)
         result = study(sc, names, shlex.join(["python", "experiments/objective_study.py", *argv]))
     for path in write_outputs(result, sc.out_dir, sc.docs):
         print(f"wrote {path}")

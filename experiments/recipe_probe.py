@@ -25,7 +25,7 @@ from config import QUICK_TEST, TrainConfig, flag, Settings
 
 
 class ProbeConfig(Settings):
-    seconds: float = flag(40.0, "training wall time of the probe", above=0)
+    seconds: float = flag(40.0, "training wall time of the probe", above=0, max=86400)
     out: str = flag("results/recipe_probe.jsonl", "one JSON line per probe is appended here")
 
 
@@ -35,10 +35,12 @@ def probe(cfg: TrainConfig, seconds: float) -> dict:
     from data import build_datasets, get_tokenizer
     from data_collator import DiffusionCollator
     from diffusion import eval_batches, level_losses
+    from limits import check_training, scratch_params
     from modeling import build_model, training_loss
 
     tok = get_tokenizer(cfg)
     train_ds, val_ds = build_datasets(cfg, tok)
+    check_training(cfg, len(tok), scratch_params(cfg, len(tok)), blocks=len(train_ds))
     model = build_model(cfg, tok)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     collate = DiffusionCollator(tok, cfg)
@@ -60,11 +62,12 @@ def probe(cfg: TrainConfig, seconds: float) -> dict:
 
 
 def main(argv=None) -> int:
-    from files import append_jsonl
+    from files import append_jsonl, check_output
 
     cfg, args = parse(TrainConfig, argv, __doc__, presets=lambda flags: dict(QUICK_TEST),
                       extra=lambda p: add_args(p, ProbeConfig))
     pc = ProbeConfig(**given(args, ProbeConfig))
+    check_output(pc.out, "--out")  # before the probe trains
     row = {"recipe": given(args, TrainConfig), **probe(cfg, pc.seconds)}
     print(json.dumps(row), flush=True)
     append_jsonl(pc.out, row)

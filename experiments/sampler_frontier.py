@@ -23,12 +23,12 @@ import sys
 
 import repo_root  # noqa: F401  (first: puts the repo's modules on sys.path)
 
-import csv
 import dataclasses
 
-from cli import cli, parse
+from cli import UsageError, cli, parse
 from config import GenConfig, Registry, flag, parse_floats, parse_names, save_config, Settings
 from metrics import QUALITY_FLOOR, meets_floor, ppl_at
+from files import check_outputs, write_figure
 
 
 class FrontierConfig(Settings):
@@ -45,7 +45,7 @@ class FrontierConfig(Settings):
     length: int = flag(0, "tokens to write; 0 = the window", min=0)
     block_size: int = flag(0, ">0: semi-autoregressive blocks, as generate.py --block-size", min=0)
     canvas: str = flag("full", "full | fit, as generate.py --canvas", choices=("full", "fit"))
-    seed: int = flag(0, "every setting restarts from this seed", min=0)
+    seed: int = flag(0, "every setting restarts from this seed", min=0, max=2**32 - 1)
     out_dir: str = flag("results/figures", "sampler_frontier.png / .csv / .json")
 
 
@@ -108,7 +108,7 @@ def plot(rows: list[dict], refs: list[dict], chosen: dict | None, path: str) -> 
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    write_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -159,19 +159,18 @@ def print_table(fc: FrontierConfig, refs: list[dict], rows: list[dict], chosen: 
           f"{chosen['gen_ppl']:.1f} at {chosen['unigram_entropy']:.2f} bits{versus}")
 
 
+OUTPUTS = ("sampler_frontier.png", "sampler_frontier.csv", "sampler_frontier.json", "sampler_frontier_config.json")
+
+
 def write_outputs(fc: FrontierConfig, rules: list[str], refs: list[dict], rows: list[dict], chosen) -> None:
-    from files import write_json
+    from files import write_csv, write_json
     from metrics import SAMPLE_METRICS
 
-    os.makedirs(fc.out_dir, exist_ok=True)
     paths = {ext: os.path.join(fc.out_dir, f"sampler_frontier.{ext}") for ext in ("png", "csv", "json")}
     plot(rows, refs, chosen, paths["png"])
     keys = ["rule", "temperature", "gen_ppl", *SAMPLE_METRICS, "top_word", "forward_passes", "seconds_per_sample"]
-    with open(paths["csv"], "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(keys)
-        for r in refs + rows:
-            w.writerow([r.get(k, r.get("label")) if k == "rule" else r.get(k, "") for k in keys])
+    write_csv(paths["csv"], [keys] + [[r.get(k, r.get("label")) if k == "rule" else r.get(k, "") for k in keys]
+                                      for r in refs + rows])
     write_json(paths["json"], {"config": dataclasses.asdict(fc), "rules": {k: RULES[k] for k in rules},
                                "quality_floor": QUALITY_FLOOR, "references": refs, "rows": rows, "chosen": chosen})
     save_config(fc, fc.out_dir, "sampler_frontier_config.json")
@@ -192,7 +191,10 @@ def main(argv=None) -> int:
     fc, _ = parse(FrontierConfig, argv, __doc__)
     rules = list(RULES) if fc.rules == "all" else parse_names(fc.rules, "rules", tuple(RULES))
     temps = parse_floats(fc.temperatures, "temperatures")
+    if not temps:
+        raise UsageError("--temperatures is empty: give at least one, e.g. 0.9")
     settings_ = rule_configs(fc, rules, temps)  # every setting is checked before any work starts
+    check_outputs(fc.out_dir, OUTPUTS, "--out-dir")
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()

@@ -29,11 +29,12 @@ import sys
 
 import repo_root  # noqa: F401  (first: puts the repo's modules on sys.path)
 
-import csv
 import math
 import time
 
 from cli import UsageError, cli, given, parse
+from files import check_outputs, write_csv, write_figure
+from limits import check_passes
 from config import GenConfig, Registry, flag, parse_ints, parse_names, save_config, Settings
 
 
@@ -55,7 +56,7 @@ class CompareConfig(Settings):
     heatmap_sampler: str = flag("topk", "sampler shown in the decoding-order heatmap",
                                 choices=Registry("decoding", "SAMPLERS"))
     heatmap_steps: int = flag(16, "step count shown in the decoding-order heatmap", min=1)
-    seed: int = flag(0, "one generator seeded with this per configuration: same draws for all", min=0)
+    seed: int = flag(0, "one generator seeded with this per configuration: same draws for all", min=0, max=2**32 - 1)
     threads: int = flag(1, "torch CPU threads (0 = torch's default); one avoids thread contention on shared cores",
                         min=0)
     out_dir: str = flag("results/figures", "CSV, PNGs and the settings JSON go here")
@@ -203,7 +204,7 @@ def plot_quality(rows: list[dict], ref: dict, grid: dict, order: str, judge_name
                    transform=legend_ax.transAxes, fontsize=11, va="bottom")
     fig.suptitle("Sample quality vs denoising steps on held-out prompts", fontsize=14)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    write_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -227,7 +228,7 @@ def plot_orders(orders: dict, plen: int, title: str, path: str) -> None:
     axes[-1, 0].set_xlabel(f"token position after <s> (grey: the {plen}-token prompt)")
     fig.colorbar(im, ax=axes[:, 0].tolist(), label="step that committed the token", fraction=0.03, pad=0.01)
     fig.suptitle(title, fontsize=12)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    write_figure(fig, path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -307,6 +308,9 @@ def main(argv=None) -> int:
     grid = resolve_grid(cc)
     from decoding import ignored
 
+    check_outputs(cc.out_dir, [os.path.basename(p) for p in output_paths(cc).values()], "--out-dir")
+    for steps in grid["steps"]:  # the loop runs every step, even one that commits nothing
+        check_passes(f"--steps {steps}", steps)
     configs = [gen_config(cc, sched, steps, sampler, order) for sched in grid["schedules"]  # all valid before any work
                for steps in grid["steps"] for sampler in grid["samplers"] for order in grid["orders"]]
     for line in ignored(configs, given(args, CompareConfig)):  # e.g. --k with no topk in --samplers
@@ -333,19 +337,20 @@ def main(argv=None) -> int:
     return 0
 
 
+def output_paths(cc: CompareConfig) -> dict:
+    tag = os.path.basename(os.path.normpath(cc.checkpoint))
+    return {k: os.path.join(cc.out_dir, f"{name}_{tag}.{ext}") for k, name, ext in (
+        ("csv", "schedule_comparison", "csv"), ("json", "schedule_comparison", "json"),
+        ("quality", "schedule_quality", "png"), ("order", "schedule_decoding_order", "png"))}
+
+
 def write_outputs(cc: CompareConfig, grid: dict, ref: dict, rows: list[dict], orders: dict, plen: int,
                   judge_name: str) -> None:
     tag = os.path.basename(os.path.normpath(cc.checkpoint))
-    paths = {k: os.path.join(cc.out_dir, f"{name}_{tag}.{ext}") for k, name, ext in (
-        ("csv", "schedule_comparison", "csv"), ("json", "schedule_comparison", "json"),
-        ("quality", "schedule_quality", "png"), ("order", "schedule_decoding_order", "png"))}
-    os.makedirs(cc.out_dir, exist_ok=True)
+    paths = output_paths(cc)
     columns = list(dict.fromkeys(k for r in [ref] + rows for k in r))
-    with open(paths["csv"], "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=columns)
-        w.writeheader()
-        for r in [ref] + rows:
-            w.writerow({k: (round(v, 5) if isinstance(v, float) else v) for k, v in r.items()})
+    write_csv(paths["csv"], [columns] + [[round(r[k], 5) if isinstance(r.get(k), float) else r.get(k, "")
+                                          for k in columns] for r in [ref] + rows])
     save_config(cc, cc.out_dir, os.path.basename(paths["json"]))
     plot_quality(rows, ref, grid, cc.plot_order, judge_name, f"judge: {judge_name}" if cc.judge else "self-graded",
                  paths["quality"])

@@ -145,7 +145,7 @@ def test_busy_port_is_one_line(tiny_run, tiny_baseline, capsys):
 def server(tiny_run, tiny_baseline):
     """demo.serve on a free loopback port, no slow motion; always closed."""
     port = free_port()
-    app = demo.serve(DemoConfig(checkpoint=tiny_run[1], baseline=tiny_baseline, port=port, pause=0.0))
+    app = demo.serve(DemoConfig(checkpoint=tiny_run[1], baseline=tiny_baseline, port=port, pause=0.0, max_tokens=64))
     try:
         yield f"http://127.0.0.1:{port}/"
     finally:
@@ -218,6 +218,11 @@ def test_two_requests_at_once_both_finish(client):
     ("prompt", "word " * 40, "", {}, "error: prompt is"),
     ("template", "", "no spans here", {}, "error: the template has nothing to fill"),
     ("prompt", PROMPT, "", {"length": 40}, "exceed the window"),
+    ("prompt", PROMPT, "", {"k": "inf"}, "error: --k must be a whole number, got &#x27;inf&#x27;"),
+    ("prompt", PROMPT, "", {"p": [0.5]}, "error: --p must be a number, got [0.5]"),
+    ("prompt", PROMPT, "", {"steps": 1.5}, "error: --steps must be a whole number, got 1.5"),
+    ("story", PROMPT, "", {}, "error: mode must be one of prompt, template"),
+    ("prompt", PROMPT, "", {"length": 30, "block_size": 2, "steps": 8}, "15 blocks x --steps 8 = 120 denoising steps"),
 ])
 def test_bad_request_shows_a_message_and_the_next_one_works(client, mode, prompt, template, over, message):
     _, _, _, status = call(client, mode=mode, prompt=prompt, template=template, **over)

@@ -6,6 +6,7 @@ The fixture starts a throwaway sshd (own host key, client key and config in a te
 stops it, and every run it started, afterwards. .ci/run installs openssh-server, rsync, tmux and
 shellcheck, so these tests skip only where those are missing."""
 
+import contextlib
 import getpass
 import json
 import os
@@ -80,7 +81,14 @@ def die_with_parent():
 def box(tmp_path_factory):
     if MISSING:
         pytest.skip(f"needs {', '.join(MISSING)} (apt-get install openssh-server rsync; .ci/run does this)")
-    d = tmp_path_factory.mktemp("box")
+    with sshd_box(tmp_path_factory.mktemp("box")) as b:
+        yield b
+
+
+@contextlib.contextmanager
+def sshd_box(d: Path):
+    """A throwaway sshd on 127.0.0.1 with its own keys in folder `d` (tests/fault_harness.py uses
+    it too); stopped, with every run it started, when the block ends."""
     for name in ("host_key", "client_key"):
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)], check=True)
     (d / "authorized_keys").write_text((d / "client_key.pub").read_text())
@@ -253,6 +261,15 @@ def test_shellcheck_clean():
     {"RUN_NAME": ".", "SESSION": "s"},
     {"RUN_NAME": "a;touch CANARY"},
     {"VENV": ".venv;touch CANARY"},
+    {"REMOTE_DIR": "/"},
+    {"REMOTE_DIR": "/usr"},
+    {"NPROC": "99999999999999999999"},
+    {"NPROC": "2;touch CANARY"},
+    {"PYTHON": "python3;touch CANARY"},
+    {"REMOTE_PYTHON": "python3 -c 'open(\"CANARY\", \"w\")'"},
+    {"DETACH": "tmux;touch CANARY"},
+    {"SSH_PORT": "22 -oProxyCommand=touch CANARY"},
+    {"CONNECT_TIMEOUT": "5 -oProxyCommand=touch CANARY"},
 ])
 def test_hostile_names_are_refused_before_anything_runs(box, env):
     remote = env.get("REMOTE_DIR", "hostile")
@@ -269,6 +286,42 @@ def test_hostile_names_are_refused_before_anything_runs(box, env):
     if "REMOTE_DIR" in env or "RUN_NAME" in env:
         assert mon.returncode == 2 and mon.stderr.startswith("error: ")
     assert not (box.dir / "canary").exists()
+
+
+@pytest.mark.parametrize("remote,env", [
+    # the issue's injection: a quote in SSH_KEY once split rsync's -e string into a ProxyCommand
+    ("key", {"SSH_KEY": "/nokey' '-oProxyCommand=touch CANARY", "KEY_IN_OPTS": "1"}),
+    ("torchrun", {"NPROC": "2", "TORCHRUN_ARGS": "--standalone $(touch CANARY) '\"`touch CANARY`"}),
+])
+def test_values_with_quotes_reach_ssh_rsync_and_the_box_as_words(box, remote, env):
+    canary = box.dir / f"{remote}-canary"
+    env = {k: v.replace("CANARY", str(canary)) for k, v in env.items()}
+    if env.pop("KEY_IN_OPTS", None):  # the real key still reaches ssh, through SSH_OPTS
+        env["SSH_OPTS"] = f"-i {box.env['SSH_KEY']} {box.env['SSH_OPTS']}"
+    res = box.deploy(remote, tiny_flags() + ["--max-steps", "-1"], DETACH="nohup", **env)
+    assert res.returncode == 0, res.stderr
+    res = box.wait(remote, timeout=120)
+    assert res.stdout.splitlines()[-1].startswith("status: crashed")  # the run there refused its words
+    assert not canary.exists()
+
+
+def test_monitor_checks_its_inputs_and_prints_no_escapes(tmp_path):
+    def monitor(*args, **env):
+        return subprocess.run([os.path.join(ROOT, "monitor_training.sh"), *args], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=30, env={**os.environ, **env})
+
+    for interval in ("abc", "0"):  # was a crash (exit 1) and a busy loop
+        res = monitor("--follow", INTERVAL=interval)
+        assert res.returncode == 2 and res.stderr.startswith("error: INTERVAL must be a whole number from 1")
+    (tmp_path / "-x").mkdir()
+    (tmp_path / "-x" / "progress.txt").write_text("step 3/9 | loss 5.1 \x1b[2J\x1b]0;title\x07 \x9b31m\n")
+    (tmp_path / "-x" / "train.lock").write_text("")
+    res = monitor("--dir", "-x")  # a folder named like an option; its lock is not held
+    assert res.returncode == 1 and res.stdout.splitlines()[-1].startswith("status: stopped")
+    assert "step 3/9 | loss 5.1" in res.stdout and not any(c in res.stdout for c in "\x1b\x07\x9b")
+    (tmp_path / "-x" / "pid").write_text("-1")  # kill -0 -1 succeeds: it once said "running"
+    res = monitor("--dir", "-x")
+    assert res.returncode == 1 and res.stdout.splitlines()[-1].startswith("status: crashed (exit unknown")
 
 
 def test_train_flags_reach_the_box_as_plain_words(box):

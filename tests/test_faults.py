@@ -1,8 +1,10 @@
 """Nothing lost, nothing silently wrong: faults injected into real runs of train.py, generate.py
 and evaluate.py (a second run into the same folder, divergence, torn logs, broken and foreign
-checkpoints, Ctrl-C, a full disk) and every bad flag that used to end in a traceback."""
+checkpoints, Ctrl-C and SIGTERM, a real full disk, damaged caches, concurrent writers) and every
+bad flag that used to end in a traceback, one case per class. tests/fault_harness.py tries every
+entry point with every class (a few hundred inputs); this file keeps one real case of each."""
 
-import errno
+import dataclasses
 import json
 import os
 import shutil
@@ -10,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import pytest
 import torch
@@ -21,7 +24,6 @@ import cli
 import config
 import generate
 import train
-import trainer
 from conftest import ROOT, tiny_overrides
 
 
@@ -116,8 +118,8 @@ def test_a_fresh_run_moves_the_previous_one_aside_and_resume_sticks_to_its_own(s
     shutil.copytree(straight, out)
     old = json.loads((out / "run.json").read_text())["run_id"]
     assert train.main(tiny(out, max_steps=3, save_steps=3)) == 0  # the README's quick test, run twice, just works
-    assert "moved the previous run's outputs" in capsys.readouterr().out
-    prev = out / runs.PREVIOUS
+    assert "moved the outputs of the run that used" in capsys.readouterr().out
+    prev = out / runs.PREVIOUS / "1"
     assert (prev / "final-model" / "model.safetensors").exists() and (prev / "checkpoint-12").exists()
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3"]
     new = json.loads((out / "run.json").read_text())["run_id"]
@@ -164,23 +166,42 @@ def test_divergence_stops_the_run_with_one_line_and_keeps_no_nan_model(tmp_path,
         assert all(torch.isfinite(t).all() for t in load_file(os.path.join(last, "model.safetensors")).values())
 
 
-def test_ctrl_c_saves_a_checkpoint_and_the_run_resumes(tmp_path):
+def test_sigterm_saves_a_checkpoint_and_the_run_resumes(tmp_path):
+    """SIGTERM (kill, docker stop, a cluster's preemption) does what Ctrl-C does: the step ends, a
+    checkpoint is saved, exit 130, and --resume carries on."""
     out = tmp_path / "int"
     proc = popen(tiny(out, max_steps=100000, save_steps=100000, logging_steps=1))
     deadline = time.time() + 90
     while not any("loss" in r and r["step"] >= 3 for r in runs.read_metrics(str(out))):
         assert proc.poll() is None and time.time() < deadline, "no training step"
         time.sleep(0.1)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGTERM)
     log, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, log[-2000:]
-    assert "Traceback" not in log and "stopped by Ctrl-C at step" in log
+    assert "Traceback" not in log and "stopped by SIGTERM at step" in log
     last = runs.last_complete_checkpoint(str(out), quiet=True)
     step = int(last.rsplit("-", 1)[1])
     assert step >= 3
     resumed = subprocess.run([sys.executable, "train.py", "--resume", "--output-dir", str(out), "--max-steps",
                               str(step + 2)], cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert resumed.returncode == 0 and (out / "final-model").exists(), resumed.stdout[-2000:]
+
+
+def test_ctrl_c_and_sigterm_both_ask_the_step_to_end_and_save():
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, whoever started pytest
+    stop = runs.StopOnInterrupt()
+    try:
+        for sig, name in ((signal.SIGINT, "Ctrl-C"), (signal.SIGTERM, "SIGTERM")):
+            stop.requested = None
+            os.kill(os.getpid(), sig)  # a real signal to this process: the handler runs, nothing dies
+            assert stop.requested == name
+            control = stop.on_step_end(None, None, types.SimpleNamespace(should_save=False, should_training_stop=False))
+            assert control.should_save and control.should_training_stop
+            signal.signal(sig, stop.request)  # the first signal restored the default; arm it again for the loop
+    finally:
+        stop.close()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        signal.signal(signal.SIGINT, before)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -235,14 +256,27 @@ def test_baseline_resumes_after_a_kill(long_run, tmp_path):
     assert steps == list(range(1, 61))  # every step once: the killed run's rows after its checkpoint were dropped
 
 
-def test_a_full_disk_while_saving_is_one_line(tmp_path, capsys, monkeypatch):
-    def full(self, output_dir=None, state_dict=None):
-        raise OSError(errno.ENOSPC, "No space left on device", output_dir)
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 1 MB filesystem (a tmpfs; mounting needs root): the tiny model's first checkpoint
+    (weights and optimiser, about 2 MB) does not fit on it."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root); tests/fault_harness.py --only disk says the same")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
-    monkeypatch.setattr(trainer.DiffusionTrainer, "_save", full)
-    code, err = run_cli(train.main, tiny(tmp_path / "full", max_steps=2, save_steps=1), capsys)
-    assert code == 2 and "no space left on the device holding" in err
-    assert "--resume" in err
+
+def test_a_real_full_disk_while_saving_is_one_line_and_the_run_goes_on_once_there_is_space(small_disk, capsys):
+    out = small_disk / "out"
+    code, err = run_cli(train.main, tiny(out, max_steps=4, save_steps=2), capsys)  # torch.save's RuntimeError, too
+    assert code == 2 and err.startswith("error: no space left on the device holding") and "--resume" in err
+    assert not (out / "final-model").exists()
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)  # space freed
+    for name in os.listdir(out):  # what the full disk left half-written is never resumed from
+        assert not name.startswith("checkpoint-") or runs.checkpoint_problem(str(out / name)) is not None
+    assert train.main(tiny(out, max_steps=4, save_steps=2)) == 0 and (out / "final-model").exists()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,7 +343,7 @@ def test_animation_of_several_blocks(tiny_run, tmp_path):
 
 @pytest.mark.parametrize("kw,msg", [
     (dict(warmup_steps=-1), "--warmup-steps must be in [0, inf)"),
-    (dict(num_workers=-1), "--num-workers must be in [0, inf)"),
+    (dict(num_workers=-1), "--num-workers must be in [0, 128]"),
     (dict(max_train_blocks=-1), "--max-train-blocks must be in [0, inf)"),
     (dict(learning_rate="nan"), "--learning-rate must be a finite number"),
     (dict(learning_rate="inf"), "--learning-rate must be a finite number"),
@@ -337,3 +371,242 @@ def test_jsonl_values_that_are_not_text_are_refused(tmp_path, capsys, value, kin
     data.write_text(json.dumps({"text": "fine " * 40}) + "\n" + '{"text": ' + value + "}\n")
     code, err = run_cli(train.main, tiny_overrides(str(tmp_path / "o"), dataset=str(data)), capsys)
     assert code == 2 and f"d.jsonl:2: 'text' holds {kind}" in err and "not text" in err
+
+
+# ---------------------------------------------------------------------------------------------
+# Second pass (issue 23): a run folder is never emptied early; resume never past the end nor
+# with another shape; tokenizer and window checked against the weights; bounds that mean something
+# ---------------------------------------------------------------------------------------------
+
+
+def files_of(folder) -> dict:
+    return {str(p.relative_to(folder)): p.stat().st_size for p in folder.rglob("*") if p.is_file()
+            and p.name != "train.lock"}
+
+
+def test_fresh_runs_that_fail_their_checks_move_nothing_and_previous_keeps_every_run(straight, tmp_path, capsys):
+    out = tmp_path / "a"
+    shutil.copytree(straight, out)
+    before = files_of(out)
+    for _ in range(2):  # fails after loading data and building the model: no GPU for bf16
+        code, err = run_cli(train.main, tiny(out, precision="bf16"), capsys)
+        assert code == 2 and "--precision bf16 needs a CUDA GPU" in err
+    assert files_of(out) == before  # nothing moved, nothing deleted
+    for n in (1, 2):  # two fresh runs that do start: each earlier run is kept, numbered
+        assert train.main(tiny(out, max_steps=2, save_steps=2)) == 0
+    prev = out / runs.PREVIOUS
+    assert sorted(p.name for p in prev.iterdir()) == ["1", "2"]
+    assert {k[len("previous/1/"):]: v for k, v in files_of(out).items() if k.startswith("previous/1/")} == before
+    assert (prev / "2" / "final-model" / "model.safetensors").exists()
+
+
+def test_resume_never_trains_past_the_end(straight, tmp_path, capsys):
+    out = tmp_path / "r"
+    shutil.copytree(straight, out)
+    code, err = run_cli(train.main, ["--resume", "--output-dir", str(out), "--max-steps", "5"], capsys)
+    assert code == 2 and "checkpoint-12 is at step 12, past --max-steps 5" in err
+    # the state a kill during the final save leaves: checkpoint-12 whole, final-model half-written
+    shutil.rmtree(out / "final-model")
+    shutil.copytree(out / "checkpoint-12", out / "final-model.tmp")
+    os.remove(out / "final-model.tmp" / "model.safetensors")
+    rows = len(runs.read_metrics(str(out)))
+    assert train.main(["--resume", "--output-dir", str(out)]) == 0
+    assert "at step 12 (the last step: nothing left to train" in capsys.readouterr().out
+    assert len(runs.read_metrics(str(out))) == rows and max(losses(out)) == 12  # no step 13
+    from safetensors.torch import load_file
+
+    a, b = (load_file(str(out / d / "model.safetensors")) for d in ("checkpoint-12", "final-model"))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the final model is the last checkpoint's weights
+
+
+def test_resume_refuses_changed_shape_flags_in_one_line(straight, tmp_path, capsys):
+    out = tmp_path / "s"
+    shutil.copytree(straight, out)
+    code, err = run_cli(train.main, ["--resume", "--output-dir", str(out), "--max-len", "64", "--scratch-layers", "2"],
+                        capsys)
+    assert code == 2 and err == ("error: --resume cannot change --scratch-layers (1 -> 2), --max-len (32 -> 64): "
+                                 "they fix the model's shape or its data; resume without them, or start a fresh run "
+                                 "in another --output-dir")
+
+
+def test_a_folder_of_another_kind_or_a_saved_model_is_refused_before_loading(tiny_run, tiny_baseline, tmp_path,
+                                                                              capsys):
+    ar = tmp_path / "ar"
+    shutil.copytree(tiny_baseline, ar)
+    before = files_of(ar)
+    code, err = run_cli(train.main, tiny(ar), capsys)
+    assert code == 2 and "holds a ar run" in err and files_of(ar) == before
+    code, err = run_cli(train.main, tiny(tmp_path / "f", output_dir=tiny_run[1]), capsys)
+    assert code == 2 and "is a saved model (config.json and weights), not a run's folder" in err
+
+
+@pytest.mark.parametrize("env,msg", [({"RANK": "abc"}, "RANK='abc' must be a whole number"),
+                                     ({"WORLD_SIZE": "x"}, "WORLD_SIZE='x' must be a whole number"),
+                                     ({"RANK": "1"}, "RANK=1, LOCAL_RANK=0 with WORLD_SIZE=1")])
+def test_torchrun_variables_set_by_hand_are_one_line(tmp_path, capsys, monkeypatch, env, msg):
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    code, err = run_cli(train.main, tiny(tmp_path / "o"), capsys)
+    assert code == 2 and msg in err and not (tmp_path / "o").exists()  # RANK=1 alone used to skip the lock
+
+
+def tamper_mask_token(d):
+    cfg = json.loads((d / "tokenizer_config.json").read_text())
+    (d / "tokenizer_config.json").write_text(json.dumps({**cfg, "mask_token": "<unk>"}))
+
+
+def tamper_merges(d):
+    spec = json.loads((d / "tokenizer.json").read_text())
+    spec["model"]["merges"] = spec["model"]["merges"][::-1]
+    (d / "tokenizer.json").write_text(json.dumps(spec))
+
+
+def tamper_window(d):
+    cfg = json.loads((d / "diffusion_config.json").read_text())
+    (d / "diffusion_config.json").write_text(json.dumps({**cfg, "max_len": 4096}))
+
+
+def tamper_weight(d):
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(d / "model.safetensors"))
+    next(iter(tensors.values()))[0] = float("nan")
+    save_file(tensors, str(d / "model.safetensors"), metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize("tamper,msg", [
+    (tamper_mask_token, "has no mask token of its own"),  # the vocabulary alone is unchanged
+    (tamper_merges, "is not the one this model was trained with"),
+    (tamper_window, "says max_len 4096, but the model's weights hold 32 positions"),
+    (tamper_weight, "are not finite"),
+])
+def test_files_that_do_not_belong_to_the_weights_are_refused(tiny_run, tmp_path, capsys, tamper, msg):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_run[1], ckpt)
+    tamper(ckpt)
+    code, err = run_cli(generate.main, ["--checkpoint", str(ckpt), "--out", ""], capsys)
+    assert code == 2 and msg in err, err
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["--temperature", "1e-39"], "--temperature must be 0 (greedy) or at least 0.001"),
+    (["--temperature", "1e308"], "--temperature must be in [0, 100]"),
+    (["--cfg", "1e308", "--prompt", "The"], "--cfg must be in [0, 100]"),
+    (["--seed", str(2 ** 64)], "--seed must be in [0, 9223372036854775807]"),
+    (["--num-samples", str(10 ** 12)], "of memory; this machine has"),
+    (["--length", str(10 ** 12), "--block-size", "8"], "more than the 1,000,000 one run may take"),
+    (["--steps", str(10 ** 9)], "more than the 1,000,000 one run may take"),
+    (["--template", "a [MASK:3000000000] b"], "template span [MASK:3000000000] does not fit"),
+    (["--out", "/dev/full"], "/dev/full exists and is not a regular file"),
+    (["--animate", "/proc/nope/a.gif"], "--animate's folder /proc/nope is not writable"),
+])
+def test_generation_bounds_are_one_line_before_any_step(tiny_run, tmp_path, capsys, argv, msg):
+    code, err = run_cli(generate.main, ["--checkpoint", tiny_run[1], "--out", str(tmp_path / "g.jsonl"), *argv], capsys)
+    assert code == 2 and msg in err, err
+    assert os.stat("/dev/full").st_mode & 0o170000 == 0o020000  # still the device
+
+
+def test_nucleus_keeps_the_top_token_when_p_is_below_float_resolution():
+    import decoding
+
+    logits = torch.tensor([[0.0, 3.0, 1.0], [2.0, -1.0, 0.5]])
+    g = torch.Generator().manual_seed(0)
+    for _ in range(5):  # p = 1e-300 is 0 in float32: without the rule every token was dropped (nan)
+        assert decoding.nucleus(logits, g, temperature=1.0, p=1e-300).tolist() == [1, 0]
+
+
+@pytest.mark.parametrize("prompt", ["<mask>", "a <s> b </s> <pad>"])
+def test_special_token_text_in_a_prompt_stays_text(tiny_run, tmp_path, prompt):
+    from tokens import encode_text
+
+    log = tmp_path / "g.jsonl"
+    assert generate.main(["--checkpoint", tiny_run[1], "--prompt", prompt, "--steps", "2", "--out", str(log)]) == 0
+    sample = json.loads(log.read_text())["samples"][0]
+    assert sample.startswith(prompt)  # typed text comes back as typed, never a control token or a hole
+    from modeling import load_checkpoint
+
+    tok = load_checkpoint(tiny_run[1], device="cpu")[1]
+    assert not set(encode_text(tok, prompt)) & set(tok.all_special_ids)
+
+
+def test_report_refuses_numbers_that_are_not_numbers(tmp_path, capsys):
+    import report
+
+    data = json.loads(open(os.path.join(ROOT, "docs", "evaluation.json")).read())
+    data["held_out"]["ar"]["perplexity"] = float("nan")
+    (tmp_path / "e.json").write_text(json.dumps(data))  # Python writes NaN, as evaluate.py would have
+    code, err = run_cli(report.main, ["--evaluation", str(tmp_path / "e.json"), "--out", str(tmp_path / "r.md")], capsys)
+    assert code == 2 and "NaN is not a number" in err and not (tmp_path / "r.md").exists()
+    code, err = run_cli(report.main, ["--evaluation", str(tmp_path / "e.json"), "--out", "/dev/full"], capsys)
+    assert code == 2 and "/dev/full exists and is not a regular file" in err
+
+
+def test_a_damaged_cache_is_rebuilt_under_its_lock(tiny_run, tmp_path, capsys):
+    """A truncated arrow file and a broken tokenizer.json: both rebuilt, the same tokenizer and blocks."""
+    from data import build_datasets, get_tokenizer
+    from tokens import fingerprint
+
+    cfg = config.load_train_config(tiny_run[1])
+    cache = tmp_path / "cache"
+    cfg = config.TrainConfig(**{**dataclasses.asdict(cfg), "cache_dir": str(cache)})
+    tok = get_tokenizer(cfg)
+    train_ds, _ = build_datasets(cfg, tok)
+    want = (fingerprint(tok), train_ds[:5]["input_ids"].tolist(), len(train_ds))
+    (next(cache.glob("tokenizer-*")) / "tokenizer.json").write_text("{")
+    arrow = next(cache.glob("packed-*/train/*.arrow"))
+    with open(arrow, "r+b") as f:
+        f.truncate(1000)
+    capsys.readouterr()
+    tok = get_tokenizer(cfg)
+    train_ds, _ = build_datasets(cfg, tok)
+    said = capsys.readouterr().out
+    assert said.count("is damaged") == 2 and "rebuilding it" in said
+    assert (fingerprint(tok), train_ds[:5]["input_ids"].tolist(), len(train_ds)) == want
+
+
+CACHE_USER = """
+import sys
+sys.path.insert(0, {root!r})
+from config import TrainConfig
+from data import build_datasets, get_tokenizer
+cfg = TrainConfig(model="scratch", dataset={data!r}, max_len=32, cache_dir={cache!r}, tokenizer_vocab_size=300)
+print(len(build_datasets(cfg, get_tokenizer(cfg))[0]))
+"""
+
+
+def test_two_processes_sharing_a_fresh_cache_both_get_it(tmp_path):
+    data = tmp_path / "d.txt"
+    data.write_text(" ".join(f"word{i % 97} and more text number {i}." for i in range(4000)))
+    code = CACHE_USER.format(root=ROOT, data=str(data), cache=str(tmp_path / "cache"))
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [e[-1500:] for _, e in outs]
+    assert outs[0][0] == outs[1][0] and int(outs[0][0]) > 0
+    assert not [p for p in (tmp_path / "cache").iterdir() if p.name.endswith(".tmp")]
+
+
+WRITER = """
+import sys
+sys.path.insert(0, {root!r})
+from files import write_json
+for i in range(150):
+    write_json({path!r}, {{"writer": sys.argv[1], "i": i, "pad": "x" * 4000}})
+"""
+
+
+def test_concurrent_write_json_never_fails_nor_tears(tmp_path):
+    path = tmp_path / "shared.json"
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER.format(root=ROOT, path=str(path)), str(i)],
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    reads = torn = 0
+    while any(p.poll() is None for p in procs):
+        try:
+            json.loads(path.read_text())
+            reads += 1
+        except FileNotFoundError:
+            pass
+        except ValueError:
+            torn += 1
+    assert [p.wait() for p in procs] == [0, 0], [p.stderr.read()[-800:] for p in procs]
+    assert torn == 0 and reads > 0 and os.listdir(tmp_path) == ["shared.json"]

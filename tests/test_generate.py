@@ -114,7 +114,7 @@ def test_readers_name_the_choices_that_read_a_field():
     assert D.readers("k") == "--sampling topk"
     assert D.readers("temperature") == "--sampling topk|nucleus"
     assert D.readers("order_noise") == "--order low-confidence|margin|entropy with --decode schedule"
-    assert D.readers("remdm_eta") == "--remdm cap|rescale|conf with --decode schedule"
+    assert D.readers("remdm_eta") == "--remdm cap|rescale|conf-rescale with --decode schedule"
     assert D.readers("prompt") == ""
 
 
