@@ -14,6 +14,9 @@ byte-level BPE that from-scratch models train on their corpus.
     token_texts(tok, ids)     the text each token adds, a character split over tokens shown once, whole
     row_texts(tok, ids, gaps) each token's text in a row with masks (gaps): runs between them decoded whole
     decode_text(tok, ids)     ids as text, decoded as one byte sequence (no U+FFFD for a split character)
+    label_token(name) / NULL_LABEL             the token a label-conditioned model reads after <s>
+    add_label_tokens(tok, names)               reserve them (special: never masked, never sampled)
+    label_ids(tok, names)                      {name: id}, plus None -> the null label's id
 """
 
 import codecs
@@ -23,6 +26,7 @@ import json
 import os
 
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # RoBERTa's ids 0..4
+NULL_LABEL = "<no-label>"  # the label a conditional model reads when it is told none (label dropout, guidance's u)
 
 
 def bos_eos(tokenizer) -> tuple[int, int]:
@@ -183,3 +187,35 @@ def decode_text(tokenizer, ids, skip_special_tokens: bool = False) -> str:
     generated text."""
     skip = set(tokenizer.all_special_ids) if skip_special_tokens else set()
     return "".join(token_texts(tokenizer, [t for t in ids if int(t) not in skip]))
+# Label tokens: a label-conditioned model reads one right after <s>
+# ---------------------------------------------------------------------------------------------
+
+
+def label_token(name: str) -> str:
+    return f"<label:{name}>"
+
+
+def add_label_tokens(tokenizer, names: list[str]) -> list[int]:
+    """Reserve one special token per label and the null label, appended after the vocabulary (so a
+    tokenizer trained on the same text keeps every other id: a classifier trained without labels
+    reads the conditional model's text). Special, hence never masked, never scored and never sampled
+    (special_token_ids, banned_ids). Returns their ids, the null label's last."""
+    new = [label_token(n) for n in names] + [NULL_LABEL]
+    tokenizer.add_special_tokens({"additional_special_tokens": new}, replace_extra_special_tokens=False)
+    return tokenizer.convert_tokens_to_ids(new)
+
+
+def label_ids(tokenizer, names: list[str]) -> dict:
+    """{name: token id} for a label-conditioned model's labels, and None: the null label's id."""
+    ids = {n: tokenizer.convert_tokens_to_ids(label_token(n)) for n in names}
+    ids[None] = tokenizer.convert_tokens_to_ids(NULL_LABEL)
+    unk = tokenizer.unk_token_id
+    missing = [n if n is not None else NULL_LABEL for n, i in ids.items() if i is None or i == unk]
+    if missing:
+        raise ValueError(f"the tokenizer has no label token for {', '.join(map(str, missing))}")
+    return ids
+
+
+def vocab_without_labels(tokenizer) -> dict:
+    """The vocabulary minus label tokens: what a classifier and a generator must share."""
+    return {t: i for t, i in tokenizer.get_vocab().items() if not (t == NULL_LABEL or t.startswith("<label:"))}
