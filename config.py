@@ -161,6 +161,12 @@ LR_SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine
 
 
 class TrainConfig(Settings):
+    # --- what to train ---------------------------------------------------------------------------
+    task: str = flag("diffusion", "diffusion = a masked LM at every masking rate (the generator); classify = a "
+                     "noisy-input classifier p(label | text masked at every rate) for generate.py --guide, trained "
+                     "with the same masking (needs --labels; --model may be a generator's final-model to start from)",
+                     choices=("diffusion", "classify"))
+
     # --- model -------------------------------------------------------------------------------
     model: str = flag("roberta-base", "a HF hub id (roberta-base, distilroberta-base, roberta-large, ...; needs "
                       "network), a local folder saved with save_pretrained, or 'scratch': a small model built from "
@@ -186,6 +192,15 @@ class TrainConfig(Settings):
                         "masked and scored like text", choices=Registry("data", "PACKINGS"))
     val_fraction: float = flag(0.05, "share of blocks held out for evaluation: the stream's tail (packed), or "
                                "documents spread evenly over the corpus (none)", above=0, below=0.5)
+    labels: str = flag("none", "labelled data: folders = --dataset is a folder with one subfolder per label "
+                       "(each holding .txt/.jsonl/.csv/.parquet files; the subfolder's name is the label); column = "
+                       "--label-column of each .jsonl/.csv/.parquet row or hub dataset row. With --task diffusion "
+                       "the model reads a label token after <s>: a label-conditioned generator (generate.py --label)",
+                       choices=("none", "folders", "column"))
+    label_column: str = flag("label", "field holding each document's label with --labels column")
+    label_dropout: float = flag(0.1, "share of training blocks whose label token is replaced by the null label, so "
+                                "one model is both conditional and unconditional (classifier-free guidance)",
+                                min=0, below=1)
     max_train_blocks: int = flag(0, "0 = all; cap for quick experiments on big corpora", min=0)
     cache_dir: str = flag(".cache", "tokenizer and tokenised-dataset cache (ignored by git)")
 
@@ -260,6 +275,10 @@ class TrainConfig(Settings):
         if self.scratch_arch == "modernbert" and self.scratch_hidden // self.scratch_heads % 2:
             raise UsageError(f"--scratch-hidden / --scratch-heads = {self.scratch_hidden // self.scratch_heads}: "
                              f"ModernBERT's rotary positions need an even head dimension")
+        if self.task == "classify" and self.labels == "none":
+            raise UsageError("--task classify needs labelled data: --labels folders or --labels column")
+        if self.label_column != "label" and self.labels != "column":
+            raise UsageError("--label-column only applies with --labels column")
         if self.antithetic and not self.per_sample_rate:
             raise UsageError("--antithetic spreads the rates of one batch: it needs --per-sample-rate")
 
@@ -340,8 +359,21 @@ class GenConfig(Settings):
                       choices=Registry("decoding", "REMDM"))
     remdm_eta: float = flag(0.02, "ReMDM's eta: how many committed tokens go back (a probability scale; conf does "
                             "not read it)", min=0, max=1)
-    cfg: float = flag(0.0, "classifier-free guidance weight w: logits = u + (w+1)(c - u), u = prompt masked", min=0,
-                      max=100)
+    label: str = flag("", "a label-conditioned model's label to write (its model card lists them); '' = the null "
+                      "label, the model unconditional")
+    cfg: float = flag(0.0, "classifier-free guidance weight w: logits = u + (w+1)(c - u); c sees the condition "
+                      "(the --label and the prompt or template text), u sees none of it (the null label, the prompt "
+                      "masked): one weight on the joint condition", min=0, max=100)
+    guide: str = flag("", "classifier guidance: a noisy-input classifier (train.py --task classify) on this "
+                      "model's tokenizer")
+    guide_label: str = flag("", "the classifier's label to steer toward")
+    guide_scale: float = flag(0.0, "gamma: each masked position's proposal times p(label | canvas with that "
+                              "candidate)^gamma; 0 = unguided", min=0, max=100)
+    guide_mode: str = flag("exact", "exact = the classifier run on the canvas with each of the top --guide-k "
+                           "candidates of every masked position (others dropped); taylor = first order, one "
+                           "backward pass through the classifier's input embeddings, every candidate",
+                           choices=Registry("decoding", "GUIDES"))
+    guide_k: int = flag(8, "candidates per masked position that exact guidance scores", min=1, max=256)
     stop_at_eos: bool = flag(False, "let the model write </s> and cut each sample there (and stop writing blocks)")
     min_length: int = flag(0, "with --stop-at-eos: no </s> before this many generated tokens", min=0)
     canvas: str = flag("full", "full: always the whole window, masks beyond the text stay masked | fit: </s> right "
@@ -368,6 +400,10 @@ class GenConfig(Settings):
             raise UsageError("--remdm needs --decode schedule (it re-masks a scheduled number of tokens each step)")
         if self.remdm in ("cap", "rescale", "conf-rescale") and self.remdm_eta == 0:
             raise UsageError(f"--remdm {self.remdm} needs --remdm-eta above 0")
+        if bool(self.guide) != bool(self.guide_label):
+            raise UsageError("--guide CLASSIFIER and --guide-label NAME go together")
+        if self.guide_scale and not self.guide:
+            raise UsageError("--guide-scale needs --guide CLASSIFIER and --guide-label NAME")
         if self.min_length and not self.stop_at_eos:
             raise UsageError("--min-length only applies with --stop-at-eos")
         if 0 < self.temperature < 1e-3:

@@ -12,7 +12,7 @@ import os
 import torch
 
 from diffusion import mask_tokens, prefix_lengths, protected_positions, realized_rates, sample_rates
-from tokens import never_masked_ids
+from tokens import NULL_LABEL, never_masked_ids
 
 STATE_FILE = "collator_state.pt"  # saved in every checkpoint (trainer.DiffusionTrainer._save)
 
@@ -37,6 +37,10 @@ class DiffusionCollator:
         self.mask_id = tokenizer.mask_token_id
         self.pad_id = tokenizer.pad_token_id
         self.never_masked = never_masked_ids(tokenizer)
+        # a label-conditioned generator's blocks hold the label token at position 1: the prefix
+        # counts text after it, and --label-dropout swaps it for the null label
+        self.labelled = cfg.task == "diffusion" and cfg.labels != "none"
+        self.null_label = tokenizer.convert_tokens_to_ids(NULL_LABEL) if self.labelled else None
         self.seed = cfg.seed if seed is None else seed
         self.g = torch.Generator().manual_seed(self.seed)
         self._worker = None
@@ -85,9 +89,34 @@ class DiffusionCollator:
         self.calls += 1
         ids = torch.stack([torch.as_tensor(f["input_ids"]) for f in features])  # [B, L]
         prefix = prefix_lengths(len(ids), self.cfg.prefix_mode, self.cfg.prefix_len, g)  # [B]
+        if self.labelled:
+            ids = drop_labels(ids, self.cfg.label_dropout, self.null_label, g)
+            prefix = torch.where(prefix > 0, prefix + 1, prefix)  # the label token is not text
         protected = protected_positions(ids, self.never_masked, prefix)  # [B, L]
         rates = sample_rates(len(ids), self.cfg, g)  # [B]
         inputs, labels = mask_tokens(ids, rates, protected, self.mask_id, g)
         # the rate each row was masked at, rounded to its whole count k/n: the t of the 1/t weight
         return {"input_ids": inputs, "attention_mask": (ids != self.pad_id).long(),
                 "labels": labels, "mask_rate": realized_rates(labels, protected)}
+
+
+def drop_labels(ids: torch.Tensor, rate: float, null_id: int, g: torch.Generator) -> torch.Tensor:
+    """ids [B, L] with the label token (position 1) of each row replaced by the null label with
+    probability `rate`: the model also learns p(x) under the null label (classifier-free guidance's
+    u, MDLM-style conditioning dropout). The label token is special, so it is never masked and
+    never scored either way."""
+    drop = torch.rand(len(ids), generator=g) < rate  # [B]
+    out = ids.clone()
+    out[drop, 1] = null_id
+    return out
+
+
+class ClassifierCollator(DiffusionCollator):
+    """The diffusion collator's batch (masked at a random rate, exactly as the generator trains)
+    with `labels` the class of each row: a noisy-input classifier p(y | x_t) sees every masking
+    rate the denoising loop will show it (train.py --task classify)."""
+
+    def __call__(self, features) -> dict:
+        batch = super().__call__(features)
+        batch["labels"] = torch.stack([torch.as_tensor(f["label"]) for f in features]).long()  # [B]
+        return batch

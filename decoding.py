@@ -6,7 +6,8 @@ each tested on its own:
     ORDERS[name]     (probs, tokens, g)              -> commit-first scores  --order (+ --order-noise)
     DECODES[name]    how many predictions a pass commits                     --decode
     REMDM[name]      sigma: the share of committed tokens sent back          --remdm
-    guided(cond, uncond, w)                          -> classifier-free guidance
+    guided(cond, uncond, w)                          -> classifier-free guidance (label and prompt)
+    GUIDES[name]     classifier guidance (guidance.py)                       --guide-mode
 How many masks each step removes comes from the noise schedule shared with training
 (diffusion.SCHEDULES / mask_counts). A new rule is one entry (plus a GenConfig field if it reads
 a new one): the flag's choices, setting_of (what evaluations record) and describe (the words
@@ -35,8 +36,9 @@ import torch
 
 from cli import UsageError
 from diffusion import mask_counts
+from guidance import SCORES, Guide
 from limits import check_generation
-from tokens import bos_eos, encode_text, token_ids
+from tokens import bos_eos, encode_text, label_ids, labels_of, token_ids
 
 
 @dataclass(frozen=True)
@@ -338,10 +340,24 @@ def remask_draw(strategy: str, eta: float, conf_at_commit, committed, smax: floa
 
 
 # ---------------------------------------------------------------------------------------------
+# Classifier guidance (guidance.py): how each masked position's candidates are scored
+# ---------------------------------------------------------------------------------------------
+
+GUIDES = {
+    "exact": Rule(SCORES["exact"], ("guide", "guide_label", "guide_scale", "guide_k"),
+                  "classifier guidance to {guide_label} x{guide_scale} (exact, top {guide_k})"),
+    "taylor": Rule(SCORES["taylor"], ("guide", "guide_label", "guide_scale"),
+                   "classifier guidance to {guide_label} x{guide_scale} (first-order)"),
+}
+
+
+# ---------------------------------------------------------------------------------------------
 # What a setting is: the fields its chosen rules read, and the setting in words
 # ---------------------------------------------------------------------------------------------
 
-SELECTORS = {"sampling": SAMPLERS, "order": ORDERS, "remdm": REMDM, "decode": DECODES}  # field -> its registry
+SELECTORS = {"sampling": SAMPLERS, "order": ORDERS, "remdm": REMDM, "decode": DECODES,
+             "guide_mode": GUIDES}  # field -> its registry
+SWITCHED = {"guide_mode": "guide"}  # a selector that only applies when this field is set
 
 
 def rule_read() -> set:
@@ -355,7 +371,7 @@ def setting_of(gc) -> dict:
     (decode -> order -> order_noise). A field no chosen rule reads (k under nucleus) is left out."""
     owned = rule_read()
     names = [f.name for f in fields(gc) if not f.metadata.get("run")]
-    active = {n for n in names if n not in owned}
+    active = {n for n in names if n not in owned and (n not in SWITCHED or getattr(gc, SWITCHED[n]))}
     todo = [n for n in active if n in SELECTORS]
     while todo:
         for f in SELECTORS[todo[0]][getattr(gc, todo.pop(0))].reads:
@@ -427,7 +443,8 @@ def describe(gc) -> str:
         how.append(ORDERS[gc.order].text(gc) if s.get("order_noise", 0) else f"{gc.order} order")
     if "remdm" in s and gc.remdm != "none":
         how.append(REMDM[gc.remdm].text(gc))
-    how += [f"guidance {gc.cfg}"] * bool(gc.cfg) + [f"{gc.canvas} canvas"] * (gc.canvas != "full")
+    how += [f"label {gc.label}"] * bool(gc.label) + [f"guidance {gc.cfg}"] * bool(gc.cfg)
+    how += [GUIDES[gc.guide_mode].text(gc)] * ("guide_mode" in s) + [f"{gc.canvas} canvas"] * (gc.canvas != "full")
     how += [f"blocks of {gc.block_size}"] * bool(gc.block_size) + [f"{gc.cache} cache"] * (gc.cache != "none")
     how += [f"prompted with \"{gc.prompt}\""] * bool(gc.prompt)
     return f"{words}; {', '.join(how)}"
@@ -443,11 +460,13 @@ class Canvas:
     """What one denoising run starts from: tokens [B, L] (<mask> where text will go), which
     positions to fill (active [B, L]; other masks stay masked, like the future in training's
     blocks), which tokens are the user's condition (fixed [B, L]: prompt or template text, what
-    guidance masks), and where the generated text starts (for --min-length)."""
+    guidance masks), where the generated text starts (for --min-length), and the column of a
+    label-conditioned model's label token (0: none; guidance's u reads the null label there)."""
     tokens: torch.Tensor
     active: torch.Tensor
     fixed: torch.Tensor
     start: int
+    label: int = 0
 
 
 @dataclass
@@ -475,6 +494,15 @@ def device_generator(g: torch.Generator, device) -> torch.Generator:
         return g
     seed = int(torch.randint(0, 2**62, (1,), generator=g))
     return torch.Generator(device=device).manual_seed(seed)
+
+
+def unconditional(tokens, canvas: Canvas, ids: dict):
+    """Classifier-free guidance's u: the canvas with every condition hidden, the prompt or template
+    text masked and a label replaced by the null label (one weight on the joint condition)."""
+    uncond = tokens.masked_fill(canvas.fixed.to(tokens.device), ids["mask"])  # [B, L]
+    if canvas.label:
+        uncond[:, canvas.label] = ids["null_label"]
+    return uncond
 
 
 # the passes of one block that reuse cached keys/values (kvcache.encode): gc.cache -> the span of
@@ -523,20 +551,22 @@ def forward_rows(model, tokens, rows, plan: Pass | None, key: str, k: int):
     return head[1](model, hidden.gather(1, rows[..., None].expand(-1, -1, hidden.shape[-1])).flatten(0, 1))
 
 
-def predict(model, tokens, rows, canvas: Canvas, ids: dict, gc, eos_ok, plan: Pass | None = None, k: int = 0):
+def predict(model, tokens, rows, canvas: Canvas, ids: dict, gc, eos_ok, plan: Pass | None = None, k: int = 0,
+            guide=None):
     """Logits [N, V] (float32, on the model's device) at the N positions still to fill (rows: a
     [B, c] index or a [B, L] mask, row-major), with classifier-free guidance when gc.cfg > 0;
-    banned tokens at -inf, </s> only where eos_ok [N]."""
+    banned tokens at -inf, </s> only where eos_ok [N]; then classifier guidance (guide: a
+    guidance.Guide) on what is left."""
     from modeling import autocast
 
     with autocast(tokens.device):
         logits = forward_rows(model, tokens, rows, plan, "cond", k).float()  # [N, V]
         if gc.cfg > 0:
-            uncond = tokens.masked_fill(canvas.fixed, ids["mask"])  # the condition hidden
+            uncond = unconditional(tokens, canvas, ids)
             logits = guided(logits, forward_rows(model, uncond, rows, plan, "uncond", k).float(), gc.cfg)
     logits = logits.index_fill(1, ids["ban"], float("-inf"))  # no <mask>, <s>, <pad>; </s> only with --stop-at-eos
     logits[:, ids["eos"]] = torch.where(eos_ok, logits[:, ids["eos"]], float("-inf"))
-    return logits
+    return logits if guide is None else guide(logits, tokens, as_mask(rows, tokens.shape))
 
 
 def order_scores(pred: Prediction | None, todo, gc, step: int, g, n: int = 0) -> torch.Tensor:
@@ -597,6 +627,14 @@ def scheduled_step(gc, counts: list, step: int, n: int, s: Loop, g):
     return before, before - after + remask.sum(-1), remask
 
 
+def as_mask(rows, shape):
+    """rows (a [B, c] index, ascending, or a [B, L] mask) as a [B, L] mask: the same positions in
+    the same row-major order."""
+    if rows.dtype == torch.bool:
+        return rows
+    return torch.zeros(shape, dtype=torch.bool, device=rows.device).scatter(1, rows, True)
+
+
 def at_rows(x, rows):
     """x [B, L] at rows (a [B, c] index or a [B, L] mask), row-major: [N]."""
     return x[rows] if rows.dtype == torch.bool else x.gather(1, rows).flatten()
@@ -607,7 +645,8 @@ def index_rows(mask, c: int):
     return mask.to(torch.int8).argsort(dim=-1, descending=True, stable=True)[:, :c]
 
 
-def predict_and_choose(model, s: Loop, canvas: Canvas, ids: dict, gc, g, c, n_commit, step: int, plan, k: int):
+def predict_and_choose(model, s: Loop, canvas: Canvas, ids: dict, gc, g, c, n_commit, step: int, plan, k: int,
+                       guide=None):
     """One forward pass: (commit [B, L], the canvas with every prediction in place [B, L], their
     confidence [B, L]). A blind order (random) picks the positions first, so the LM head and the
     sampler run there alone; otherwise every position still to fill is predicted, then
@@ -621,7 +660,7 @@ def predict_and_choose(model, s: Loop, canvas: Canvas, ids: dict, gc, g, c, n_co
         where = s.todo
         rows = index_rows(s.todo, c) if c else s.todo  # [B, c] or [B, L]
     # predict and draw a token at each chosen position: [N, V] -> [N]
-    logits = predict(model, s.tokens, rows, canvas, ids, gc, at_rows(s.eos_ok, rows), plan, k)  # [N, V]
+    logits = predict(model, s.tokens, rows, canvas, ids, gc, at_rows(s.eos_ok, rows), plan, k, guide)  # [N, V]
     pred = Prediction(logits, sample(logits, g, gc))
     conf = torch.full(s.tokens.shape, float("-inf"), device=s.tokens.device).masked_scatter(where, pred.confidence)
     proposal = s.tokens.masked_scatter(where, pred.tokens)  # [B, L]
@@ -633,13 +672,13 @@ def predict_and_choose(model, s: Loop, canvas: Canvas, ids: dict, gc, g, c, n_co
 
 @torch.no_grad()
 def denoise_steps(model, canvas: Canvas, ids: dict, gc, g: torch.Generator, block: int = 0,
-                  refresh: int = 0) -> Iterator[Step]:
+                  refresh: int = 0, guide=None) -> Iterator[Step]:
     """Fill the active <mask>s of a Canvas (every row holds the same number), yielding one Step
     per forward pass; the last Step's tokens are the filled canvas. gc: a GenConfig; ids:
     tokens.token_ids plus "ban" (with_ban); g: a generator on the model's device
     (device_generator). Scheduled steps know their counts in advance, so on CUDA they never wait
     for the device. With gc.cache, refresh > 0 also rebuilds the cache every `refresh` passes (1:
-    every pass, which makes the cached passes exact)."""
+    every pass, which makes the cached passes exact). guide: classifier guidance (guidance.Guide) or None."""
     device = next(model.parameters()).device
     s = start_loop(canvas, ids, gc, device)
     n = int(canvas.active[0].sum())  # from the CPU canvas: no device round trip
@@ -654,7 +693,8 @@ def denoise_steps(model, canvas: Canvas, ids: dict, gc, g: torch.Generator, bloc
         if c == 0:  # the schedule keeps every mask this step: no forward pass
             continue
         # 1-2. predict, and choose which predictions to keep (the rest stay masked)
-        commit, proposal, conf = predict_and_choose(model, s, canvas, ids, gc, g, c, n_commit, step, plan, passes)
+        commit, proposal, conf = predict_and_choose(model, s, canvas, ids, gc, g, c, n_commit, step, plan, passes,
+                                                   guide)
         # 3. commit; ReMDM's re-masked tokens go back to <mask> (a new prediction next step)
         remask = torch.zeros_like(commit) if remask is None else remask
         s.tokens = torch.where(commit, proposal, s.tokens).masked_fill(remask, ids["mask"])
@@ -716,20 +756,69 @@ def parse_template(template: str, tokenizer, window: int | None = None) -> tuple
     return ids, fixed
 
 
-def window_canvas(context: torch.Tensor, n: int, window: int, ids: dict, bos: int, n_fixed: int, fit: bool) -> Canvas:
+def window_canvas(context: torch.Tensor, n: int, window: int, ids: dict, bos: int, n_fixed: int, fit: bool,
+                  lead: torch.Tensor | None = None) -> Canvas:
     """<s> context <mask>... </s> for B rows of context [B, T]: n masks to fill right after the
     context. "full" (the default) always spans the whole window -- the masks beyond the n stay
     masked, as unseen text does in training's full-window blocks; "fit" stops at </s> right after
     the n masks (an input shorter than any training block). The first n_fixed context tokens are
-    the user's condition (for guidance)."""
+    the user's condition (for guidance). lead [B, 1]: a label-conditioned model's label token,
+    right after <s> as in its training blocks."""
     B, T = context.shape
-    tail = n if fit else window - 2 - T
-    tokens = torch.cat([torch.full((B, 1), bos), context, torch.full((B, tail), ids["mask"]),
-                        torch.full((B, 1), ids["eos"])], 1)  # [B, L]
+    a = 0 if lead is None else lead.shape[1]
+    tail = n if fit else window - 2 - a - T
+    head = [torch.full((B, 1), bos)] + ([lead] if a else [])
+    tokens = torch.cat(head + [context, torch.full((B, tail), ids["mask"]), torch.full((B, 1), ids["eos"])], 1)  # [B, L]
     pos = torch.arange(tokens.shape[1]).expand(B, -1)  # [B, L]
-    active = (pos > T) & (pos <= T + n)
-    fixed = (pos >= 1) & (pos <= n_fixed)
-    return Canvas(tokens, active, fixed, start=1 + T)
+    active = (pos > a + T) & (pos <= a + T + n)
+    fixed = (pos > a) & (pos <= a + n_fixed)
+    return Canvas(tokens, active, fixed, start=1 + a + T, label=1 if a else 0)
+
+
+def label_lead(gc, tokenizer, B: int) -> torch.Tensor | None:
+    """[B, 1] the token a label-conditioned model reads after <s>: --label's, or the null label
+    without one (the model unconditional); None for a model trained without labels. An unknown
+    label, or --label on such a model, is a UsageError naming what there is."""
+    names = labels_of(tokenizer)
+    if not names:
+        if gc.label:
+            raise UsageError(f"--label {gc.label}: this model was trained without labels (train.py --labels "
+                             f"folders|column makes one that has them); to steer it, train a classifier and use --guide")
+        return None
+    if gc.label and gc.label not in names:
+        raise UsageError(f"unknown --label {gc.label!r}; this model knows: {', '.join(names)}")
+    return torch.full((B, 1), label_ids(tokenizer, names)[gc.label or None])
+
+
+def label_window(tokenizer, window: int) -> int:
+    """The window less the label slot a label-conditioned model's canvas spends: room for text."""
+    return window - bool(labels_of(tokenizer))
+
+
+_CLASSIFIERS = {}  # (folder, its weights' mtime, generator vocabulary) -> (classifier, labels): load once
+
+
+def load_guide(gc, tokenizer, device, label_column: int) -> Guide | None:
+    """gc's classifier guidance (guidance.Guide) or None; the classifier loaded once per process.
+    An unknown --guide-label lists the classifier's labels."""
+    if not gc.guide:
+        return None
+    import os
+
+    from modeling import check_checkpoint, load_classifier
+    from tokens import fingerprint
+
+    check_checkpoint(gc.guide)
+    weights = [os.path.getmtime(os.path.join(gc.guide, f)) for f in sorted(os.listdir(gc.guide))
+               if f.endswith((".safetensors", ".bin"))]
+    key = (os.path.realpath(gc.guide), tuple(weights), fingerprint(tokenizer), str(device))
+    if key not in _CLASSIFIERS:
+        _CLASSIFIERS.clear()  # one at a time: a study walks labels with one classifier
+        _CLASSIFIERS[key] = load_classifier(gc.guide, tokenizer, device)
+    classifier, names = _CLASSIFIERS[key]
+    if gc.guide_label not in names:
+        raise UsageError(f"unknown --guide-label {gc.guide_label!r}; {gc.guide} knows: {', '.join(names)}")
+    return Guide(classifier, names.index(gc.guide_label), gc.guide_scale, gc.guide_mode, gc.guide_k, label_column)
 
 
 def generation_steps(model, tokenizer, gc, window: int, g: torch.Generator, refresh: int = 0,
@@ -744,25 +833,30 @@ def generation_steps(model, tokenizer, gc, window: int, g: torch.Generator, refr
     device = next(model.parameters()).device
     ids, g = with_ban(token_ids(tokenizer), device), device_generator(g, device)
     B = gc.num_samples
+    lead = label_lead(gc, tokenizer, B)  # [B, 1] or None
+    a = 0 if lead is None else 1  # the label slot after <s>
+    guide = load_guide(gc, tokenizer, device, label_column=a)
     if gc.template:
         if gc.stop_at_eos:
             raise UsageError("--stop-at-eos does not apply to --template (the template fixes the length)")
-        tmpl, fixed = parse_template(gc.template, tokenizer, window)
-        if len(tmpl) + 2 > window:
-            raise UsageError(f"template is {len(tmpl)} tokens; the window holds {window - 2}")
+        tmpl, fixed = parse_template(gc.template, tokenizer, window - a)
+        if len(tmpl) + 2 + a > window:
+            raise UsageError(f"template is {len(tmpl)} tokens; the window holds {window - 2 - a}")
         check_generation(gc, window, len(tokenizer), fixed.count(False), fixed.count(False), model_device(model))
-        tokens = torch.tensor([[bos] + tmpl + [eos]] * B)  # [B, L]
-        fixed_t = torch.tensor([False] + fixed + [False]).expand(B, -1)
-        canvas = Canvas(tokens, tokens == ids["mask"], fixed_t, start=1)
-        for s in denoise_steps(model, canvas, ids, gc, g, refresh=refresh):
-            s.text = s.tokens[:, 1:-1]
+        tokens = torch.cat([torch.full((B, 1), bos)] + ([lead] if a else []) +
+                           [torch.tensor([tmpl + [eos]] * B)], 1)  # [B, L]
+        fixed_t = torch.tensor([False] * (1 + a) + fixed + [False]).expand(B, -1)
+        canvas = Canvas(tokens, tokens == ids["mask"], fixed_t, start=1 + a, label=a)
+        for s in denoise_steps(model, canvas, ids, gc, g, refresh=refresh, guide=guide):
+            s.text = s.tokens[:, 1 + a:-1]
             yield s
         return
     if context is not None and (gc.prompt or gc.template):
         raise UsageError("give each row's context or a --prompt / --template, not both")
+    window -= a  # room for text: the label token takes one place
     prompt = prompt_ids(gc, tokenizer, window) if context is None else context[0].tolist()
-    if gc.cfg > 0 and not prompt:
-        raise UsageError("--cfg needs something to condition on: a --prompt or a --template")
+    if gc.cfg > 0 and not prompt and not gc.label:
+        raise UsageError("--cfg needs something to condition on: a --label, a --prompt or a --template")
     length, block = lengths(gc, len(prompt), window)
     check_generation(gc, window, len(tokenizer), length, block, model_device(model))
     text = (torch.tensor([prompt] * B, dtype=torch.long) if context is None else context).reshape(B, len(prompt))
@@ -772,9 +866,9 @@ def generation_steps(model, tokenizer, gc, window: int, g: torch.Generator, refr
         n = min(block, length - (text.shape[1] - len(prompt)))
         cut = max(0, text.shape[1] - (window - 2 - n))  # the context that fits beside n masks
         context = text[:, cut:].cpu()  # [B, <= window-2-n] (canvases are built on the CPU, once per block)
-        canvas = window_canvas(context, n, window, ids, bos, max(0, len(prompt) - cut), gc.canvas == "fit")
+        canvas = window_canvas(context, n, window + a, ids, bos, max(0, len(prompt) - cut), gc.canvas == "fit", lead)
         last = None
-        for s in denoise_steps(model, canvas, ids, gc, g, block=b, refresh=refresh):
+        for s in denoise_steps(model, canvas, ids, gc, g, block=b, refresh=refresh, guide=guide):
             s.text = torch.cat([text, s.tokens[:, canvas.start:canvas.start + n]], 1)
             last = s
             yield s

@@ -1,8 +1,11 @@
 """Models: build or load a masked LM (and its AR baseline), run the LM head only where needed.
 
     load_pretrained(cls, name)       from_pretrained with a one-line error when offline / missing
-    build_model(cfg, tokenizer)      from-scratch model (cfg.model == "scratch") or a pretrained one
+    build_model(cfg, tokenizer, labels)   from-scratch model (cfg.model == "scratch") or a pretrained
+                                     one: a masked LM (--task diffusion; label names in its config) or a
+                                     sequence classifier (--task classify)
     load_checkpoint(path)            (model, tokenizer, TrainConfig) of a train.py checkpoint
+    load_classifier(path, tokenizer) a --task classify checkpoint for guidance, on the generator's tokenizer
     masked_logits(model, ids, attn, where)   logits [N, V] at the N positions where `where` is True
     masked_lm_loss(model, batch, ...)        per-token CE at masked positions, the training loss
     compile_model(model)                     torch.compile in place, keeping the masked-only head
@@ -111,21 +114,30 @@ def bert_config(cfg: TrainConfig, common: dict):
 SCRATCH_ARCHS = {"modernbert": modernbert_config, "roberta": roberta_config, "bert": bert_config}
 
 
-def scratch_model_config(cfg: TrainConfig, tokenizer):
-    common = dict(vocab_size=len(tokenizer), hidden_size=cfg.scratch_hidden,
+def scratch_model_config(cfg: TrainConfig, tokenizer, **extra):
+    common = dict(extra, vocab_size=len(tokenizer), hidden_size=cfg.scratch_hidden,
                   num_hidden_layers=cfg.scratch_layers, num_attention_heads=cfg.scratch_heads,
                   intermediate_size=cfg.scratch_intermediate, pad_token_id=tokenizer.pad_token_id,
                   bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     return SCRATCH_ARCHS[cfg.scratch_arch](cfg, common)
 
 
-def build_model(cfg: TrainConfig, tokenizer):
-    from transformers import AutoModelForMaskedLM
+def build_model(cfg: TrainConfig, tokenizer, labels: list[str] = ()):
+    """The model to train: a masked LM (--task diffusion) or a sequence classifier over `labels`
+    (--task classify), from scratch or from cfg.model. Label names go into the config (id2label),
+    so a checkpoint names its labels; a pretrained start gets rows for added label tokens."""
+    from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification
 
+    auto = AutoModelForSequenceClassification if cfg.task == "classify" else AutoModelForMaskedLM
+    names = dict(id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)}) if labels else {}
     if cfg.model == "scratch":
         torch.manual_seed(cfg.seed)  # weight init is the one place transformers uses the global RNG
-        return AutoModelForMaskedLM.from_config(scratch_model_config(cfg, tokenizer), attn_implementation="sdpa")
-    model = load_pretrained(AutoModelForMaskedLM, cfg.model)
+        return auto.from_config(scratch_model_config(cfg, tokenizer, **names), attn_implementation="sdpa")
+    if cfg.task == "classify":
+        torch.manual_seed(cfg.seed)  # the classifier's new head is initialised while loading
+    model = load_pretrained(auto, cfg.model, **names)
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:  # label tokens added to its vocabulary
+        model.resize_token_embeddings(len(tokenizer))
     limit = position_limit(model.config)
     if limit is not None and cfg.max_len > limit:
         raise UsageError(f"--max-len {cfg.max_len} exceeds {cfg.model}'s {limit} positions")
@@ -253,6 +265,9 @@ def load_checkpoint(path: str, device: str | None = None):
 
     check_checkpoint(path)
     cfg = load_train_config(path)
+    if cfg.task != "diffusion":
+        raise UsageError(f"{path} is a classifier (train.py --task {cfg.task}), not a generator: pass it to "
+                         f"generate.py --guide, and a train.py --task diffusion checkpoint as --checkpoint")
     damaged = f"; the checkpoint in {path} is damaged: use another checkpoint or retrain"
     try:
         tokenizer = load_pretrained(AutoTokenizer, path)
@@ -280,6 +295,35 @@ def check_weights(path: str, cfg: TrainConfig, model) -> None:
     if bad is not None:
         raise UsageError(f"the weights in {path} are not finite ({bad}): saved after training diverged; use an "
                          f"earlier checkpoint or retrain")
+
+
+def load_classifier(path: str, tokenizer, device=None):
+    """(classifier, its label names) from a train.py --task classify checkpoint, for guiding a
+    generator whose tokenizer is `tokenizer`: both must share every id but the generator's label
+    tokens (tokens.vocab_without_labels), or a UsageError."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from config import load_train_config
+    from tokens import vocab_without_labels
+
+    check_checkpoint(path)
+    cfg = load_train_config(path)
+    if cfg.task != "classify":
+        raise UsageError(f"--guide {path} is a {cfg.task} model, not a classifier: train one with "
+                         f"python train.py --task classify --labels folders --dataset DIR --output-dir DIR")
+    own = load_pretrained(AutoTokenizer, path)
+    if vocab_without_labels(own) != vocab_without_labels(tokenizer):
+        raise UsageError(f"--guide {path} reads another tokenizer than the generator ({len(own):,} vs "
+                         f"{len(tokenizer):,} tokens, different ids): train the classifier on the generator's text "
+                         f"with the same --tokenizer-vocab-size, or start it from the generator (--model FOLDER)")
+    try:
+        model = load_pretrained(AutoModelForSequenceClassification, path)
+    except Exception as e:  # a truncated safetensors or a broken config.json
+        raise UsageError(f"cannot load the classifier {path} ({type(e).__name__}); retrain it")
+    check_tokenizer(path, own, model)
+    names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return model.to(device).eval(), names
 
 
 def check_tokenizer(path: str, tokenizer, model) -> None:

@@ -17,6 +17,7 @@ byte-level BPE that from-scratch models train on their corpus.
     label_token(name) / NULL_LABEL             the token a label-conditioned model reads after <s>
     add_label_tokens(tok, names)               reserve them (special: never masked, never sampled)
     label_ids(tok, names)                      {name: id}, plus None -> the null label's id
+    labels_of(tok)                             the labels a tokenizer has tokens for ([] if none)
 """
 
 import codecs
@@ -54,7 +55,9 @@ def token_ids(tokenizer) -> dict:
     """The ids the denoising loop needs: mask, eos, and those never sampled (</s> is handled by
     --stop-at-eos)."""
     _, eos = bos_eos(tokenizer)
-    return {"mask": tokenizer.mask_token_id, "eos": eos, "banned": [t for t in banned_ids(tokenizer) if t != eos]}
+    null = tokenizer.get_vocab().get(NULL_LABEL)  # a label-conditioned model's (classifier-free guidance's u)
+    return {"mask": tokenizer.mask_token_id, "eos": eos, "banned": [t for t in banned_ids(tokenizer) if t != eos],
+            "null_label": null}
 
 
 def fingerprint(tokenizer, legacy: bool = False) -> str:
@@ -214,6 +217,14 @@ def label_ids(tokenizer, names: list[str]) -> dict:
     if missing:
         raise ValueError(f"the tokenizer has no label token for {', '.join(map(str, missing))}")
     return ids
+
+
+def labels_of(tokenizer) -> list[str]:
+    """The labels a tokenizer has tokens for (a label-conditioned generator's), in id order; []
+    for any other tokenizer."""
+    vocab = tokenizer.get_vocab()
+    names = sorted((i, t[len("<label:"):-1]) for t, i in vocab.items() if t.startswith("<label:") and t.endswith(">"))
+    return [n for _, n in names] if NULL_LABEL in vocab else []
 
 
 def vocab_without_labels(tokenizer) -> dict:

@@ -4,6 +4,9 @@
     python train.py --model roberta-base --dataset wikitext --dataset-config wikitext-2-raw-v1
     python train.py --dataset path/to/folder_of_txt   # your own text
     python train.py --quick-test --resume             # continue from the newest checkpoint
+    python train.py --quick-test --dataset data/fortunes --packing none --labels folders   # label-conditioned
+    python train.py --task classify --labels folders --dataset data/fortunes --model results/fortunes/final-model
+                                                      # a noisy-input classifier for generate.py --guide
     accelerate launch --num_processes 2 train.py ...  # several GPUs (or torchrun)
 
 Writes to --output-dir (default results/): checkpoint-N/ and final-model/ (model, tokenizer,
@@ -29,7 +32,7 @@ def main(argv=None) -> int:
     from runs import RunFolder, check_writable
 
     check_writable(cfg.cache_dir)
-    with RunFolder(cfg.output_dir, "diffusion") as run:
+    with RunFolder(cfg.output_dir, cfg.task) as run:
         return train(cfg, given(args, TrainConfig), run)
 
 
@@ -63,11 +66,14 @@ def train(cfg: TrainConfig, flags: dict, run) -> int:
                          f"{cfg.batch_size * cfg.grad_accum:,} blocks per optimiser step, more than the "
                          f"{len(train_ds):,} training blocks; lower them (or add data)")
 
-    # 2. model and trainer: the diffusion loss, per-level evaluation, one log line per interval
-    from data_collator import DiffusionCollator
+    # 2. model and trainer (--task: the diffusion loss with per-level evaluation, or a noisy-input
+    # classifier), one log line per interval
+    from data import label_names
+    from trainer import TASKS
 
-    collator = DiffusionCollator(tokenizer, cfg)
-    model = build(cfg, tokenizer, len(train_ds), run.is_main)
+    collator = TASKS[cfg.task][0](tokenizer, cfg)
+    labels = label_names(train_ds)
+    model = build(cfg, tokenizer, labels, len(train_ds), run.is_main)
     trainer = make_trainer(cfg, model, tokenizer, train_ds, val_ds, collator, run, evaluate_first=checkpoint is None)
 
     # 3. the run's folder, now that every check has passed: a fresh run moves another run's
@@ -90,7 +96,7 @@ def train(cfg: TrainConfig, flags: dict, run) -> int:
 
         final = run.save_final(trainer, lambda folder: write_model_card(
             folder, cfg, read_metrics(cfg.output_dir), n_params(model), type(model).__name__,
-            os.path.join(cfg.output_dir, "final-model")))
+            os.path.join(cfg.output_dir, "final-model"), labels))
         run.finished(f"saved {final} at step {trainer.state.global_step} (model card: {final}/README.md)")
     return 0
 
@@ -103,7 +109,7 @@ def load_data(cfg: TrainConfig, is_main: bool):
     import torch
     from accelerate import PartialState
 
-    from data import build_datasets, get_tokenizer, load_documents
+    from data import build_datasets, get_tokenizer, label_token_counts, load_documents
     from runs import process_rank
 
     cpu_ddp = process_rank()[1] > 1 and not torch.cuda.is_available()
@@ -113,10 +119,14 @@ def load_data(cfg: TrainConfig, is_main: bool):
         train_ds, val_ds = build_datasets(cfg, tokenizer, docs)
     if is_main:
         print(f"data: {len(train_ds)} train / {len(val_ds)} held-out blocks of {cfg.max_len} tokens", flush=True)
+        counts = label_token_counts(train_ds, tokenizer)
+        if counts:
+            print("labels (text tokens in training blocks): " + ", ".join(f"{n} {c:,}" for n, c in counts.items()),
+                  flush=True)
     return tokenizer, train_ds, val_ds
 
 
-def build(cfg: TrainConfig, tokenizer, n_train: int, is_main: bool):
+def build(cfg: TrainConfig, tokenizer, labels: list[str], n_train: int, is_main: bool):
     import torch
 
     from limits import check_training, scratch_params
@@ -125,7 +135,7 @@ def build(cfg: TrainConfig, tokenizer, n_train: int, is_main: bool):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if cfg.model == "scratch":  # before building it: a model that cannot fit is one line, not an allocator error
         check_training(cfg, len(tokenizer), scratch_params(cfg, len(tokenizer)), device, n_train)
-    model = build_model(cfg, tokenizer)
+    model = build_model(cfg, tokenizer, labels)
     check_training(cfg, model.config.vocab_size, n_params(model), device, n_train)
     if is_main:
         print(f"model: {type(model).__name__}, {n_params(model) / 1e6:.2f}M parameters, "
@@ -138,10 +148,10 @@ def build(cfg: TrainConfig, tokenizer, n_train: int, is_main: bool):
 def make_trainer(cfg, model, tokenizer, train_ds, val_ds, collator, run, evaluate_first: bool):
     import torch
 
-    from trainer import DiffusionTrainer, log_callbacks, training_arguments
+    from trainer import TASKS, log_callbacks, training_arguments
 
     cpu_ddp = run.world > 1 and not torch.cuda.is_available()
-    trainer = DiffusionTrainer(
+    trainer = TASKS[cfg.task][1](
         model=model, args=training_arguments(cfg, evaluate_first=evaluate_first, use_cpu=cpu_ddp),
         train_dataset=train_ds, eval_dataset=val_ds, data_collator=collator,
         processing_class=tokenizer, diffusion_cfg=cfg, tokenizer=tokenizer)

@@ -5,6 +5,9 @@ every masking level, one log line per interval, metrics.jsonl and its plots, the
                          LM head there only), with a running training loss per masking level, a
                          finite-loss guard, and an evaluate() that scores every level and the ELBO
                          bound (diffusion.level_losses / elbo_estimate)
+    ClassifierTrainer    the same for a noisy-input classifier (--task classify): CE of the label
+                         given text masked at a random rate; evaluate() scores accuracy per level
+    TASKS                --task -> (collator, trainer)
     RunLog               callback: one line per logging interval, metrics.jsonl, progress.txt
                          (baseline_ar.py's run uses it too)
     TrainClock           seconds in training steps alone: the ETA and speed of the log line and the bar
@@ -31,6 +34,7 @@ from config import TrainConfig, save_config
 from diffusion import (bound_prefix, elbo_estimate, eval_batches, level_losses, nearest_level, report_levels,
                        show_predictions)
 from data_collator import STATE_FILE as COLLATOR_STATE
+from data_collator import ClassifierCollator, DiffusionCollator
 from files import append_jsonl, write_atomic, write_csv, write_figure
 from modeling import training_loss
 from runs import METRICS, PROGRESS, close_progress, last_complete_checkpoint, process_rank, read_metrics
@@ -57,15 +61,19 @@ class DiffusionTrainer(Trainer):
         loss, ce, rows = training_loss(model, inputs, self.cfg, self.state.global_step)
         with torch.no_grad():  # running loss per level, reported at the next log
             sums = torch.zeros(len(rates), device=ce.device).index_add_(0, rows, ce.detach())  # [B]
-            counts = torch.bincount(rows, minlength=len(rates))  # [B]
-            sums = sums.tolist()  # the host reads the values anyway: checking them costs nothing more
-            if not all(math.isfinite(x) for x in sums):
-                raise Diverged(self.diverged_message(f"the training loss is {loss.item()}"))
-            for rate, s, n in zip(rates.tolist(), sums, counts.tolist()):
-                acc = self.level_sums[nearest_level(rate, self.levels)]
-                acc[0] += s
-                acc[1] += n
+            self.track_levels(loss, rates, sums, torch.bincount(rows, minlength=len(rates)))
         return (loss, None) if return_outputs else loss
+
+    def track_levels(self, loss, rates, sums, counts) -> None:
+        """Add each row's loss sum and count [B] to its masking level's running mean; a loss that is
+        not a number stops the run (Diverged)."""
+        sums = sums.tolist()  # the host reads the values anyway: checking them costs nothing more
+        if not all(math.isfinite(x) for x in sums):
+            raise Diverged(self.diverged_message(f"the training loss is {loss.item()}"))
+        for rate, s, n in zip(rates.tolist(), sums, counts.tolist()):
+            acc = self.level_sums[nearest_level(rate, self.levels)]
+            acc[0] += s
+            acc[1] += n
 
     def log(self, logs, start_time=None):
         if "loss" in logs:  # a training log: attach and reset the per-level averages
@@ -124,6 +132,59 @@ class DiffusionTrainer(Trainer):
             self.model.tie_weights()
             load_result = type(load_result)([], list(load_result.unexpected_keys))
         super()._issue_warnings_after_load(load_result)
+
+
+class ClassifierTrainer(DiffusionTrainer):
+    """A noisy-input classifier p(y | x_t) (--task classify) on the diffusion trainer's machinery:
+    the batch is DiffusionCollator's (masked at a random rate) with the class as `labels`; the loss
+    is the cross-entropy of the class, tracked per masking level; evaluate() scores held-out
+    accuracy and loss at every level with the same masks each time."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits  # [B, C]
+        ce = torch.nn.functional.cross_entropy(logits.float(), inputs["labels"], reduction="none")  # [B]
+        loss = ce.mean()
+        with torch.no_grad():
+            self.track_levels(loss, inputs["mask_rate"], ce.detach(), torch.ones_like(ce, dtype=torch.long))
+        return (loss, None) if return_outputs else loss
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+        t0 = time.time()
+        if self.eval_set is None:  # spread over the held-out set, which is ordered by label
+            n = len(self.eval_dataset)
+            idx = torch.linspace(0, n - 1, min(n, 1024)).round().long().tolist()
+            self.eval_set = (self.eval_dataset[idx]["input_ids"], self.eval_dataset[idx]["label"])  # [M, L], [M]
+        scores = classify_levels(self.model, *self.eval_set, self.tok, self.levels, self.cfg.seed)
+        metrics = {f"eval_mask_{lv}": ce for lv, (ce, _) in scores.items()}
+        metrics.update({f"eval_acc_{lv}": acc for lv, (_, acc) in scores.items()})
+        metrics.update(eval_accuracy=sum(a for _, a in scores.values()) / len(scores), eval_blocks=len(self.eval_set[1]),
+                       eval_seconds=round(time.time() - t0, 2))
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+
+@torch.no_grad()
+def classify_levels(model, ids, labels, tokenizer, levels: list[float], seed: int, batch_size: int = 64) -> dict:
+    """{level: (mean CE, accuracy)} of a classifier on blocks ids [M, L] with classes labels [M],
+    masked at each fixed rate with the same masks every call (seeded per level); no prefix."""
+    from diffusion import mask_tokens, protected_positions
+    from tokens import never_masked_ids
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    protected = protected_positions(ids, never_masked_ids(tokenizer), torch.zeros(len(ids), dtype=torch.long))
+    out = {}
+    for i, level in enumerate(levels):
+        g = torch.Generator().manual_seed(seed + i)
+        inputs, _ = mask_tokens(ids, torch.full((len(ids),), level), protected, tokenizer.mask_token_id, g)  # [M, L]
+        logits = torch.cat([model(input_ids=inputs[j:j + batch_size].to(device)).logits.float().cpu()
+                            for j in range(0, len(ids), batch_size)])  # [M, C]
+        ce = torch.nn.functional.cross_entropy(logits, labels)
+        out[level] = (ce.item(), (logits.argmax(-1) == labels).float().mean().item())
+    model.train(was_training)
+    return out
 
 
 def tied_keys(model) -> set[str]:
@@ -256,7 +317,14 @@ def log_line(row: dict) -> str:
 
 
 def eval_lines(row: dict) -> list[str]:
-    """The full held-out block of an evaluation: the bound, every level, the fills."""
+    """The full held-out block of an evaluation: the bound, every level, the fills (a classifier's:
+    accuracy and loss at every level)."""
+    if "eval_accuracy" in row:
+        acc, ce = metrics_by_level(row, "eval_acc_"), metrics_by_level(row, "eval_mask_")
+        return [f"eval step {row['step']} | held-out accuracy {row['eval_accuracy']:.1%}, the mean over masking "
+                f"levels ({row['eval_blocks']} blocks)",
+                "  accuracy by masking level: " + "  ".join(f"{lv:.0%} {v:.1%}" for lv, v in sorted(acc.items())),
+                "  loss by masking level:     " + "  ".join(f"{lv:.0%} {v:.3f}" for lv, v in sorted(ce.items()))]
     lines = [f"eval step {row['step']} | held-out ELBO bound {row['eval_elbo_nats']:.3f} "
              f"± {row['eval_elbo_stderr']:.3f} nats/token = perplexity <= {row['eval_elbo_ppl']:.1f} "
              f"({row['eval_elbo_blocks']} blocks)"]
@@ -289,7 +357,7 @@ class RunLog(TrainerCallback):
         append_jsonl(os.path.join(self.out_dir, METRICS), row)
         if "loss" in logs:
             self.last["train"] = [log_line(row)]
-        elif "eval_elbo_nats" in logs:
+        elif "eval_elbo_nats" in logs or "eval_accuracy" in logs:
             self.last["eval"] = eval_lines(row)
         else:
             return
@@ -299,7 +367,7 @@ class RunLog(TrainerCallback):
         else:
             print(text, flush=True)
         write_atomic(os.path.join(self.out_dir, PROGRESS), "\n".join(self.last["train"] + self.last["eval"]) + "\n")
-        if "eval_elbo_nats" in logs:
+        if "eval_elbo_nats" in logs or "eval_accuracy" in logs:
             write_curves(self.out_dir)
 
     def on_train_end(self, args, state, control, **kw):
@@ -401,43 +469,65 @@ def training_arguments(cfg: TrainConfig, evaluate_first: bool, use_cpu: bool = F
 
 
 def write_model_card(folder: str, cfg: TrainConfig, rows: list[dict], n_params: int, model_class: str,
-                     final: str) -> None:
-    """folder/README.md: what the model is, how it was trained, its held-out numbers (the last
-    evaluation in metrics.jsonl), and how to load it (from `final`, where folder ends up) and
-    generate with it."""
-    ev = [r for r in rows if "eval_elbo_nats" in r]
-    last = ev[-1] if ev else None
+                     final: str, labels: list[str] = ()) -> None:
+    """folder/README.md: what the model is, how it was trained, its labels (a label-conditioned
+    generator's or a classifier's; id2label in config.json), its held-out numbers (the last
+    evaluation in metrics.jsonl), and how to load it (from `final`, where folder ends up) and use it."""
+    classify = cfg.task == "classify"
     tokens = cfg.token_budget()
     corpus = ("the embedded corpus (106 English Wikipedia articles from the gensim wheel)"
               if cfg.dataset == "embedded" else f"`{cfg.dataset}`" + (f" ({cfg.dataset_config})" if cfg.dataset_config else ""))
     start = f"trained from scratch ({cfg.scratch_arch}, tokenizer trained on the corpus)" if cfg.model == "scratch" \
         else f"fine-tuned from `{cfg.model}`"
+    what = (f"a noisy-input classifier p(label | text): trained on text masked at every rate ({cfg.mask_distribution} "
+            f"rates) exactly as the generator is, so it can judge a half-written canvas (generate.py --guide)"
+            if classify else
+            f"trained as a discrete text-diffusion model: masked-LM loss at every masking rate ({cfg.mask_distribution} "
+            f"rates, {cfg.loss_weighting} loss, prefix {cfg.prefix_mode} up to {cfg.prefix_len} tokens), so it can "
+            f"write text from a fully masked canvas")
     lines = [
-        "# Text-diffusion masked LM", "",
-        f"A {model_class} with {n_params:,} parameters, {start}, trained as a discrete text-diffusion model: "
-        f"masked-LM loss at every masking rate ({cfg.mask_distribution} rates, {cfg.loss_weighting} loss, "
-        f"prefix {cfg.prefix_mode} up to {cfg.prefix_len} tokens), so it can write text from a fully masked canvas.",
-        "",
+        "# Noisy-input classifier" if classify else "# Text-diffusion masked LM", "",
+        f"A {model_class} with {n_params:,} parameters, {start}, {what}.", "",
         f"- Data: {corpus}, " + ("packed into" if cfg.packing == "packed" else "one document per block, padded with "
                                   "`</s>`, in") + f" `<s> ... </s>` blocks of {cfg.max_len} tokens.",
         f"- Training: {cfg.max_steps} steps x {cfg.batch_size} x {cfg.grad_accum} x {cfg.max_len} = {tokens:,} tokens, "
         f"learning rate {cfg.learning_rate:g}, seed {cfg.seed}. Every setting is in `diffusion_config.json`.",
     ]
-    if last is not None:
-        levels = metrics_by_level(last, "eval_mask_")
-        lines += [
-            "", f"## Held-out numbers (step {last['step']}, from metrics.jsonl)", "",
-            f"ELBO bound: {last['eval_elbo_nats']:.4f} ± {last['eval_elbo_stderr']:.4f} nats/token, "
-            f"perplexity <= {last['eval_elbo_ppl']:.1f} ({last['eval_elbo_blocks']} held-out blocks).", "",
-            "| masked | " + " | ".join(f"{lv:.0%}" for lv in sorted(levels)) + " |",
-            "|---|" + "---|" * len(levels),
-            "| loss (nats/token) | " + " | ".join(f"{levels[lv]:.3f}" for lv in sorted(levels)) + " |",
-        ]
-    lines += [
-        "", "## Use", "", "```bash", f"python generate.py --checkpoint {final} --show-steps",
-        f"python evaluate.py --checkpoint {final}", "```", "",
-        "```python", "from modeling import load_checkpoint", f"model, tokenizer, cfg = load_checkpoint({final!r})",
-        "```", "",
-    ]
+    if labels:
+        lines.append(f"- Labels ({cfg.labels}; `id2label` in config.json): {', '.join(f'`{n}`' for n in labels)}"
+                     + ("" if classify else f"; each block reads its label token after <s>, replaced by the null "
+                        f"label in {cfg.label_dropout:.0%} of training blocks, so the model is also unconditional."))
+    lines += card_numbers(rows)
+    use = ([f"python generate.py --checkpoint GENERATOR --guide {final} --guide-label {labels[0]} --guide-scale 4"]
+           if classify else [f"python generate.py --checkpoint {final} --show-steps"]
+           + [f"python generate.py --checkpoint {final} --label {labels[0]} --cfg 2"] * bool(labels)
+           + [f"python evaluate.py --checkpoint {final}"])
+    loader = "load_classifier" if classify else "load_checkpoint"
+    lines += ["", "## Use", "", "```bash", *use, "```", "", "```python", f"from modeling import {loader}",
+              f"model, tokenizer, cfg = load_checkpoint({final!r})" if not classify else
+              f"model, labels = load_classifier({final!r}, generator_tokenizer)", "```", ""]
     write_atomic(os.path.join(folder, "README.md"), "\n".join(lines))
 
+
+def card_numbers(rows: list[dict]) -> list[str]:
+    """The model card's held-out numbers from the last evaluation in metrics.jsonl: the ELBO bound
+    and loss per masking level (a generator), or accuracy and loss per level (a classifier)."""
+    last = next((r for r in reversed(rows) if "eval_elbo_nats" in r or "eval_accuracy" in r), None)
+    if last is None:
+        return []
+    levels = metrics_by_level(last, "eval_mask_")
+    head = ["", f"## Held-out numbers (step {last['step']}, from metrics.jsonl)", ""]
+    unit = "nats" if "eval_accuracy" in last else "nats/token"  # a classifier's loss is per block
+    table = ["| masked | " + " | ".join(f"{lv:.0%}" for lv in sorted(levels)) + " |", "|---|" + "---|" * len(levels),
+             f"| loss ({unit}) | " + " | ".join(f"{levels[lv]:.3f}" for lv in sorted(levels)) + " |"]
+    if "eval_accuracy" in last:
+        acc = metrics_by_level(last, "eval_acc_")
+        return head + [f"Accuracy {last['eval_accuracy']:.1%}, the mean over masking levels "
+                       f"({last['eval_blocks']} held-out blocks).", ""] + table + [
+            "| accuracy | " + " | ".join(f"{acc[lv]:.1%}" for lv in sorted(acc)) + " |"]
+    return head + [f"ELBO bound: {last['eval_elbo_nats']:.4f} ± {last['eval_elbo_stderr']:.4f} nats/token, "
+                   f"perplexity <= {last['eval_elbo_ppl']:.1f} ({last['eval_elbo_blocks']} held-out blocks).", ""] + table
+
+
+# --task: (collator class, trainer class)
+TASKS = {"diffusion": (DiffusionCollator, DiffusionTrainer), "classify": (ClassifierCollator, ClassifierTrainer)}
