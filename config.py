@@ -268,8 +268,10 @@ class TrainConfig(Settings):
 
     def check(self) -> None:
         self.levels()
-        if self.prefix_mode != "none" and self.prefix_len > self.max_len - 3:
-            raise UsageError(f"--prefix-len must be in [0, max_len - 3 = {self.max_len - 3}], got {self.prefix_len}")
+        label = self.task == "diffusion" and self.labels != "none"  # the label token takes a place
+        room = self.max_len - 3 - label
+        if self.prefix_mode != "none" and self.prefix_len > room:
+            raise UsageError(f"--prefix-len must be in [0, max_len - {3 + label} = {room}], got {self.prefix_len}")
         if self.scratch_hidden % self.scratch_heads:
             raise UsageError("--scratch-hidden must be divisible by --scratch-heads")
         if self.scratch_arch == "modernbert" and self.scratch_hidden // self.scratch_heads % 2:

@@ -427,8 +427,10 @@ def label_token_counts(ds, tokenizer) -> dict:
     the label token, </s> padding)."""
     import torch
 
+    if not label_names(ds) or not len(ds):
+        return {}
     special = torch.tensor(banned_ids(tokenizer))
-    ids = ds[:]["input_ids"] if len(ds) else torch.zeros(0, 1, dtype=torch.long)  # [M, L]
-    text = (~torch.isin(torch.as_tensor(ids), special)).sum(1)  # [M]
-    labels = torch.as_tensor(ds[:]["label"]) if len(ds) else torch.zeros(0, dtype=torch.long)  # [M]
+    rows = ds[:]
+    text = (~torch.isin(torch.as_tensor(rows["input_ids"]), special)).sum(1)  # [M]
+    labels = torch.as_tensor(rows["label"])  # [M]
     return {name: int(text[labels == y].sum()) for y, name in enumerate(label_names(ds))}

@@ -32,6 +32,10 @@ def main(argv=None) -> int:
     from runs import RunFolder, check_writable
 
     check_writable(cfg.cache_dir)
+    if cfg.labels != "none" and not cfg.resume:
+        from data import load_labelled
+
+        load_labelled(cfg)  # a bad label folder or column is one line before the output folder is touched
     with RunFolder(cfg.output_dir, cfg.task) as run:
         return train(cfg, given(args, TrainConfig), run)
 

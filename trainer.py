@@ -500,7 +500,7 @@ def write_model_card(folder: str, cfg: TrainConfig, rows: list[dict], n_params: 
     lines += card_numbers(rows)
     use = ([f"python generate.py --checkpoint GENERATOR --guide {final} --guide-label {labels[0]} --guide-scale 4"]
            if classify else [f"python generate.py --checkpoint {final} --show-steps"]
-           + [f"python generate.py --checkpoint {final} --label {labels[0]} --cfg 2"] * bool(labels)
+           + ([f"python generate.py --checkpoint {final} --label {labels[0]} --cfg 2"] if labels else [])
            + [f"python evaluate.py --checkpoint {final}"])
     loader = "load_classifier" if classify else "load_checkpoint"
     lines += ["", "## Use", "", "```bash", *use, "```", "", "```python", f"from modeling import {loader}",
