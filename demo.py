@@ -12,7 +12,9 @@ Beside it the AR baseline (decoding.ar_steps) writes the same number of tokens l
 Both run in this process one after the other, each on its own clock (compute seconds); the page
 interleaves the two clocks, so the race is shown as if they ran side by side, slowed so a
 diffusion step lasts about --pause seconds. Every control on the page is a config.GenConfig field,
-built from the dataclass, so a new generate.py flag appears here by itself.
+built from the dataclass, so a new generate.py flag appears here by itself: --label (a choice of
+the model's labels when it is label-conditioned), --cfg, and classifier guidance (--guide, a
+classifier's folder, with --guide-label, --guide-scale, --guide-mode) among them.
 """
 
 import dataclasses
@@ -61,14 +63,15 @@ def page_fields() -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(GenConfig) if f.name not in PAGE_SKIP]
 
 
-def control(gr, f: dataclasses.Field):
-    """A component for one GenConfig field: dropdown for a choice, checkbox for a bool, slider for
-    a number between 0 and 1, a number box otherwise; labelled with its flag, its help as info."""
+def control(gr, f: dataclasses.Field, choices=None):
+    """A component for one GenConfig field: dropdown for a choice (its own, or `choices` the page
+    knows, such as the model's labels), checkbox for a bool, slider for a number between 0 and 1, a
+    number box otherwise; labelled with its flag, its help as info."""
     from cli import choices_of
 
     kw = dict(label=f.name.replace("_", "-"), info=help_text(f), value=f.default, elem_id=f"gc-{f.name}",
               min_width=200)
-    typ, choices, m = field_types(GenConfig)[f.name], choices_of(f), f.metadata
+    typ, choices, m = field_types(GenConfig)[f.name], choices or choices_of(f), f.metadata
     if choices:
         return gr.Dropdown(choices=list(choices), **kw)
     if typ is bool:
@@ -176,7 +179,7 @@ class Race:
     def __init__(self, model, tokenizer, window: int, ar, gc: GenConfig, names: tuple[str, str]):
         import torch
 
-        from decoding import generation_steps, ignored, lengths, parse_template, prompt_ids
+        from decoding import generation_steps, ignored, label_window, lengths, parse_template, prompt_ids
 
         self.tok, self.gc, self.names, self.mask_id = tokenizer, gc, names, tokenizer.mask_token_id
         # a control moved off its default that no chosen rule reads: said when done, as generate.py warns
@@ -190,8 +193,9 @@ class Race:
             self.prompt, self.total = [], parse_template(gc.template, tokenizer)[1].count(False)
             self.block = self.total
         else:
-            self.prompt = prompt_ids(gc, tokenizer, window)
-            self.total, self.block = lengths(gc, len(self.prompt), window)
+            room = label_window(tokenizer, window)  # a label-conditioned model's label takes a place
+            self.prompt = prompt_ids(gc, tokenizer, room)
+            self.total, self.block = lengths(gc, len(self.prompt), room)
         self.conf_at, self.row, self.kinds = {}, [], []  # diffusion lane: confidence per text position
         self.written, self.left = [], {"d": [self.total], "a": []}  # AR tokens; tokens left after each pass
         self.columns, self.ar_len, self.ar_note = self.ar_lane_start(ar)
@@ -366,6 +370,7 @@ def build_app(model, tokenizer, tcfg, ar, dc: DemoConfig):
     import gradio as gr
 
     from modeling import n_params
+    from tokens import labels_of
     from visualize import progress_svg
 
     names = (f"{model.config.model_type} · {n_params(model) / 1e6:.1f}M parameters · unmasks in parallel",
@@ -410,9 +415,10 @@ def build_app(model, tokenizer, tcfg, ar, dc: DemoConfig):
         with gr.Row(elem_classes="chart-card"):
             chart = gr.HTML(empty_lanes[2], elem_id="chart", scale=3)
             gr.HTML(legend_html(), scale=2)
+        known = {"label": [""] + labels_of(tokenizer)}  # a label-conditioned model's labels ("" = none)
         with gr.Accordion("Generation settings: the flags of generate.py", open=True), gr.Row():
             for f in page_fields():
-                add(f.name, control(gr, f))
+                add(f.name, control(gr, f, known.get(f.name) if len(known.get(f.name, ())) > 1 else None))
         mode.change(lambda m: (gr.update(visible=m == "prompt"), gr.update(visible=m == "template")), mode,
                     [prompt, template], api_name=False)
         # preprocess=False: the values reach page_config as sent, so a bad one (k "inf", p a list) is

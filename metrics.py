@@ -247,9 +247,10 @@ def reference_row(val_blocks, tokenizer, n: int, scorer, batch_size: int = 64) -
 
 
 def diffusion_row(model, tokenizer, gc, window: int, scorer, batch_size: int = 64, name: str = "",
-                  context=None) -> dict:
+                  context=None, keep: int = 4) -> dict:
     """gc.num_samples samples of one setting (seed gc.seed), judged on what they wrote (a prompt, or
-    each row's context [B, P], is not scored), with the setting's fields and words beside the numbers."""
+    each row's context [B, P], is not scored), with the setting's fields and words beside the
+    numbers, and the first `keep` texts."""
     import torch
 
     from decoding import cut_at_eos, describe, generate, setting_of
@@ -267,7 +268,7 @@ def diffusion_row(model, tokenizer, gc, window: int, scorer, batch_size: int = 6
         tokens = [row[n_prompt:] for row in cut_at_eos(ids, eos, n_prompt)]
     texts = [tokenizer.decode(t) for t in tokens]
     return {"name": name, "model": "diffusion", "settings": setting_of(gc), "label": describe(gc),
-            "forward_passes": len(history), "texts": shown(tokenizer, tokens), **ends,
+            "forward_passes": len(history), "texts": shown(tokenizer, tokens, keep), **ends,
             **sample_quality(tokens, texts, scorer, seconds, batch_size)}
 
 

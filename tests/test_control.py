@@ -432,3 +432,24 @@ def test_bad_labelled_data_is_one_line_and_writes_nothing(tmp_path, capsys, case
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and msg in err[0], err
     assert not out.exists() or not any(out.iterdir())  # no lock, no run.json, no checkpoint
+
+
+def test_the_demo_offers_the_models_labels_and_writes_with_one(labelled_runs):
+    import gradio as gr
+
+    import demo
+    from modeling import load_checkpoint
+
+    _, gen, clf = labelled_runs
+    model, tok, tcfg = load_checkpoint(gen, device="cpu")
+    app = demo.build_app(model, tok, tcfg, None, demo.DemoConfig(checkpoint=gen, baseline="none"))
+    by_id = {getattr(b, "elem_id", None): b for b in app.blocks.values()}
+    assert isinstance(by_id["gc-label"], gr.Dropdown)
+    assert [c[1] for c in by_id["gc-label"].choices] == ["", "birds", "cats", "dogs"]
+    assert {"gc-guide", "gc-guide_label", "gc-guide_scale", "gc-guide_mode", "gc-guide_k", "gc-cfg"} <= set(by_id)
+    gc = GenConfig(label="cats", cfg=1.0, guide=clf, guide_label="cats", guide_scale=2.0, guide_mode="taylor",
+                   steps=3, out="")
+    race = demo.Race(model, tok, tcfg.max_len, None, gc, ("d", "a"))
+    list(race.frames(0))
+    assert race.total == tcfg.max_len - 3  # <s>, the label, </s>
+    assert len(race.row) == race.total and tok.mask_token_id not in race.row
