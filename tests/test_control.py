@@ -453,3 +453,66 @@ def test_the_demo_offers_the_models_labels_and_writes_with_one(labelled_runs):
     list(race.frames(0))
     assert race.total == tcfg.max_len - 3  # <s>, the label, </s>
     assert len(race.row) == race.total and tok.mask_token_id not in race.row
+
+
+# ---------------------------------------------------------------------------------------------
+# The judge and the study's arithmetic
+# ---------------------------------------------------------------------------------------------
+
+
+def test_the_judge_learns_words_of_real_text_only():
+    import judge as J
+
+    pairs = lambda ws: [f"{a} {b}" for a in ws for b in ws if a != b]  # noqa: E731
+    texts = pairs(["cat", "meow", "purr"]) + pairs(["dog", "bark", "wag"])
+    model = J.fit(texts, [0] * 6 + [1] * 6, ["cats", "dogs"])
+    assert model.accuracy(["purr", "a bark", "meow, meow!"], [0, 1, 0]) == 1.0
+    assert J.words('Kirk: "Spock!"') == ["kirk", ':', '"', "spock", '!"']
+    assert model.predict(["zebra"]).tolist() in ([0], [1])  # unseen words: the prior, not an error
+
+
+def test_the_study_aggregates_labels_and_checks_the_criteria():
+    sys_path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
+    import sys
+
+    sys.path.insert(0, sys_path)
+    import control_study as CS
+
+    refs = {"a": {"word_entropy": 4.0}, "b": {"word_entropy": 5.0}}
+
+    def row(gen, kind, s, label, acc, ppl, ent):
+        return {"generator": gen, "kind": kind, "strength": s, "label": label, "accuracy": acc, "gen_ppl": ppl,
+                "word_entropy": ent, "seconds": 1.0}
+
+    rows = [row("cond", "label guidance", 0, "a", 0.5, 10.0, 4.0), row("cond", "label guidance", 0, "b", 0.25, 40.0, 5.0),
+            row("cond", "label guidance", 2, "a", 1.0, 20.0, 3.6), row("cond", "label guidance", 2, "b", 0.75, 40.0, 4.5),
+            row("uncond", "unguided", 0, "a", 0.25, 30.0, 4.0), row("uncond", "unguided", 0, "b", 0.25, 30.0, 5.0),
+            row("uncond", "classifier exact", 4, "a", 0.75, 90.0, 4.0), row("uncond", "classifier exact", 4, "b", 0.75,
+                                                                              90.0, 5.0)]
+    summary = CS.aggregate(rows, refs)
+    cond0 = CS.unguided(summary, "cond")
+    assert cond0["accuracy"] == 0.375 and math.isclose(cond0["gen_ppl"], 20.0)  # geometric mean of 10 and 40
+    c = CS.criteria(summary)
+    best = c["best_fluent_guided"]["setting"]
+    assert best["strength"] == 2 and best["accuracy"] == 0.875 and math.isclose(best["ppl_ratio"], math.sqrt(800) / 20)
+    assert math.isclose(best["entropy_ratio"], 0.9) and c["best_fluent_guided"]["met"]
+    assert not c["conditional_alone"]["met"]  # 37.5% < 50%
+    assert c["classifier_on_unconditional"]["met"] and c["classifier_on_unconditional"]["unguided"] == 0.25
+    exact = next(r for r in summary if r["kind"] == "classifier exact")
+    assert math.isclose(exact["ppl_ratio"], 3.0) and not exact["fluent"]  # 3x the unguided perplexity is not fluent
+
+
+def test_the_committed_control_study_is_the_render_of_its_json():
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments"))
+    import control_study as CS
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "docs", "control_study.json")) as f:
+        result = json.load(f)
+    with open(os.path.join(root, "docs", "control_study.md")) as f:
+        assert f.read() == CS.render(result, "figures/control_study.png")
+    assert os.path.isfile(os.path.join(root, "docs", "figures", "control_study.png"))
+    assert len(result["labels"]) == 4 and all(r["labels"] == 4 for r in result["summary"])
+    assert min(sum(r["judged"].values()) for r in result["rows"]) >= 16  # >= 16 samples per label and setting
