@@ -83,6 +83,14 @@ def control(gr, f: dataclasses.Field, choices=None):
     return gr.Textbox(**kw)
 
 
+def page_choices(tokenizer) -> dict:
+    """Choices the page knows beyond a field's own: a label-conditioned model's labels ('' = none)."""
+    from tokens import labels_of
+
+    labels = labels_of(tokenizer)
+    return {"label": [""] + labels} if labels else {}
+
+
 def coerce(f: dataclasses.Field, value):
     """A page value as the field's type, or a UsageError naming the flag."""
     typ, flag_ = field_types(GenConfig)[f.name], "--" + f.name.replace("_", "-")
@@ -370,7 +378,6 @@ def build_app(model, tokenizer, tcfg, ar, dc: DemoConfig):
     import gradio as gr
 
     from modeling import n_params
-    from tokens import labels_of
     from visualize import progress_svg
 
     names = (f"{model.config.model_type} · {n_params(model) / 1e6:.1f}M parameters · unmasks in parallel",
@@ -415,10 +422,10 @@ def build_app(model, tokenizer, tcfg, ar, dc: DemoConfig):
         with gr.Row(elem_classes="chart-card"):
             chart = gr.HTML(empty_lanes[2], elem_id="chart", scale=3)
             gr.HTML(legend_html(), scale=2)
-        known = {"label": [""] + labels_of(tokenizer)}  # a label-conditioned model's labels ("" = none)
+        known = page_choices(tokenizer)
         with gr.Accordion("Generation settings: the flags of generate.py", open=True), gr.Row():
             for f in page_fields():
-                add(f.name, control(gr, f, known.get(f.name) if len(known.get(f.name, ())) > 1 else None))
+                add(f.name, control(gr, f, known.get(f.name)))
         mode.change(lambda m: (gr.update(visible=m == "prompt"), gr.update(visible=m == "template")), mode,
                     [prompt, template], api_name=False)
         # preprocess=False: the values reach page_config as sent, so a bad one (k "inf", p a list) is

@@ -14,15 +14,17 @@ the canvas x_t as it stands):
     SCORES[mode](classifier, x, where, logits, y, k) -> scores          (decoding.GUIDES names them)
         exact   the classifier run on every canvas with one of the top-k candidates (by the
                 generator's logits) of one masked position filled in: N * k classifier inputs,
-                batched. Candidates outside the top k are dropped (score -inf), as FUDGE drops
-                tokens outside its top k.
+                batched. A candidate outside the top k is scored as the canvas itself scores,
+                log p(y | x_t): it is neither favoured nor penalised, so the proposal keeps its
+                whole support (FUDGE instead drops every token outside its top k, which here
+                leaves only the most frequent tokens to choose from and the text degenerates).
         taylor  first order (D-CBG's use_approx): log p(y | x_t with x_i = v) ~ log p(y | x_t)
                 + g_i . (E_v - E_{x_i}), g = d log p(y | x_t) / d(input embeddings): one forward and
                 one backward pass, every candidate of the vocabulary scored.
 Differences from D-CBG, which guides MDLM's ancestral step: there "stay masked" is one of the
 outcomes reweighted, here the sampler draws a token at every masked position and the order
 (decoding.ORDERS) decides which are kept, so only the token proposal is reweighted; and D-CBG's
-exact form scores all V candidates, here the top k. Its Taylor form takes the gradient with
+exact form scores all V candidates, here the top k (the rest get the canvas's own score). Its Taylor form takes the gradient with
 respect to a one-hot input; through the embedding matrix E that is the same number, g_i . E_v.
 
 The classifier reads the generator's canvas without its label column (a label-conditioned
@@ -48,7 +50,8 @@ def class_log_probs(classifier, x: torch.Tensor, y: int, batch_size: int = 512) 
 
 def exact_scores(classifier, x, where, logits, y: int, k: int) -> torch.Tensor:
     """[N, V] log p(y | x with x_i = v) for the top-k candidates v of each of the N masked
-    positions `where` [B, L] (row-major, the rows of logits [N, V]); -inf for every other v."""
+    positions `where` [B, L] (row-major, the rows of logits [N, V]); every other v gets
+    log p(y | x), the canvas as it stands (no evidence either way)."""
     N, V = logits.shape
     k = min(k, V)
     top = logits.topk(k, -1).indices  # [N, k]
@@ -56,7 +59,8 @@ def exact_scores(classifier, x, where, logits, y: int, k: int) -> torch.Tensor:
     canvases = x[rows].repeat_interleave(k, 0)  # [N*k, L] one canvas per (position, candidate)
     canvases[torch.arange(N * k), cols.repeat_interleave(k)] = top.reshape(-1)
     logp = class_log_probs(classifier, canvases, y).view(N, k)  # [N, k]
-    return torch.full((N, V), float("-inf")).scatter(1, top, logp)  # [N, V]
+    base = class_log_probs(classifier, x, y)[rows]  # [N] log p(y | x_t)
+    return base[:, None].expand(N, V).clone().scatter_(1, top, logp)  # [N, V]
 
 
 def taylor_scores(classifier, x, where, logits, y: int, k: int) -> torch.Tensor:
@@ -82,8 +86,8 @@ SCORES = {"exact": exact_scores, "taylor": taylor_scores}
 
 
 def guided(logits: torch.Tensor, scores: torch.Tensor, gamma: float) -> torch.Tensor:
-    """[N, V] logits + gamma * log p(y | candidate): the proposal times p(y | ...)^gamma, in logits.
-    A candidate the classifier never scored (-inf) is dropped; gamma 0 changes nothing."""
+    """[N, V] logits + gamma * log p(y | candidate): the proposal times p(y | ...)^gamma, in logits;
+    gamma 0 changes nothing."""
     return logits + gamma * scores if gamma else logits
 
 

@@ -250,22 +250,23 @@ def test_exact_guidance_reweights_the_top_k_by_the_classifier_to_the_gamma():
     x = torch.tensor([[0, 7, 4, 4, 9, 2], [0, 3, 4, 5, 4, 2]])
     where = x == 4  # [2, 6]: four masked positions
     logits = torch.log_softmax(torch.randn(4, 20, generator=torch.Generator().manual_seed(0)), -1)
-    logits[:, 7] = logits.max(-1).values + 0.5  # token 7 is a top-k candidate everywhere
+    logits[:3, 7] = logits[:3].max(-1).values + 0.5  # token 7 is a top-k candidate at three positions
+    logits[3, 7] = logits[3].min() - 1.0  # and not at the fourth: there it is scored as the canvas is
     scores = guidance.exact_scores(CountClassifier(), x, where, logits, 1, k=3)
     top = logits.topk(3, -1).indices
     rows = where.nonzero()[:, 0]
     for n in range(4):
         for v in range(20):
-            count = int((x[rows[n]] == 7).sum()) + (v == 7)  # the canvas with this candidate filled in
-            want = -math.log1p(math.exp(-0.8 * count)) if v in top[n] else float("-inf")
-            assert math.isclose(float(scores[n, v]), want, abs_tol=1e-6) or scores[n, v] == want == float("-inf")
+            # the canvas with this candidate filled in; outside the top k, the canvas as it stands
+            count = int((x[rows[n]] == 7).sum()) + (v == 7 and v in top[n])
+            assert math.isclose(float(scores[n, v]), -math.log1p(math.exp(-0.8 * count)), abs_tol=1e-6)
     gamma = 3.0
     p = torch.softmax(guidance.guided(logits, scores, gamma), -1)
     prior = torch.softmax(logits, -1)
     brute = torch.zeros_like(prior)
     for n in range(4):
-        for v in top[n].tolist():
-            count = int((x[rows[n]] == 7).sum()) + (v == 7)
+        for v in range(20):
+            count = int((x[rows[n]] == 7).sum()) + (v == 7 and v in top[n])
             brute[n, v] = prior[n, v] * torch.sigmoid(torch.tensor(0.8 * count)) ** gamma
     assert torch.allclose(p, brute / brute.sum(-1, keepdim=True), atol=1e-6)
     assert torch.equal(guidance.guided(logits, scores, 0.0), logits)  # gamma 0: unguided
