@@ -372,8 +372,8 @@ class GenConfig(Settings):
     guide_scale: float = flag(0.0, "gamma: each masked position's proposal times p(label | canvas with that "
                               "candidate)^gamma; 0 = unguided", min=0, max=100)
     guide_mode: str = flag("exact", "exact = the classifier run on the canvas with each of the top --guide-k "
-                           "candidates of every masked position (others dropped); taylor = first order, one "
-                           "backward pass through the classifier's input embeddings, every candidate",
+                           "candidates of every masked position (the others scored as the canvas itself); taylor = "
+                           "first order, one backward pass through the classifier's input embeddings, every candidate",
                            choices=Registry("decoding", "GUIDES"))
     guide_k: int = flag(8, "candidates per masked position that exact guidance scores", min=1, max=256)
     stop_at_eos: bool = flag(False, "let the model write </s> and cut each sample there (and stop writing blocks)")
