@@ -95,7 +95,8 @@ def in_nucleus(probs, tokens, p) -> torch.Tensor:
     tokens with mass >= p (with every token tied with its last member): the mass of the tokens
     strictly more probable than it is below p. One pass over [N, V], no sort."""
     pt = probs.gather(-1, tokens[:, None])  # [N, 1]
-    return torch.where(probs > pt, probs, 0.0).sum(-1) < p  # [N]
+    above = torch.where(probs > pt, probs, 0.0).sum(-1)  # [N]
+    return (above < p) | (above == 0)  # the most probable token always (p below float32's resolution)
 
 
 def nucleus_mask_sorted(probs, p) -> torch.Tensor:
@@ -106,19 +107,29 @@ def nucleus_mask_sorted(probs, p) -> torch.Tensor:
     first_of_tie = torch.ones_like(sp, dtype=torch.bool)
     first_of_tie[:, 1:] = sp[:, 1:] != sp[:, :-1]
     above = torch.where(first_of_tie, before, float("-inf")).cummax(-1).values  # mass strictly above its value
-    return torch.zeros_like(probs, dtype=torch.bool).scatter(-1, order, above < p)
+    keep = (above < p) | (above <= 0)  # the most probable token always (p below float32's resolution)
+    return torch.zeros_like(probs, dtype=torch.bool).scatter(-1, order, keep)
 
 
-def draw_until(probs, g, member) -> torch.Tensor:
+REJECTION_ROUNDS = 16  # then the rows still drawing take one exact draw from their members
+
+
+def draw_until(probs, g, member, members) -> torch.Tensor:
     """Tokens [N] drawn from probs [N, V] conditioned on member(rows, tokens) -> bool: one uniform
     per row, inverse CDF over the vocabulary; the rows whose token is not a member draw again
-    (rejection: exactly the distribution restricted to the members, renormalised)."""
+    (rejection: exactly the distribution restricted to the members, renormalised). A row still
+    drawing after REJECTION_ROUNDS (its members hold little mass: a tiny p on a flat distribution)
+    draws once from probs restricted to members(rows) [n, V]: the same distribution, bounded work."""
     tokens = inverse_cdf(probs, uniforms(len(probs), g))  # [N]
     todo = torch.arange(len(probs), device=probs.device)[~member(slice(None), tokens)]
-    while len(todo):  # expected rounds: 1 / (mass of the members)
+    for _ in range(REJECTION_ROUNDS):  # expected rounds: 1 / (mass of the members)
+        if not len(todo):
+            return tokens
         again = inverse_cdf(probs[todo], uniforms(len(todo), g))
         tokens[todo] = again
         todo = todo[~member(todo, again)]
+    if len(todo):
+        tokens[todo] = inverse_cdf(probs[todo] * members(todo), uniforms(len(todo), g))
     return tokens
 
 
@@ -132,7 +143,8 @@ def nucleus(logits, g, temperature, p):
     if temperature == 0:
         return logits.argmax(-1)
     probs = torch.softmax(logits.float() / temperature, -1)  # [N, V]
-    return draw_until(probs, g, lambda rows, tok: in_nucleus(probs[rows], tok, p))
+    return draw_until(probs, g, lambda rows, tok: in_nucleus(probs[rows], tok, p),
+                      lambda rows: nucleus_mask_sorted(probs[rows], p))
 
 
 def nucleus_sorted(logits, g, temperature, p):
@@ -142,7 +154,8 @@ def nucleus_sorted(logits, g, temperature, p):
         return logits.argmax(-1)
     probs = torch.softmax(logits.float() / temperature, -1)  # [N, V]
     keep = nucleus_mask_sorted(probs, p)  # [N, V]
-    return draw_until(probs, g, lambda rows, tok: keep[rows].gather(-1, tok[:, None]).squeeze(-1))
+    return draw_until(probs, g, lambda rows, tok: keep[rows].gather(-1, tok[:, None]).squeeze(-1),
+                      lambda rows: keep[rows])
 
 
 SAMPLERS = {

@@ -100,9 +100,12 @@ class Guide:
         self.label_column = label_column
 
     def __call__(self, logits: torch.Tensor, tokens: torch.Tensor, todo: torch.Tensor) -> torch.Tensor:
-        """Guided logits [N, V] for the masked positions todo [B, L] of canvas tokens [B, L]."""
+        """Guided logits [N, V] for the masked positions todo [B, L] of canvas tokens [B, L]. The
+        scores are computed on the CPU copies (the classifier's passes move their own batches) and
+        added where the logits live."""
         if not self.gamma:
             return logits
         keep = [c for c in range(tokens.shape[1]) if c != self.label_column or not self.label_column]
-        scores = SCORES[self.mode](self.classifier, tokens[:, keep], todo[:, keep], logits, self.y, self.k)
-        return guided(logits, scores, self.gamma)
+        scores = SCORES[self.mode](self.classifier, tokens[:, keep].cpu(), todo[:, keep].cpu(), logits.cpu(), self.y,
+                                   self.k)
+        return guided(logits, scores.to(logits.device), self.gamma)

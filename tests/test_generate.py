@@ -320,6 +320,24 @@ def test_nucleus_is_the_sorted_nucleus_draw_for_draw():
         assert torch.equal(fast, ref), p
 
 
+def test_a_nucleus_of_little_mass_ends_in_bounded_rounds():
+    """A p below float32's resolution keeps the most probable token (never an empty nucleus, never
+    an endless redraw); on a near-flat distribution over 4096 tokens its mass is ~1/4096, so the
+    rows that miss it in the rejection rounds take the exact fallback draw: still the argmax, and
+    the same tokens in the sort-free and the sorted sampler. A small p on a peaked row still draws
+    from its renormalised nucleus."""
+    flat = torch.zeros(64, 4096)
+    flat[torch.arange(64), torch.arange(64) * 7] = 0.5  # one slightly more probable token per row
+    for sampler in (D.nucleus, D.nucleus_sorted):
+        tok = sampler(flat, torch.Generator().manual_seed(1), temperature=1.0, p=1e-300)
+        assert torch.equal(tok, torch.arange(64) * 7)
+    lg = torch.randn(500, 4096, generator=torch.Generator().manual_seed(2)) * 0.1
+    fast = D.nucleus(lg, torch.Generator().manual_seed(3), temperature=1.0, p=0.002)  # ~8 of 4096 tokens
+    assert torch.equal(fast, D.nucleus_sorted(lg, torch.Generator().manual_seed(3), temperature=1.0, p=0.002))
+    keep = D.nucleus_mask_sorted(torch.softmax(lg, -1), 0.002)
+    assert keep.gather(-1, fast[:, None]).all()
+
+
 def test_nucleus_draws_the_renormalised_nucleus():
     logits = torch.log(torch.tensor([0.4, 0.3, 0.15, 0.1, 0.05]))  # nucleus at p 0.8: the first three
     tok = D.nucleus(logits.expand(60000, -1), torch.Generator().manual_seed(0), temperature=1.0, p=0.8)
