@@ -90,13 +90,19 @@ def commands(sc: ControlConfig) -> dict:
     }
 
 
+def values(argv: list[str]) -> dict:
+    """{--flag: its value} of an argv whose flags may stand alone (--quick-test): a flag followed by
+    another flag has no value."""
+    return {a: b for a, b in zip(argv, argv[1:] + [""]) if a.startswith("--") and not b.startswith("--")}
+
+
 def finished_with(script: str, argv: list[str]) -> bool:
     """Whether the command's output already holds its result, made with the same settings: the
     corpus folder with exactly its categories; a train.py final-model whose saved config equals the
     one argv resolves to (output folder aside); a baseline of the same checkpoint."""
     from config import TrainConfig, train_presets
 
-    flags = dict(zip(argv[::2], argv[1::2]))
+    flags = values(argv)
     if script.endswith("fortunes_corpus.py"):
         out, cats = flags["--out"], set(flags["--categories"].split(","))
         return os.path.isdir(out) and set(os.listdir(out)) == cats
@@ -124,7 +130,7 @@ def run(name: str, script: str, argv: list[str]) -> dict:
     """Run one command (nice -n 10) unless finished_with says its result is there; the record the
     JSON keeps: the command, whether it was reused, its seconds and the load it ran under."""
     command = shlex.join(["python", script] + argv)
-    folder = dict(zip(argv[::2], argv[1::2])).get("--output-dir")
+    folder = values(argv).get("--output-dir")
     if finished_with(script, argv):
         return {"command": command, "reused": True, "seconds": trained_seconds(folder) if folder else None}
     log = os.path.join(folder or ROOT, "run.log") if folder else os.devnull
