@@ -202,7 +202,7 @@ def add_label_tokens(tokenizer, names: list[str]) -> list[int]:
     """Reserve one special token per label and the null label, appended after the vocabulary (so a
     tokenizer trained on the same text keeps every other id: a classifier trained without labels
     reads the conditional model's text). Special, hence never masked, never scored and never sampled
-    (special_token_ids, banned_ids). Returns their ids, the null label's last."""
+    (never_masked_ids, banned_ids). Returns their ids, the null label's last."""
     new = [label_token(n) for n in names] + [NULL_LABEL]
     tokenizer.add_special_tokens({"additional_special_tokens": new}, replace_extra_special_tokens=False)
     return tokenizer.convert_tokens_to_ids(new)

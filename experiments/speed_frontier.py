@@ -63,7 +63,8 @@ class SpeedConfig(Settings):
 BASE = dict(prompt="", template="", length=0, steps=10, schedule="linear", sampling="nucleus", k=50, p=0.95,
             temperature=0.8, order="random", order_noise=0.0, remdm="none", remdm_eta=0.02, cfg=0.0,
             stop_at_eos=False, min_length=0, canvas="full", decode="schedule", threshold=0.9, factor=1.0,
-            block_size=0, cache="none")
+            block_size=0, cache="none", label="", guide="", guide_label="", guide_scale=0.0, guide_mode="exact",
+            guide_k=8)
 FORMER_DEFAULT = dict(sampling="nucleus", p=0.95, temperature=0.9, order="low-confidence", order_noise=8.0)
 
 
@@ -202,9 +203,9 @@ def new_tokens(fields: dict, window: int, plen: int = 0) -> int:
 def references(val_blocks, tok, scorer, window: int, fc: SpeedConfig):
     """(held-out text as an unprompted row, the true continuations of the openings, the openings [B, P])."""
     from metrics import reference_blocks
-    from tokens import special_token_ids
+    from tokens import banned_ids
 
-    special = set(special_token_ids(tok)) | {tok.mask_token_id}
+    special = set(banned_ids(tok))  # every special token, the label tokens too
     blocks = reference_blocks(val_blocks, fc.num_samples)  # [n, L]
     content = lambda rows: [[t for t in r.tolist() if t not in special] for r in rows]  # noqa: E731
     unprompted = quality(content(blocks), tok, scorer, window)
