@@ -455,7 +455,7 @@ def close_progress(trainer) -> None:
     for cb in trainer.callback_handler.callbacks:
         if isinstance(cb, ProgressCallback) and getattr(cb, "training_bar", None) is not None:
             cb.training_bar.close()
-        elif getattr(cb, "bar", None) is not None:  # trainer.Bar, the repo's own bar
+        elif hasattr(getattr(cb, "bar", None), "close"):  # trainer.Bar, the repo's own bar
             cb.bar.close()
             cb.bar = None
 

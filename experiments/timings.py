@@ -106,7 +106,7 @@ def timed(name: str, command: str, copy: str, env: dict) -> dict:
     seconds = time.perf_counter() - start
     cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
-    return {"name": name, "command": command, "seconds": round(seconds, 1), "cpu_seconds": round(cpu, 1),
+    return {"name": name, "command": command, "seconds": round(seconds, 3), "cpu_seconds": round(cpu, 1),
             "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2),
             "exit_code": proc.returncode, "output_tail": proc.stdout.splitlines()[-TAIL:]}
 

@@ -1180,7 +1180,7 @@ def under(cache: str, prefix: str) -> str:
 
 
 def arrow_file(cache: str) -> str:
-    folder = os.path.join(under(cache, "packed-"), "train")
+    folder = os.path.join(under(cache, "blocks-"), "train")
     return os.path.join(folder, next(n for n in os.listdir(folder) if n.endswith(".arrow")))
 
 
@@ -1193,11 +1193,11 @@ def cache_cases() -> list[Case]:
     rows = [("truncated arrow", lambda c: truncate(arrow_file(c), 1000)),
             ("broken tokenizer.json", lambda c: open(os.path.join(under(c, "tokenizer-"), "tokenizer.json"), "w").write("{")),
             ("garbage merges.txt", lambda c: open(os.path.join(under(c, "tokenizer-"), "merges.txt"), "w").write("x y\n")),
-            ("dataset_dict.json removed", lambda c: os.remove(os.path.join(under(c, "packed-"), "dataset_dict.json"))),
-            ("state.json garbage", lambda c: open(os.path.join(under(c, "packed-"), "train", "state.json"), "w").write("[")),
-            ("empty packed folder", lambda c: [shutil.rmtree(under(c, "packed-")), os.makedirs(
-                os.path.join(c, "packed-" + "0" * 12))] and None),
-            ("manifest gone, arrow cut", lambda c: [os.remove(os.path.join(under(c, "packed-"), "cache_manifest.json")),
+            ("dataset_dict.json removed", lambda c: os.remove(os.path.join(under(c, "blocks-"), "dataset_dict.json"))),
+            ("state.json garbage", lambda c: open(os.path.join(under(c, "blocks-"), "train", "state.json"), "w").write("[")),
+            ("empty blocks folder", lambda c: [shutil.rmtree(under(c, "blocks-")), os.makedirs(
+                os.path.join(c, "blocks-" + "0" * 12))] and None),
+            ("manifest gone, arrow cut", lambda c: [os.remove(os.path.join(under(c, "blocks-"), "cache_manifest.json")),
                                                     truncate(arrow_file(c), 1000)] and None)]
     cases = [Case("cache", f"cache: {name}", fn=cache_damage(change, name), kind="fault") for name, change in rows]
     cases.append(Case("concurrency", "two runs sharing a fresh --cache-dir", fn=shared_fresh_cache, kind="fault"))

@@ -208,7 +208,8 @@ def label_canvas(label=90, prompt=True, L=10):
 def test_label_guidance_is_u_plus_w_plus_1_times_c_minus_u(w):
     c = label_canvas()
     todo = c.tokens == MASK
-    logits = D.predict(LabelAware(), c.tokens, todo, c, IDS, GenConfig(cfg=w, label="x"), torch.zeros_like(todo))
+    logits = D.predict(LabelAware(), c.tokens, todo, c, D.with_ban(IDS, "cpu"), GenConfig(cfg=w, label="x"),
+                       torch.zeros(int(todo.sum()), dtype=torch.bool))  # no </s> anywhere
     cond = torch.tensor([1.5, 2.0, 1.0])  # tokens 60, 61, 62 with the label and the prompt visible
     uncond = torch.tensor([0.0, 2.5, 0.0])  # the null label, the prompt masked: one weight on both
     assert torch.allclose(logits[:, 60:63], (uncond + (w + 1) * (cond - uncond)).expand(len(logits), 3))

@@ -240,7 +240,8 @@ def test_every_named_setting_states_what_it_runs():
 def test_evaluate_end_to_end_and_report(tiny_run, tiny_baseline, tmp_path, capsys):
     out = tmp_path / "eval"
     args = ["--checkpoint", tiny_run[1], "--baseline", tiny_baseline, "--elbo-blocks", "6", "--elbo-draws", "2",
-            "--num-samples", "2", "--settings", "defaults,greedy,defaults-32-steps,no-order-noise,defaults-prompted",
+            "--num-samples", "2", "--settings",
+            "defaults,greedy,defaults-32-steps,previous-defaults,no-order-noise,defaults-prompted",
             "--out-dir", str(out)]
     assert E.main(args) == 0
     printed = capsys.readouterr().out
@@ -254,7 +255,7 @@ def test_evaluate_end_to_end_and_report(tiny_run, tiny_baseline, tmp_path, capsy
     assert h["blocks"] == 6 and h["prefix"] == 0
     assert h["scored_tokens"] == 6 * (blocks.shape[1] - 2)  # every position inside the frame, any </s> too
     names = [r["name"] for r in result["samples"]]
-    assert names == ["held-out text", "defaults", "greedy", "defaults-32-steps", "no-order-noise",
+    assert names == ["held-out text", "defaults", "greedy", "defaults-32-steps", "previous-defaults", "no-order-noise",
                      "defaults-prompted", "ar-same-sampler", "ar-sample"]
     greedy = result["samples"][2]
     assert len(set(greedy["texts"])) == 1  # greedy from an empty canvas: one sample, twice
@@ -264,7 +265,7 @@ def test_evaluate_end_to_end_and_report(tiny_run, tiny_baseline, tmp_path, capsy
     assert hint == f"python report.py --evaluation {out / 'evaluation.json'}" == result["commands"][-1]
     assert report.main(shlex.split(hint)[2:]) == 0
     text = (out / "GENERATION_VALIDATION.md").read_text()  # beside its JSON, never the committed page
-    prompted = result["samples"][5]  # judged on its continuation only: the prompt is not in its texts
+    prompted = result["samples"][6]  # judged on its continuation only: the prompt is not in its texts
     assert prompted["settings"]["prompt"] == "The history of the"
     assert not any(t.startswith("The history of the") for t in prompted["texts"])
     for part in ("## Commands and config", "python baseline_ar.py", "## Held-out likelihood", "| defaults |",

@@ -553,7 +553,7 @@ def test_a_damaged_cache_is_rebuilt_under_its_lock(tiny_run, tmp_path, capsys):
     train_ds, _ = build_datasets(cfg, tok)
     want = (fingerprint(tok), train_ds[:5]["input_ids"].tolist(), len(train_ds))
     (next(cache.glob("tokenizer-*")) / "tokenizer.json").write_text("{")
-    arrow = next(cache.glob("packed-*/train/*.arrow"))
+    arrow = next(cache.glob("blocks-*/train/*.arrow"))
     with open(arrow, "r+b") as f:
         f.truncate(1000)
     capsys.readouterr()
