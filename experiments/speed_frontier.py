@@ -302,7 +302,7 @@ def table(rows: list[dict], ar_rows: list[dict], refs: dict, fc: SpeedConfig) ->
 
 def flat(r: dict) -> dict:
     """One CSV row: the setting's every decoding field, its times, FLOPs, quality and checks."""
-    out = {"name": r["name"], **r["fields"], "label": r["label"]}
+    out = {"name": r["name"], **r["fields"], "described": r["label"]}
     for b in SPEED_TARGETS:
         out |= {f"batch{b}_{k}": v for k, v in r.get(b, {}).items()}
     out |= {k: r[k] for k in ("flops_per_token", "ar_flops_per_token", "seed_ppl_at_entropy") if k in r}
