@@ -342,7 +342,7 @@ class GenConfig(Settings):
     prompt: str = flag("", "text the generation continues (kept fixed, as the training prefix was)")
     template: str = flag("", "infill: fixed text with [MASK:n] spans to fill, e.g. 'A [MASK:5] is [MASK].'")
     length: int = flag(0, "new tokens to generate; 0 = fill the checkpoint's window after the prompt", min=0)
-    steps: int = flag(16, "denoising steps (per block with --block-size)", min=1)
+    steps: int = flag(12, "denoising steps (per block with --block-size)", min=1)
     schedule: str = flag("linear", "how fast masks are removed: diffusion.SCHEDULES, the curves training draws "
                          "rates from", choices=SCHEDULES)
     sampling: str = flag("nucleus", "how a token is drawn at a masked position (decoding.SAMPLERS); the decoding "
@@ -356,7 +356,7 @@ class GenConfig(Settings):
                       "which predicts only where it commits", choices=Registry("decoding", "ORDERS"))
     order_noise: float = flag(8.0, "Gumbel noise on a certainty order's scores, tau (T - s) / T at step s of T "
                               "(MaskGIT's annealing)", min=0)
-    remdm: str = flag("none", "ReMDM: each committed token goes back to <mask> with probability sigma, drawn "
+    remdm: str = flag("conf", "ReMDM: each committed token goes back to <mask> with probability sigma, drawn "
                       "independently (decoding.REMDM; conf is ReMDM's own, conf-rescale this repo's variant)",
                       choices=Registry("decoding", "REMDM"))
     remdm_eta: float = flag(0.02, "ReMDM's eta: how many committed tokens go back (a probability scale; conf does "
@@ -398,8 +398,6 @@ class GenConfig(Settings):
     def check(self) -> None:
         if self.template and self.prompt:
             raise UsageError("--template and --prompt cannot be combined: put the prompt text in the template")
-        if self.remdm != "none" and self.decode != "schedule":
-            raise UsageError("--remdm needs --decode schedule (it re-masks a scheduled number of tokens each step)")
         if self.remdm in ("cap", "rescale", "conf-rescale") and self.remdm_eta == 0:
             raise UsageError(f"--remdm {self.remdm} needs --remdm-eta above 0")
         if bool(self.guide) != bool(self.guide_label):

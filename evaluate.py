@@ -48,8 +48,8 @@ class EvalConfig(Settings):
 # field to GenConfig's default), so a name never hides a default: "greedy" runs without order noise
 # because it says so. DEFAULTS are generate.py's defaults written out; a test keeps them equal to
 # GenConfig's, so a setting named "defaults..." is what generate.py runs.
-DEFAULTS = dict(sampling="nucleus", p=0.95, temperature=0.85, decode="schedule", schedule="linear", steps=16,
-                order="random", remdm="none")
+DEFAULTS = dict(sampling="nucleus", p=0.95, temperature=0.85, decode="schedule", schedule="linear", steps=12,
+                order="random", remdm="conf")
 PREVIOUS = dict(sampling="nucleus", p=0.95, temperature=0.9, decode="schedule", schedule="linear", steps=10,
                 order="low-confidence", order_noise=8.0, remdm="none")  # the defaults before the speed frontier
 SEEDS_RULE = dict(sampling="nucleus", p=0.95, temperature=0.8, decode="schedule", schedule="linear", steps=10,

@@ -130,7 +130,7 @@ def generated(capsys, argv) -> tuple[str, str]:
     ([], ["--remdm-eta", "0.3"]),
     ([], ["--threshold", "0.5"]),
     (["--order", "random"], ["--order-noise", "3"]),
-    (["--decode", "threshold"], ["--steps", "3", "--order", "margin"]),
+    (["--decode", "threshold"], ["--steps", "3", "--order", "margin", "--remdm", "cap"]),  # remdm: schedule only
     (["--sampling", "greedy"], ["--temperature", "0.5", "--p", "0.5"]),
 ])
 def test_a_flag_no_chosen_rule_reads_is_a_warning_and_changes_nothing(tiny_run, capsys, used, unread):
@@ -448,7 +448,7 @@ def test_loop_follows_schedule_counts_and_fills_everything(schedule, steps):
 @pytest.mark.parametrize("order", ["low-confidence", "margin", "entropy"])
 def test_certainty_orders_fill_left_to_right_and_history_records_commits(order):
     c = canvas(B=1)
-    gc = GenConfig(steps=16, schedule="linear", sampling="greedy", order=order, order_noise=0.0)
+    gc = GenConfig(steps=16, schedule="linear", sampling="greedy", order=order, order_noise=0.0, remdm="none")
     _, hist = D.denoise(MockMLM(), c, IDS, gc, torch.Generator())
     committed = [h.committed[0].nonzero().flatten().tolist() for h in hist]
     assert [p for step in committed for p in step] == list(range(4, 19))
@@ -458,7 +458,7 @@ def test_certainty_orders_fill_left_to_right_and_history_records_commits(order):
 
 def test_random_order_commits_the_scheduled_number_anywhere():
     c = canvas(B=4, L=40)
-    gc = GenConfig(steps=5, sampling="greedy", order="random")
+    gc = GenConfig(steps=5, sampling="greedy", order="random", remdm="none")
     _, hist = D.denoise(MockMLM(), c, IDS, gc, torch.Generator().manual_seed(1))
     counts = diffusion.mask_counts("linear", int(c.active[0].sum()), 5)
     assert [int(h.committed[0].sum()) for h in hist] == [a - b for a, b in zip(counts, counts[1:])]
@@ -469,7 +469,7 @@ def test_order_noise_changes_the_order_reproducibly():
     c = canvas(B=1)
     runs = []
     for seed in (0, 0, 1):
-        gc = GenConfig(steps=15, sampling="greedy", order="low-confidence", order_noise=50.0)
+        gc = GenConfig(steps=15, sampling="greedy", order="low-confidence", order_noise=50.0, remdm="none")
         _, hist = D.denoise(MockMLM(), c, IDS, gc, torch.Generator().manual_seed(seed))
         runs.append([h.committed[0].nonzero().flatten().tolist() for h in hist])
     assert runs[0] == runs[1] != runs[2]
@@ -491,7 +491,7 @@ def test_remdm_remasks_committed_tokens_and_still_follows_the_schedule():
         assert (before[h.remasked] != MASK).all() and (h.tokens[h.remasked] == MASK).all()
         assert not (h.remasked & ~c.active).any()  # only generated text goes back, never the prompt
         before = h.tokens
-    gc_none = GenConfig(steps=10, sampling="greedy", order="random")
+    gc_none = GenConfig(steps=10, sampling="greedy", order="random", remdm="none")
     _, plain = D.denoise(MockMLM(), c, IDS, gc_none, torch.Generator().manual_seed(0))
     assert len(plain) == len(hist) and all(not h.remasked.any() for h in plain)
 
@@ -619,7 +619,7 @@ def test_infill_keeps_fixed_text(tiny_model):
     (dict(threshold=0), "--threshold"), (dict(num_samples=0), "--num-samples"),
     (dict(prompt="a", template="b [MASK]"), "cannot be combined"), (dict(order="spiral"), "--order must be one of"),
     (dict(order_noise=-1.0), "--order-noise"), (dict(remdm_eta=-0.1), "--remdm-eta"), (dict(remdm="loop"), "--remdm"),
-    (dict(remdm="cap", decode="threshold"), "--remdm needs --decode schedule"), (dict(remdm="cap", remdm_eta=0.0), "above 0"),
+    (dict(remdm="cap", remdm_eta=0.0), "above 0"),
     (dict(cfg=-1.0), "--cfg"), (dict(cfg=float("nan")), "finite"), (dict(min_length=5), "only applies with --stop-at-eos"),
     (dict(canvas="wide"), "--canvas"),
 ])
