@@ -269,8 +269,9 @@ def known_limits(result: dict) -> list[str]:
         low = min(float(x) for x in t["mask_levels"].split(","))
         lines.append(f"The bound's terms with k = 1 masked token of n use a rate below this model's lowest training "
                      f"rate ({low}), so they are slightly out of distribution.")
-    lines.append("Special tokens are not scored for either model: the diffusion model sees where document-separating "
-                 "`</s>` tokens are, the AR model neither predicts them nor is charged for them.")
+    lines.append("Both models are scored on the same tokens: every token inside a block's `<s> ... </s>` frame, a "
+                 "document-ending `</s>` inside it included (it is text both models learn); the frame itself is "
+                 "conditioned on, not scored.")
     scorer = result["scorer"]
     if scorer:
         lines.append(f"Generative perplexity is judged by {scorer}" +
@@ -324,8 +325,9 @@ def likelihood_part(h: dict) -> list[str]:
     parts = [
         "## Held-out likelihood, same tokens for both models", "",
         f"{h['scored_tokens']:,} tokens ({h['scored_bytes']:,} UTF-8 bytes) of {h['blocks']} held-out blocks: every "
-        f"content token after a prefix of {h['prefix']}; `<s>` and every `</s>` (block end, document separators) "
-        f"are conditioned on, not scored. The diffusion model's bound uses {h['draws']} Monte Carlo draws per "
+        f"token after a prefix of {h['prefix']} up to the block's last, a document-ending `</s>` inside the block "
+        f"included ({h.get('scored_eos', 0):,} of them); the block's frame (`<s>` first, `</s>` last) is "
+        f"conditioned on, not scored. The diffusion model's bound uses {h['draws']} Monte Carlo draws per "
         f"block of k ~ U{{1..n}} masked tokens (stratified), weighted n/k; the AR model scores each of the same "
         f"tokens from its left context.", "",
         md_table(["model", "nats/token", "perplexity", "bits/byte"], lik), "",
@@ -335,7 +337,7 @@ def likelihood_part(h: dict) -> list[str]:
         usual = h["ar_all_tokens_after_bos"]["perplexity"]
         parts += [f"The AR model's usual number, over every token after `<s>` including the `</s>` that always ends a "
                   f"block, is perplexity {usual:.1f} ({'lower' if usual < h['ar']['perplexity'] else 'higher'}); it "
-                  f"is not comparable with the bound, which never scores special tokens.", ""]
+                  f"is not comparable with the bound, which never scores the block's frame.", ""]
     return parts
 
 
