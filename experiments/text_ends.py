@@ -5,7 +5,7 @@
     python experiments/text_ends.py --order random   # another decoding order: it moves where samples end
 
 Writes --num-samples unprompted samples with generate.py's decoding defaults (but --order,
---order-noise and --steps, which move where samples end) and --stop-at-eos
+--order-noise, --steps and --remdm, which move where samples end) and --stop-at-eos
 (metrics.diffusion_row, the protocol evaluate.py scores with, which cuts each sample at its first
 </s>) and sets where they end beside where the held-out blocks' text ends (metrics.reference_row
 over every held-out block, its first </s> inside the frame): the share that ends inside the
@@ -34,6 +34,7 @@ class EndsConfig(Settings):
                       choices=Registry("decoding", "ORDERS"))
     order_noise: float = flag(GenConfig.order_noise, "Gumbel noise on the order, as generate.py --order-noise", min=0)
     steps: int = flag(GenConfig.steps, "denoising steps, as generate.py --steps", min=1)
+    remdm: str = flag(GenConfig.remdm, "ReMDM re-masking, as generate.py --remdm", choices=Registry("decoding", "REMDM"))
     seed: int = flag(0, "fixes every sampled token", min=0)
     out_dir: str = flag("results/text_ends", "text_ends.png / .json")
 
@@ -70,7 +71,7 @@ def plot(held: dict, samples: dict, window: int, label: str, path: str) -> None:
 
 def main(argv=None) -> int:
     ec, _ = parse(EndsConfig, argv, __doc__)
-    gc = GenConfig(stop_at_eos=True, order=ec.order, order_noise=ec.order_noise, steps=ec.steps,
+    gc = GenConfig(stop_at_eos=True, order=ec.order, order_noise=ec.order_noise, steps=ec.steps, remdm=ec.remdm,
                    num_samples=ec.num_samples, seed=ec.seed, out="")
     from transformers.utils import logging as hf_logging
 
