@@ -496,8 +496,34 @@ def bench_profile(args, tokenizer) -> dict:
         out["by_batch"][str(batch)] = {
             "diffusion": {"label": describe(gc), **profiled(diffuse, diffusion_stages, device, args.gen_repeats)},
             "ar": {"label": SAMPLERS[gc.sampling].text(gc), **profiled(autoregress, ar_stages, device,
-                                                                        args.gen_repeats)}}
+                                                                        args.gen_repeats)},
+            "samplers": sampler_costs(model, tok, gc, window, batch, device, args.gen_repeats)}
     return out
+
+
+def sampler_costs(model, tok, gc, window: int, batch: int, device, repeats: int) -> dict:
+    """ms of one draw at every position of `batch` fully masked canvases (the first pass's
+    [batch x (window - 2), V] logits, the most a pass samples) with gc's nucleus and with top-k at
+    the same temperature, alternating: what the sampler costs beside the model, and the two
+    samplers side by side."""
+    import dataclasses
+
+    import torch
+
+    from decoding import sample
+    from metrics import fastest_alternating
+    from modeling import masked_logits
+
+    ids = torch.full((batch, window), tok.mask_token_id, device=device)  # [B, L]
+    ids[:, 0], ids[:, -1] = tok.bos_token_id, tok.eos_token_id
+    with torch.no_grad():
+        logits = masked_logits(model, ids, None, ids == tok.mask_token_id).float()  # [N, V]
+    runs = {name: (lambda c=dataclasses.replace(gc, sampling=name): sample(logits, torch.Generator(
+        device=device).manual_seed(0), c)) for name in ("nucleus", "topk")}
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    best = fastest_alternating(runs, max(repeats, 3), sync)
+    return {"positions": len(logits), "nucleus_ms": 1000 * best["nucleus"], "topk_ms": 1000 * best["topk"],
+            "nucleus_over_topk": best["nucleus"] / best["topk"], "k": gc.k, "p": gc.p}
 
 
 def profile_table(profile: dict) -> str:
@@ -622,8 +648,17 @@ def md_profile(p: dict) -> list[str]:
             rows.append(f"| {batch} | {side} | " + " | ".join(
                 f"{r[side][s]:.1f}" if s in r[side] else "-" for s in stages) + " |")
     first = next(iter(p["by_batch"].values()))
-    return rows + ["", f"(ms per generation of {p['new_tokens']} new tokens; diffusion: {first['diffusion']['label']}; "
-                       f"AR: {first['ar']['label']}; models: {p['models']['diffusion']}, {p['models']['ar']})", ""]
+    rows += ["", f"(ms per generation of {p['new_tokens']} new tokens; diffusion: {first['diffusion']['label']}; "
+                 f"AR: {first['ar']['label']}; models: {p['models']['diffusion']}, {p['models']['ar']})", ""]
+    if "samplers" in first:
+        rows += ["One draw at every position of fully masked canvases (the first pass's logits), the two samplers "
+                 "alternating:", "", "| batch | positions | nucleus p, ms | top-k, ms | nucleus / top-k |",
+                 "|---|---|---|---|---|"]
+        rows += [f"| {b} | {r['samplers']['positions']} | {r['samplers']['nucleus_ms']:.2f} (p {r['samplers']['p']}) | "
+                 f"{r['samplers']['topk_ms']:.2f} (k {r['samplers']['k']}) | {r['samplers']['nucleus_over_topk']:.2f}x |"
+                 for b, r in p["by_batch"].items() if "samplers" in r]
+        rows.append("")
+    return rows
 
 
 def readme_markdown(report: dict) -> str:
