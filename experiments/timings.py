@@ -49,6 +49,7 @@ COMMANDS = [
     ("schedule-comparison", "python experiments/schedule_comparison.py --checkpoint results/final-model"),
     ("layer-analysis", "python experiments/layer_analysis.py --checkpoint results/checkpoint-3000"),
     ("sampler-frontier", "python experiments/sampler_frontier.py"),
+    ("speed-frontier", "python experiments/speed_frontier.py --out-dir results/speed_frontier"),
     ("bench-small", "python bench.py --small"),
     ("deploy-tests", "python -m pytest -q tests/test_deploy.py"),
     ("tests", "python -m pytest -q"),
