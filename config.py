@@ -249,7 +249,8 @@ class TrainConfig(Settings):
     eval_steps: int = flag(500, "held-out loss at every level + ELBO bound + fills every N steps", min=1)
     eval_batches: int = flag(8, "held-out batches per level per evaluation", min=1)
     elbo_blocks: int = flag(1024, "held-out blocks the ELBO bound is estimated on at each eval (0 = all)", min=0)
-    elbo_draws: int = flag(4, "Monte Carlo draws per held-out block for the ELBO bound at each eval", min=2)
+    elbo_draws: int = flag(4, "Monte Carlo draws per held-out block for the ELBO bound at each eval", min=2,
+                         max=1024)
     save_steps: int = flag(500, "write checkpoint-N every N steps", min=1)
     save_total_limit: int = flag(3, "keep only the newest N checkpoints", min=1)
     log_format: str = flag("auto", "bar: a progress bar with the log lines above it; plain: the log lines alone (for "

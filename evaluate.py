@@ -36,7 +36,8 @@ class EvalConfig(Settings):
     prefix: int = flag(-1, "content tokens conditioned on, not scored; -1 = 0, or prefix_len if trained with a "
                        "fixed prefix", min=-1)
     elbo_blocks: int = flag(0, "held-out blocks scored; 0 = all", min=0)
-    elbo_draws: int = flag(8, "Monte Carlo draws of (k, mask) per block (at least 2, for the error bar)", min=2)
+    elbo_draws: int = flag(8, "Monte Carlo draws of (k, mask) per block (at least 2, for the error bar)", min=2,
+                         max=1024)
     settings: str = flag("all", "comma-separated names from evaluate.SETTINGS, or 'all'")
     num_samples: int = flag(16, "samples per generation setting (and held-out blocks in the reference row)", min=1)
     batch_size: int = flag(64, "rows per forward pass", min=1)

@@ -49,7 +49,7 @@ class StudyConfig(Settings):
     scales: str = flag("1,2,4", "token budgets, as multiples of the quick test's (steps x batch x window)")
     best: str = flag("", "objective trained at every scale; '' = the one with the lowest bound at 1x")
     elbo_draws: int = flag(8, "Monte Carlo draws of (k, mask) per held-out block for each final bound (as "
-                           "evaluate.py)", min=2)
+                           "evaluate.py)", min=2, max=1024)
     num_samples: int = flag(16, "unprompted samples per model at generate.py's defaults (entropy, generative "
                             "perplexity)", min=1)
     seed: int = flag(0, "masks of the final bounds and every sample (evaluate.py's default)", min=0, max=2**32 - 1)
