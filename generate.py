@@ -58,14 +58,16 @@ def main(argv=None) -> int:
         kept = ("" if not gc.stop_at_eos else f" (cut at </s>: kept {kept} of {total} tokens)" if kept < total
                 else f" (no </s>: all {total} tokens kept)")
         print(f"--- sample {i + 1}/{len(texts)}{kept} ---\n{text}")
-    print(f"({len(history)} forward passes, {seconds:.2f}s for {len(texts)} sample(s))")
+    remasked = sum(int(h.remasked.sum()) for h in history if h.remasked is not None)  # ReMDM's, over every sample
+    again = f", {remasked} tokens sent back to <mask> and rewritten" if gc.remdm != "none" else ""
+    print(f"({len(history)} forward passes, {seconds:.2f}s for {len(texts)} sample(s){again})")
     if gc.animate:
         animate(history, tokenizer, gc.animate)
         print(f"wrote {gc.animate}")
     if gc.out:
         append_jsonl(gc.out, {"config": dataclasses.asdict(gc), "window": tcfg.max_len, "samples": texts,
                               "kept_tokens": [len(r) - n_prompt for r in rows],
-                              "forward_passes": len(history), "seconds": round(seconds, 3)})
+                              "forward_passes": len(history), "remasked": remasked, "seconds": round(seconds, 3)})
     return 0
 
 
