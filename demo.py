@@ -371,18 +371,24 @@ def legend_html() -> str:
             '</div>')
 
 
+def lane_names(model, ar) -> tuple[str, str]:
+    """Each lane's subtitle: the model's kind, its size and how it writes."""
+    from modeling import n_params
+
+    return (f"{model.config.model_type} · {n_params(model) / 1e6:.1f}M parameters · unmasks in parallel",
+            f"{ar.config.model_type} · {n_params(ar) / 1e6:.1f}M parameters · one token per pass" if ar is not None
+            else "not loaded")
+
+
 def build_app(model, tokenizer, tcfg, ar, dc: DemoConfig):
     """The page: text and mode, Generate, the two lanes, the chart, and every GenConfig control.
     Every input is registered by name (`add`): the handler reads its values by name, and the API
     takes them in the order they were added, so a new control is one `add` where it is laid out."""
     import gradio as gr
 
-    from modeling import n_params
     from visualize import progress_svg
 
-    names = (f"{model.config.model_type} · {n_params(model) / 1e6:.1f}M parameters · unmasks in parallel",
-             f"{ar.config.model_type} · {n_params(ar) / 1e6:.1f}M parameters · one token per pass" if ar is not None
-             else "not loaded")
+    names = lane_names(model, ar)
     empty = '<span class="hint">the canvas appears here</span>'
     empty_lanes = (lane_html("diffusion", "Diffusion", names[0], "", empty),
                    lane_html("ar", "AR baseline", names[1], "", empty), progress_svg({}, 10, 10))

@@ -40,18 +40,25 @@ def main(argv=None) -> int:
         return train(cfg, given(args, TrainConfig), run)
 
 
+def resumed(cfg: TrainConfig, flags: dict, run) -> tuple[TrainConfig, str | None]:
+    """(the config to train with, the checkpoint to resume from or None): with --resume, the saved
+    config of this folder's newest good checkpoint with the explicit flags on top, never a changed
+    shape flag and never past the end."""
+    if not cfg.resume:
+        return cfg, None
+    from runs import refuse_changes, refuse_past_end
+
+    checkpoint = run.resume_point()
+    saved = dataclasses.asdict(load_train_config(checkpoint))
+    flags = {k: v for k, v in flags.items() if k not in ("resume", "quick_test")}
+    refuse_changes(saved, flags, RESUME_FIXED)
+    cfg = TrainConfig(**{**saved, **flags, "resume": True})
+    refuse_past_end(checkpoint, cfg.max_steps)
+    return cfg, checkpoint
+
+
 def train(cfg: TrainConfig, flags: dict, run) -> int:
-    checkpoint = None
-    if cfg.resume:  # the saved config of this folder's newest good checkpoint, explicit flags on top
-        from runs import refuse_changes, refuse_past_end
-
-        checkpoint = run.resume_point()
-        saved = dataclasses.asdict(load_train_config(checkpoint))
-        flags = {k: v for k, v in flags.items() if k not in ("resume", "quick_test")}
-        refuse_changes(saved, flags, RESUME_FIXED)
-        cfg = TrainConfig(**{**saved, **flags, "resume": True})
-        refuse_past_end(checkpoint, cfg.max_steps)
-
+    cfg, checkpoint = resumed(cfg, flags, run)
     from transformers import set_seed
     from transformers.utils import logging as hf_logging
 
