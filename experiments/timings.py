@@ -79,11 +79,16 @@ def tracked_files(root: str) -> list[str]:
 
 
 def fresh_copy(root: str, dest: str) -> int:
-    """The tracked files of root (as in its working tree) copied into dest; returns how many."""
+    """The tracked files of root (as in its working tree) copied into dest, committed there as a
+    git repository of its own (what a user has after `git clone`: deploy.sh ships the files git
+    tracks); returns how many."""
     paths = [p for p in tracked_files(root) if os.path.isfile(os.path.join(root, p))]  # a deleted file is not copied
     for path in paths:
         os.makedirs(os.path.dirname(os.path.join(dest, path)), exist_ok=True)
         shutil.copy2(os.path.join(root, path), os.path.join(dest, path))
+    git = ["git", "-c", "user.name=timings", "-c", "user.email=timings@localhost"]
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "--no-gpg-sign", "-m", "fresh copy"]):
+        subprocess.run(git + args, cwd=dest, check=True, capture_output=True)
     return len(paths)
 
 

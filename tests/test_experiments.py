@@ -224,7 +224,9 @@ def test_fresh_copy_holds_the_tracked_files_as_they_are(tmp_path):
     (repo / "gone.txt").unlink()  # a tracked file deleted in the working tree does not
     (repo / "untracked.txt").write_text("y")  # an untracked file does not
     assert TM.fresh_copy(str(repo), str(copy)) == 1
-    assert (copy / "sub" / "a.py").read_text() == "edited\n" and sorted(os.listdir(copy)) == ["sub"]
+    assert (copy / "sub" / "a.py").read_text() == "edited\n" and sorted(os.listdir(copy)) == [".git", "sub"]
+    tracked = subprocess.run(["git", "ls-files"], cwd=copy, capture_output=True, text=True, check=True).stdout
+    assert tracked.split() == ["sub/a.py"]  # a git checkout of its own, as after a clone
 
 
 def test_timings_runs_each_command_in_order_and_stops_at_a_failure(tmp_path, monkeypatch, capsys):
