@@ -33,7 +33,7 @@ def main(argv=None) -> int:
     import torch
     from transformers.utils import logging as hf_logging
 
-    from decoding import cut_at_eos, generate, ignored
+    from decoding import cut_at_eos, generate, ignored, setting_of
     from modeling import load_checkpoint
     from tokens import decode_text, token_ids
     from visualize import animate, format_steps
@@ -59,7 +59,8 @@ def main(argv=None) -> int:
                 else f" (no </s>: all {total} tokens kept)")
         print(f"--- sample {i + 1}/{len(texts)}{kept} ---\n{text}")
     remasked = sum(int(h.remasked.sum()) for h in history if h.remasked is not None)  # ReMDM's, over every sample
-    again = f", {remasked} tokens sent back to <mask> and rewritten" if gc.remdm != "none" else ""
+    again = (f", {remasked} tokens sent back to <mask> and rewritten"
+             if setting_of(gc).get("remdm", "none") != "none" else "")  # only where a chosen rule re-masks
     print(f"({len(history)} forward passes, {seconds:.2f}s for {len(texts)} sample(s){again})")
     if gc.animate:
         animate(history, tokenizer, gc.animate)
