@@ -46,7 +46,8 @@ class CompareConfig(Settings):
     orders: str = flag("low-confidence,random", "comma-separated names from decoding.ORDERS")
     prompts: int = flag(16, "held-out blocks to take prompts from (one sample each, one batch)", min=1)
     prompt_len: int = flag(-1, "prompt tokens; -1 = the checkpoint's --prefix-len", min=-1)
-    temperature: float = flag(0.9, "sampling temperature of topk and nucleus", min=0)
+    temperature: float = flag(0.9, "sampling temperature of topk and nucleus (0, or 0.001 to 100, as generate.py's)",
+                              min=0, max=100)
     k: int = flag(50, "top-k size of topk", min=1)
     p: float = flag(0.95, "nucleus mass of nucleus", above=0, max=1)
     order_noise: float = flag(0.0, "Gumbel noise on the low-confidence/margin/entropy orders' scores, annealed to 0; "
@@ -60,6 +61,10 @@ class CompareConfig(Settings):
     threads: int = flag(1, "torch CPU threads (0 = torch's default); one avoids thread contention on shared cores",
                         min=0)
     out_dir: str = flag("results/figures", "CSV, PNGs and the settings JSON go here")
+
+    def check(self) -> None:
+        if 0 < self.temperature < 1e-3:  # generate.py's rule, even when no chosen sampler reads it
+            raise UsageError(f"--temperature must be 0 (greedy) or at least 0.001, got {self.temperature:g}")
 
 
 def resolve_grid(cc: CompareConfig) -> dict:
