@@ -54,9 +54,10 @@ def ar_trainer(prefix: int, **kw):
 
     from diffusion import protected_positions
     from metrics import ar_held_out_nll
+    from runs import StampsRun
     from tokens import never_masked_ids
 
-    class ARTrainer(Trainer):
+    class ARTrainer(StampsRun, Trainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             out = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             loss = out[0] if return_outputs else out

@@ -19,6 +19,7 @@ diffusion model) and baseline_ar.py (the AR baseline) both go through this one l
                                            already at the last step is loaded, not trained on
         run.save_final(trainer, extra)     final-model written aside, then renamed into place
 
+    class XTrainer(StampsRun, Trainer)     every checkpoint carries run.json before it is complete
     checkpoint_problem / last_complete_checkpoint / rotate_checkpoints   checkpoints judged by content
     process_rank()                         (rank, world size) from torchrun's RANK / WORLD_SIZE, checked
 
@@ -199,19 +200,29 @@ def rotate_checkpoints(out: str, keep: int) -> list[str]:
     return gone
 
 
+class StampsRun:
+    """Trainer mixin (before Trainer in the bases): a checkpoint gets the run's run.json (a resume
+    only trusts its own run's checkpoints) as its weights are saved, before trainer_state.json, the
+    last file the Trainer writes and the one that makes a checkpoint resumable. A kill right after a
+    checkpoint, before any callback runs, so never leaves a complete checkpoint --resume disowns."""
+
+    def _save(self, output_dir=None, state_dict=None):
+        out = output_dir or self.args.output_dir
+        super()._save(out, state_dict)
+        if os.path.basename(os.path.normpath(out)).startswith("checkpoint-") and os.path.isfile(
+                os.path.join(self.args.output_dir, RUN)):
+            copy_run(self.args.output_dir, out)
+
+
 class Rotate(TrainerCallback):
-    """After each save: the run's run.json into the new checkpoint (a resume only trusts its own
-    run's checkpoints), then rotation by step (the Trainer's own rotates by folder time and would
-    keep a broken newest folder over good older ones)."""
+    """After each save, rotation by step (the Trainer's own rotates by folder time and would keep a
+    broken newest folder over good older ones)."""
 
     def __init__(self, keep: int):
         self.keep = keep
 
     def on_save(self, args, state, control, **kw):
         if state.is_world_process_zero:
-            folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-            if os.path.isdir(folder):
-                copy_run(args.output_dir, folder)
             rotate_checkpoints(args.output_dir, self.keep)
 
 

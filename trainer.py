@@ -37,14 +37,14 @@ from data_collator import STATE_FILE as COLLATOR_STATE
 from data_collator import ClassifierCollator, DiffusionCollator
 from files import append_jsonl, write_atomic, write_csv, write_figure
 from modeling import training_loss
-from runs import METRICS, PROGRESS, close_progress, last_complete_checkpoint, process_rank, read_metrics
+from runs import METRICS, PROGRESS, StampsRun, close_progress, last_complete_checkpoint, process_rank, read_metrics
 
 # ---------------------------------------------------------------------------------------------
 # The Trainer
 # ---------------------------------------------------------------------------------------------
 
 
-class DiffusionTrainer(Trainer):
+class DiffusionTrainer(StampsRun, Trainer):
     """HF Trainer whose loss is CE at masked positions (LM head on those only), which keeps a
     running training loss per masking level, and whose evaluate() scores every level."""
 

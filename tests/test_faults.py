@@ -256,6 +256,33 @@ def test_baseline_resumes_after_a_kill(long_run, tmp_path):
     assert steps == list(range(1, 61))  # every step once: the killed run's rows after its checkpoint were dropped
 
 
+@pytest.mark.parametrize("script", ["train", "baseline_ar"])
+def test_a_kill_right_after_a_checkpoint_leaves_one_resume_trusts(script, tiny_run, tmp_path, monkeypatch):
+    """The moment between the Trainer finishing a checkpoint and the callbacks after it: a SIGKILL
+    there once left a whole checkpoint without its run.json, which --resume then disowned ("no
+    checkpoint of this run"). Here the first callback after the save dies instead."""
+    import baseline_ar
+
+    class Killed(Exception):
+        pass
+
+    def die(self, args, state, control, **kw):
+        raise Killed
+
+    out = tmp_path / script
+    argv = tiny(out) if script == "train" else ["--checkpoint", tiny_run[1], "--output-dir", str(out)]
+    main = train.main if script == "train" else baseline_ar.main
+    with monkeypatch.context() as m:
+        m.setattr(runs.Rotate, "on_save", die)
+        with pytest.raises(Killed):
+            main(argv)
+    run_id = runs.read_run(str(out))["run_id"]
+    assert runs.last_complete_checkpoint(str(out), run_id, quiet=True) == str(out / "checkpoint-3")
+    assert main(["--resume", "--output-dir", str(out)]) == 0
+    steps = [r["step"] for r in runs.read_metrics(str(out)) if "loss" in r]
+    assert steps == sorted(set(steps)) and steps[-1] == 6 and (out / "final-model" / "model.safetensors").exists()
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A real 1 MB filesystem (a tmpfs; mounting needs root): the tiny model's first checkpoint
