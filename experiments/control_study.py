@@ -55,6 +55,10 @@ class ControlConfig(Settings):
     guide_scales: str = flag("0,2,4,8", "classifier guidance scales gamma (0 = unguided)")
     modes: str = flag("exact,taylor", "classifier guidance modes (decoding.GUIDES)")
     guide_k: int = flag(4, "candidates per masked position for exact guidance", min=1)
+    restrict_k: int = flag(16, "also steer the unconditional generator with its proposal restricted to its top K "
+                           "tokens (--sampling topk --k K), every one rescored (--guide-k K): exact guidance over "
+                           "the whole proposal, at each --guide-scales strength (0: that sampler unguided); 0 = "
+                           "skip", min=0, max=256)
     samples: int = flag(16, "samples per label and setting", min=2)
     seed: int = flag(0, "sample seed of the first label (label i uses seed + 1000 i)", min=0)
     classifier_steps: int = flag(1000, "optimiser steps of the guidance classifier (from uncond's weights)", min=1)
@@ -263,7 +267,17 @@ def grid(sc: ControlConfig, classifier: str) -> list[dict]:
             out += [{"generator": generator, "kind": f"classifier {mode}", "strength": g,
                      "fields": {"guide": classifier, "guide_scale": g, "guide_mode": mode, "guide_k": sc.guide_k}}
                     for g in scales]
+    if sc.restrict_k:  # the proposal is the top K, and every token of it is rescored: its own unguided point at 0
+        k, kind = sc.restrict_k, restricted_kind(sc.restrict_k)
+        out.append({"generator": "uncond", "kind": kind, "strength": 0.0, "fields": {"sampling": "topk", "k": k}})
+        out += [{"generator": "uncond", "kind": kind, "strength": g,
+                 "fields": {"sampling": "topk", "k": k, "guide": classifier, "guide_scale": g, "guide_mode": "exact",
+                            "guide_k": k}} for g in scales]
     return out
+
+
+def restricted_kind(k: int) -> str:
+    return f"classifier exact, top-{k} proposal"
 
 
 def score_setting(setting: dict, label: str, y: int, seed: int, models: dict, judge, sc: ControlConfig) -> dict:
@@ -305,8 +319,12 @@ def aggregate(rows: list[dict], refs: dict) -> list[dict]:
     return out
 
 
-def unguided(summary: list[dict], generator: str) -> dict:
-    """A generator's point without guidance: cond at w = 0 (its label, nothing more), uncond at gamma = 0."""
+def unguided(summary: list[dict], generator: str, kind: str = "") -> dict:
+    """A generator's point without guidance: cond at w = 0 (its label, nothing more), uncond at gamma = 0;
+    for a kind that has a strength-0 row of its own (a restricted proposal: its sampler unguided), that row."""
+    own = [r for r in summary if r["generator"] == generator and r["kind"] == kind and r["strength"] == 0]
+    if own:
+        return own[0]
     kind = "label guidance" if generator == "cond" else "unguided"
     return next(r for r in summary if r["generator"] == generator and r["kind"] == kind and r["strength"] == 0)
 
@@ -314,7 +332,7 @@ def unguided(summary: list[dict], generator: str) -> dict:
 def criteria(summary: list[dict]) -> dict:
     """The issue's done-when, from the summary: each with its numbers and met / not met."""
     for r in summary:
-        base = unguided(summary, r["generator"])
+        base = unguided(summary, r["generator"], r["kind"])
         r["ppl_ratio"] = r["gen_ppl"] / base["gen_ppl"] if r["gen_ppl"] and base["gen_ppl"] else None
         r["fluent"] = r["ppl_ratio"] is not None and r["ppl_ratio"] <= 1.5 and r["entropy_ratio"] >= 0.85
     guided = [r for r in summary if r["strength"] > 0 and r["fluent"]]
@@ -368,12 +386,13 @@ def write_outputs(result: dict, sc: ControlConfig) -> None:
 CURVES = {("cond", "label guidance"): ("#2563eb", "o"), ("cond", "classifier exact"): ("#16a34a", "s"),
           ("cond", "classifier taylor"): ("#84cc16", "^"), ("uncond", "classifier exact"): ("#dc2626", "s"),
           ("uncond", "classifier taylor"): ("#f97316", "^")}
+RESTRICTED_CURVE = ("#7c3aed", "D")  # a restricted proposal's curve (its kind names its K)
 
 
 def curve(summary: list[dict], generator: str, kind: str) -> list[dict]:
     """One guidance kind's points by strength, starting from its generator's unguided point."""
     points = [r for r in summary if r["generator"] == generator and r["kind"] == kind]
-    start = unguided(summary, generator)
+    start = unguided(summary, generator, kind)
     return sorted(points + ([start] if start not in points else []), key=lambda r: r["strength"])
 
 
@@ -385,7 +404,8 @@ def plot(result: dict, path: str) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
     summary, ceiling = result["summary"], result["judge"]["held_out_accuracy"]
-    for (generator, kind), (color, marker) in CURVES.items():
+    kinds = {(r["generator"], r["kind"]): None for r in summary if (r["generator"], r["kind"]) not in CURVES}
+    for (generator, kind), (color, marker) in {**CURVES, **{g: RESTRICTED_CURVE for g in kinds}}.items():
         pts = curve(summary, generator, kind)
         if len(pts) < 2:
             continue
@@ -436,7 +456,11 @@ def render_head(result: dict, figure: str) -> list[str]:
         f"uses seed {c['seed']} + 1000 i at every strength), scored by the share the judge assigns to the target "
         "label, generative perplexity under the AR baseline trained on the same text, and word entropy of the "
         "pooled samples over that of as many held-out documents of the label. Classifier guidance is exact over "
-        f"the top {c['guide_k']} candidates of every masked position, or first-order (taylor).", "",
+        f"the top {c['guide_k']} candidates of every masked position, or first-order (taylor)." + (
+            f" Rows \"{restricted_kind(c['restrict_k'])}\": the unconditional generator's proposal restricted to its "
+            f"top {c['restrict_k']} tokens (`--sampling topk --k {c['restrict_k']} --guide-k {c['restrict_k']}`), so "
+            "every token it can draw is rescored and guidance is exact over the whole proposal; strength 0 is that "
+            "sampler unguided, the base of those rows' perplexity ratio." if c.get("restrict_k") else ""), "",
         f"![accuracy vs fluency]({figure})", ""]
 
 

@@ -503,6 +503,26 @@ def test_the_study_aggregates_labels_and_checks_the_criteria():
     exact = next(r for r in summary if r["kind"] == "classifier exact")
     assert math.isclose(exact["ppl_ratio"], 3.0) and not exact["fluent"]  # 3x the unguided perplexity is not fluent
 
+    # a restricted proposal's rows: their perplexity ratio is against their own sampler unguided, and its curve
+    # starts there; the check on the unconditional generator takes the best of every kind
+    kind = CS.restricted_kind(16)
+    rows += [row("uncond", kind, 0, "a", 0.25, 10.0, 3.0), row("uncond", kind, 0, "b", 0.25, 10.0, 4.0),
+             row("uncond", kind, 8, "a", 1.0, 15.0, 3.0), row("uncond", kind, 8, "b", 0.75, 15.0, 4.0)]
+    summary = CS.aggregate(rows, refs)
+    c = CS.criteria(summary)
+    top = next(r for r in summary if r["kind"] == kind and r["strength"] == 8)
+    assert math.isclose(top["ppl_ratio"], 1.5) and c["classifier_on_unconditional"]["setting"]["kind"] == kind
+    assert c["classifier_on_unconditional"]["unguided"] == 0.25
+    assert [p["strength"] for p in CS.curve(summary, "uncond", kind)] == [0, 8]
+
+    classifier = "results/control_study/classifier/final-model"
+    grid = [s for s in CS.grid(CS.ControlConfig(guide_scales="0,8", restrict_k=16), classifier) if s["kind"] == kind]
+    assert [(s["strength"], s["fields"]) for s in grid] == [
+        (0.0, {"sampling": "topk", "k": 16}),
+        (8.0, {"sampling": "topk", "k": 16, "guide": classifier, "guide_scale": 8.0, "guide_mode": "exact",
+               "guide_k": 16})]
+    assert not any(s["kind"] == kind for s in CS.grid(CS.ControlConfig(restrict_k=0), classifier))
+
 
 def test_the_committed_control_study_is_the_render_of_its_json():
     import sys
