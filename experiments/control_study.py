@@ -428,8 +428,8 @@ def plot(result: dict, path: str) -> None:
     axes[1].set(xlabel="word entropy / held-out text's (1 = as varied as real text)", title="Control vs variety")
     axes[0].text(axes[0].get_xlim()[0], ceiling, " judge on held-out text", va="bottom", fontsize=7)
     axes[0].text(axes[0].get_xlim()[0], 1 / len(result["labels"]), " chance", va="bottom", fontsize=7)
-    axes[1].legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=8)
+    fig.tight_layout(rect=(0, 0.09, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
