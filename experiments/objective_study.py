@@ -1,7 +1,7 @@
 """Which training objective gives the lowest held-out bound at equal budget, and does the gap to an
 autoregressive model of the same size close as the budget grows?
 
-    python experiments/objective_study.py --docs                         # the committed study (hours of CPU; each run's time: its page)
+    python experiments/objective_study.py --docs        # the committed study (hours of CPU; each run's time: its page)
     python experiments/objective_study.py --objectives seed,mdlm --scales 1
     python experiments/objective_study.py --render-only                  # markdown and figure from the JSON
 
