@@ -407,8 +407,16 @@ class GenConfig(Settings):
             raise UsageError("--guide-scale needs --guide CLASSIFIER and --guide-label NAME")
         if self.min_length and not self.stop_at_eos:
             raise UsageError("--min-length only applies with --stop-at-eos")
-        if 0 < self.temperature < 1e-3:
-            raise UsageError(f"--temperature must be 0 (greedy) or at least 0.001, got {self.temperature:g}")
+        check_temperature(self.temperature)
+
+
+MIN_TEMPERATURE = 1e-3  # the lowest sampling temperature any script accepts (0 means greedy)
+
+
+def check_temperature(t: float) -> None:
+    """The temperature rule every sampling flag follows: 0 (greedy) or at least MIN_TEMPERATURE."""
+    if 0 < t < MIN_TEMPERATURE:
+        raise UsageError(f"--temperature must be 0 (greedy) or at least {MIN_TEMPERATURE:g}, got {t:g}")
 
 
 # ---------------------------------------------------------------------------------------------

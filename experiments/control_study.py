@@ -404,8 +404,10 @@ def plot(result: dict, path: str) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
     summary, ceiling = result["summary"], result["judge"]["held_out_accuracy"]
-    kinds = {(r["generator"], r["kind"]): None for r in summary if (r["generator"], r["kind"]) not in CURVES}
-    for (generator, kind), (color, marker) in {**CURVES, **{g: RESTRICTED_CURVE for g in kinds}}.items():
+    curves = dict(CURVES)
+    for r in summary:  # a restricted proposal's kind names its K, so it is not among CURVES' keys
+        curves.setdefault((r["generator"], r["kind"]), RESTRICTED_CURVE)
+    for (generator, kind), (color, marker) in curves.items():
         pts = curve(summary, generator, kind)
         if len(pts) < 2:
             continue

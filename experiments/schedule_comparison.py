@@ -35,7 +35,7 @@ import time
 from cli import UsageError, cli, given, parse
 from files import check_outputs, write_csv, write_figure
 from limits import check_passes
-from config import GenConfig, Registry, flag, parse_ints, parse_names, save_config, Settings
+from config import GenConfig, Registry, check_temperature, flag, parse_ints, parse_names, save_config, Settings
 
 
 class CompareConfig(Settings):
@@ -63,8 +63,7 @@ class CompareConfig(Settings):
     out_dir: str = flag("results/figures", "CSV, PNGs and the settings JSON go here")
 
     def check(self) -> None:
-        if 0 < self.temperature < 1e-3:  # generate.py's rule, even when no chosen sampler reads it
-            raise UsageError(f"--temperature must be 0 (greedy) or at least 0.001, got {self.temperature:g}")
+        check_temperature(self.temperature)  # generate.py's rule, even when no chosen sampler reads it
 
 
 def resolve_grid(cc: CompareConfig) -> dict:
