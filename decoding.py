@@ -550,17 +550,19 @@ def hidden_at(model, tokens, rows, plan: Pass, key: str, k: int):
 def forward_rows(model, tokens, rows, plan: Pass | None, key: str, k: int):
     """Logits [N, V] at the positions rows ([B, c] index or [B, L] mask) of tokens [B, L]: the LM
     head on those rows only where modeling.HEADS knows the model, the full output otherwise."""
-    from modeling import HEADS, masked_logits
+    from modeling import HEADS, encoder_hidden
 
     head = HEADS.get(type(model).__name__)
     if plan is not None:
         return head[1](model, hidden_at(model, tokens, rows, plan, key, k))
-    if rows.dtype == torch.bool:
-        return masked_logits(model, tokens, None, rows)
     if head is None:
         logits = model(input_ids=tokens).logits  # [B, L, V]
+        if rows.dtype == torch.bool:
+            return logits[rows]
         return logits.gather(1, rows[..., None].expand(-1, -1, logits.shape[-1])).flatten(0, 1)
-    hidden = getattr(model, head[0])(input_ids=tokens).last_hidden_state  # [B, L, H]
+    hidden = encoder_hidden(model, tokens)  # [B, L, H]
+    if rows.dtype == torch.bool:
+        return head[1](model, hidden[rows])
     return head[1](model, hidden.gather(1, rows[..., None].expand(-1, -1, hidden.shape[-1])).flatten(0, 1))
 
 

@@ -102,8 +102,12 @@ def encode(model, tokens, cache: BlockCache, span: tuple | None = None):
     """Hidden states [B, L, H] of tokens [B, L] (span None: every position, each attention
     module's keys/values recorded in `cache`) or [B, b - a, H] of positions span = (a, b) alone,
     attending to the keys/values cached for the rest."""
+    import fast_modernbert
     from modeling import HEADS
 
+    if fast_modernbert.supports(model):  # the same splice in its own forward (layer index -> keys/values)
+        cache.span = span
+        return fast_modernbert.encode(model, tokens, cache, span)
     if model.config._attn_implementation != ATTENTION:
         register()
         model.config._attn_implementation = ATTENTION  # SDPA whenever no cache is passed

@@ -18,6 +18,7 @@ byte-level BPE that from-scratch models train on their corpus.
     add_label_tokens(tok, names)               reserve them (special: never masked, never sampled)
     label_ids(tok, names)                      {name: id}, plus None -> the null label's id
     labels_of(tok)                             the labels a tokenizer has tokens for ([] if none)
+    vocab_of(tok)                              tok.get_vocab(), built once per tokenizer and size
 """
 
 import codecs
@@ -25,6 +26,7 @@ import functools
 import hashlib
 import json
 import os
+import weakref
 
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # RoBERTa's ids 0..4
 NULL_LABEL = "<no-label>"  # the label a conditional model reads when it is told none (label dropout, guidance's u)
@@ -51,11 +53,24 @@ def banned_ids(tokenizer) -> list[int]:
     return sorted(set(tokenizer.all_special_ids))
 
 
+_VOCABS = weakref.WeakKeyDictionary()  # tokenizer -> (its size, its vocabulary)
+
+
+def vocab_of(tokenizer) -> dict:
+    """tokenizer.get_vocab(), kept per tokenizer while its size stays the same (adding tokens
+    changes it): the dict costs ~1 ms per 4k tokens to build and every generation reads it.
+    Read it, do not change it."""
+    kept = _VOCABS.get(tokenizer)
+    if kept is None or kept[0] != len(tokenizer):
+        kept = _VOCABS[tokenizer] = (len(tokenizer), tokenizer.get_vocab())
+    return kept[1]
+
+
 def token_ids(tokenizer) -> dict:
     """The ids the denoising loop needs: mask, eos, and those never sampled (</s> is handled by
     --stop-at-eos)."""
     _, eos = bos_eos(tokenizer)
-    null = tokenizer.get_vocab().get(NULL_LABEL)  # a label-conditioned model's (classifier-free guidance's u)
+    null = vocab_of(tokenizer).get(NULL_LABEL)  # a label-conditioned model's (classifier-free guidance's u)
     return {"mask": tokenizer.mask_token_id, "eos": eos, "banned": [t for t in banned_ids(tokenizer) if t != eos],
             "null_label": null}
 
@@ -222,11 +237,11 @@ def label_ids(tokenizer, names: list[str]) -> dict:
 def labels_of(tokenizer) -> list[str]:
     """The labels a tokenizer has tokens for (a label-conditioned generator's), in id order; []
     for any other tokenizer."""
-    vocab = tokenizer.get_vocab()
+    vocab = vocab_of(tokenizer)
     names = sorted((i, t[len("<label:"):-1]) for t, i in vocab.items() if t.startswith("<label:") and t.endswith(">"))
     return [n for _, n in names] if NULL_LABEL in vocab else []
 
 
 def vocab_without_labels(tokenizer) -> dict:
     """The vocabulary minus label tokens: what a classifier and a generator must share."""
-    return {t: i for t, i in tokenizer.get_vocab().items() if not (t == NULL_LABEL or t.startswith("<label:"))}
+    return {t: i for t, i in vocab_of(tokenizer).items() if not (t == NULL_LABEL or t.startswith("<label:"))}

@@ -144,6 +144,27 @@ def test_block_cache_rebuilt_every_pass_gives_the_uncached_tokens(arch, mode, sp
     assert not (per_block == 4)[:, 10:18].any()  # the approximate (Fast-dLLM) run fills the block too
 
 
+@pytest.mark.parametrize("arch", ["modernbert", "modernbert-local"])
+def test_fast_modernbert_gives_transformers_hidden_states(arch):
+    """Generation's own ModernBERT forward (fast_modernbert) computes what transformers' does:
+    every position, and a spliced span over cached keys/values (which, with nothing changed,
+    equals the full pass there); local layers see only their window (L > local_attention)."""
+    import fast_modernbert
+    from kvcache import BlockCache
+
+    model = tiny_mlm(arch)
+    with torch.no_grad():  # peaked attention, so a wrong position, mask or splice shows
+        for name, p in model.named_parameters():
+            p.mul_(20 if "Wqkv" in name else 1)
+    x = torch.randint(5, V, (3, L), generator=torch.Generator().manual_seed(1))
+    assert fast_modernbert.supports(model) and not fast_modernbert.supports(tiny_mlm(arch).train())
+    with torch.no_grad():
+        want = model.model(input_ids=x).last_hidden_state  # [3, L, H]
+        cache = BlockCache()
+        assert torch.allclose(fast_modernbert.encode(model, x, cache), want, atol=1e-5)
+        assert torch.allclose(fast_modernbert.encode(model, x, cache, (10, 18)), want[:, 10:18], atol=1e-5)
+
+
 def test_block_cache_in_block_generation_on_the_trained_model(tiny_model):
     """The same through generation_steps: blocks past the window, sliding context, the tokenizer's
     ids, ModernBERT as train.py builds it."""

@@ -90,7 +90,7 @@ def test_label_column_of_jsonl_csv_and_parquet_rows(tmp_path):
 
 def test_label_tokens_keep_every_other_id_and_are_never_masked_nor_sampled(tmp_path):
     from data import get_tokenizer
-    from tokens import banned_ids, label_ids, labels_of, never_masked_ids
+    from tokens import add_label_tokens, banned_ids, label_ids, labels_of, never_masked_ids, token_ids
 
     root = labelled_folder(tmp_path / "d", n=8)
     cache = str(tmp_path / "cache")
@@ -102,6 +102,8 @@ def test_label_tokens_keep_every_other_id_and_are_never_masked_nor_sampled(tmp_p
     assert sorted(ids.values()) == list(range(len(plain), len(plain) + 4))  # appended after the vocabulary
     assert {t: i for t, i in cond.get_vocab().items() if i < len(plain)} == plain.get_vocab()
     assert set(ids.values()) <= set(never_masked_ids(cond)) & set(banned_ids(cond))
+    add_label_tokens(plain, ["owls"])  # the same tokenizer object, grown: what is kept about it follows
+    assert labels_of(plain) == ["owls"] and token_ids(plain)["null_label"] == len(plain) - 1
 
 
 def test_blocks_carry_the_label_token_and_the_split_is_stratified(tmp_path):
