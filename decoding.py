@@ -28,6 +28,7 @@ bench.py all consume this one loop; it prints nothing itself.
 """
 
 import functools
+import math
 import re
 from dataclasses import dataclass, fields
 from typing import Callable, Iterator
@@ -71,10 +72,28 @@ def uniforms(n: int, g: torch.Generator) -> torch.Tensor:
 
 def inverse_cdf(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """Column index [N] of each row of weights [N, K] (>= 0, not normalised) at cumulative share u [N]:
-    the first column whose running sum exceeds u * the row's total (a zero weight is never chosen)."""
-    cdf = weights.cumsum(-1)  # [N, K]
-    pick = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)  # [N, 1]
-    return pick.squeeze(-1).clamp_max(weights.shape[-1] - 1)
+    the first column whose running sum exceeds u * the row's total (a zero weight is never chosen).
+    Two levels, so no running sum over the whole row (a scan costs ~10x a sum at K = 4096): sums of
+    blocks of ~sqrt(K) columns, the block where the running block sum first exceeds the target,
+    then the running sum inside that block alone."""
+    N, K = weights.shape
+    if N * K <= 1 << 16:  # small: one scan costs less than the extra steps
+        cdf = weights.cumsum(-1)  # [N, K]
+        pick = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)  # [N, 1]
+        return pick.squeeze(-1).clamp_max(K - 1)
+    s = math.isqrt(K)  # columns per block; the last block holds the K % s left over, if any
+    sums = weights.unfold(1, s, s).sum(-1)  # [N, K // s], no copy
+    if K % s:
+        sums = torch.cat([sums, weights[:, K - K % s:].sum(-1, keepdim=True)], 1)  # [N, nb]
+    before = sums.cumsum(-1)  # [N, nb] running sum to the end of each block
+    target = (u * before[:, -1])[:, None]  # [N, 1]
+    b = torch.searchsorted(before, target, right=True).clamp_max(sums.shape[1] - 1)  # [N, 1] the block
+    cols = b * s + torch.arange(s, device=weights.device)  # [N, s]
+    inside = weights.gather(1, cols.clamp_max(K - 1)) * (cols < K)  # [N, s], 0 past the end
+    start = torch.where(b > 0, before.gather(1, (b - 1).clamp_min(0)), 0.0)  # [N, 1] <= target: the weight before b
+    j = torch.searchsorted(start + inside.cumsum(-1), target, right=True)  # [N, 1]
+    last = torch.where(inside > 0, torch.arange(s, device=weights.device), 0).amax(-1, keepdim=True)  # [N, 1]
+    return (b * s + torch.minimum(j, last)).squeeze(-1)  # if rounding leaves the block short: its last token
 
 
 def greedy(logits, g):
@@ -111,23 +130,27 @@ def nucleus_mask_sorted(probs, p) -> torch.Tensor:
     return torch.zeros_like(probs, dtype=torch.bool).scatter(-1, order, keep)
 
 
-REJECTION_ROUNDS = 16  # then the rows still drawing take one exact draw from their members
+REJECTION_ROUNDS, TRIES = 16, 4  # tries per row and round; then the rows still drawing take one exact draw
 
 
 def draw_until(probs, g, member, members) -> torch.Tensor:
     """Tokens [N] drawn from probs [N, V] conditioned on member(rows, tokens) -> bool: one uniform
-    per row, inverse CDF over the vocabulary; the rows whose token is not a member draw again
-    (rejection: exactly the distribution restricted to the members, renormalised). A row still
-    drawing after REJECTION_ROUNDS (its members hold little mass: a tiny p on a flat distribution)
-    draws once from probs restricted to members(rows) [n, V]: the same distribution, bounded work."""
+    per row, inverse CDF over the vocabulary; the rows whose token is not a member draw again,
+    TRIES at a time, and keep their first member (rejection: exactly the distribution restricted
+    to the members, renormalised). A row still drawing after REJECTION_ROUNDS (its members hold
+    little mass: a tiny p on a flat distribution) draws once from probs restricted to
+    members(rows) [n, V]: the same distribution, bounded work."""
     tokens = inverse_cdf(probs, uniforms(len(probs), g))  # [N]
     todo = torch.arange(len(probs), device=probs.device)[~member(slice(None), tokens)]
-    for _ in range(REJECTION_ROUNDS):  # expected rounds: 1 / (mass of the members)
+    for _ in range(REJECTION_ROUNDS):  # a row redraws TRIES times at once and keeps its first member
         if not len(todo):
             return tokens
-        again = inverse_cdf(probs[todo], uniforms(len(todo), g))
-        tokens[todo] = again
-        todo = todo[~member(todo, again)]
+        rows = todo.repeat_interleave(TRIES)  # [n * TRIES]
+        again = inverse_cdf(probs[rows], uniforms(len(rows), g))  # [n * TRIES]
+        ok = member(rows, again).view(-1, TRIES)  # [n, TRIES]
+        first = ok.to(torch.int8).argmax(-1, keepdim=True)  # [n, 1] the first member drawn (0: none)
+        tokens[todo] = again.view(-1, TRIES).gather(1, first).squeeze(1)
+        todo = todo[~ok.any(-1)]
     if len(todo):
         tokens[todo] = inverse_cdf(probs[todo] * members(todo), uniforms(len(todo), g))
     return tokens

@@ -320,6 +320,23 @@ def test_nucleus_is_the_sorted_nucleus_draw_for_draw():
         assert torch.equal(fast, ref), p
 
 
+def test_inverse_cdf_in_two_levels_picks_the_flat_scans_column():
+    """The two-level draw (block sums, then a scan inside one block) picks the column a scan of the
+    whole row picks, on integer weights whose sums are exact: zero weights (banned tokens) at block
+    edges and in the short last block, u at 0 and just below 1. A zero weight is never chosen."""
+    g = torch.Generator().manual_seed(4)
+    w = torch.randint(0, 4, (200, 1000), generator=g).float()  # 1000 = 32 blocks of 31 + 8 left over
+    w[:, ::31] = 0
+    w[:, 992:] = 0
+    w[:, 991] = 1  # the last nonzero column before the short block
+    u = torch.rand(200, generator=g)
+    u[:3] = torch.tensor([0.0, 1 - 2 ** -24, 0.5])
+    cdf = w.cumsum(-1)  # exact: integers below 2**24
+    want = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).squeeze(-1)
+    got = D.inverse_cdf(w, u)
+    assert torch.equal(got, want) and (w.gather(1, got[:, None]) > 0).all()
+
+
 def test_a_nucleus_of_little_mass_ends_in_bounded_rounds():
     """A p below float32's resolution keeps the most probable token (never an empty nucleus, never
     an endless redraw); on a near-flat distribution over 4096 tokens its mass is ~1/4096, so the
