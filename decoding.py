@@ -563,11 +563,8 @@ def hidden_at(model, tokens, rows, plan: Pass, key: str, k: int):
     span = None if k == 0 or plan.span is None else plan.span
     if span is not None and plan.refresh and k % plan.refresh == 0:
         encode(model, tokens, plan.caches[key])  # rebuild the cache from the canvas as it is now
-    hidden = encode(model, tokens, plan.caches[key], span)  # [B, L', H]
-    shift = span[0] if span else 0
-    if rows.dtype == torch.bool:
-        return hidden[rows[:, shift:shift + hidden.shape[1]]]
-    return hidden.gather(1, (rows - shift)[..., None].expand(-1, -1, hidden.shape[-1])).flatten(0, 1)
+    a, b = span or (0, tokens.shape[1])
+    return encode(model, tokens, plan.caches[key], span, rows[:, a:b] if rows.dtype == torch.bool else rows - a)
 
 
 def forward_rows(model, tokens, rows, plan: Pass | None, key: str, k: int):
@@ -583,10 +580,7 @@ def forward_rows(model, tokens, rows, plan: Pass | None, key: str, k: int):
         if rows.dtype == torch.bool:
             return logits[rows]
         return logits.gather(1, rows[..., None].expand(-1, -1, logits.shape[-1])).flatten(0, 1)
-    hidden = encoder_hidden(model, tokens)  # [B, L, H]
-    if rows.dtype == torch.bool:
-        return head[1](model, hidden[rows])
-    return head[1](model, hidden.gather(1, rows[..., None].expand(-1, -1, hidden.shape[-1])).flatten(0, 1))
+    return head[1](model, encoder_hidden(model, tokens, rows))  # [N, V]
 
 
 def predict(model, tokens, rows, canvas: Canvas, ids: dict, gc, eos_ok, plan: Pass | None = None, k: int = 0,
@@ -603,7 +597,10 @@ def predict(model, tokens, rows, canvas: Canvas, ids: dict, gc, eos_ok, plan: Pa
             uncond = unconditional(tokens, canvas, ids)
             logits = guided(logits, forward_rows(model, uncond, rows, plan, "uncond", k).float(), gc.cfg)
     logits = logits.index_fill(1, ids["ban"], float("-inf"))  # no <mask>, <s>, <pad>; </s> only with --stop-at-eos
-    logits[:, ids["eos"]] = torch.where(eos_ok, logits[:, ids["eos"]], float("-inf"))
+    if gc.stop_at_eos:
+        logits[:, ids["eos"]] = torch.where(eos_ok, logits[:, ids["eos"]], float("-inf"))
+    else:
+        logits[:, ids["eos"]] = float("-inf")
     return logits if guide is None else guide(logits, tokens, as_mask(rows, tokens.shape))
 
 

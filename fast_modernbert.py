@@ -2,10 +2,12 @@
 eval-mode forward (ModernBertModel with SDPA), with less work per call.
 
     supports(model)                          a ModernBertForMaskedLM in eval mode with default rotary tables
-    encode(model, tokens, cache=None, span=None)
+    encode(model, tokens, cache=None, span=None, rows=None)
                                              hidden states [B, L, H] of tokens [B, L]; with a
                                              kvcache.BlockCache, span = (a, b) computes positions a..b-1
-                                             only, attending to the cached keys/values of the rest
+                                             only, attending to the cached keys/values of the rest;
+                                             rows: only those positions' [N, H] (the last layer's
+                                             MLP runs there alone)
 
 Why: a denoising step runs the whole encoder once, and at the quick-test size (2 layers, 64
 positions) transformers' per-call machinery -- building the attention masks, recomputing the
@@ -64,10 +66,21 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torc
     return (xf * cos + xf.roll(x.shape[-1] // 2, -1) * signed_sin).to(x.dtype)
 
 
-def encode(model, tokens: torch.Tensor, cache=None, span: tuple | None = None) -> torch.Tensor:
+def at_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """x [B, L, H] at rows, a [B, L] mask or a [B, c] index, row-major: [N, H]."""
+    if rows.dtype == torch.bool:
+        return x[rows]
+    return x.gather(1, rows[..., None].expand(-1, -1, x.shape[-1])).flatten(0, 1)
+
+
+def encode(model, tokens: torch.Tensor, cache=None, span: tuple | None = None,
+           rows: torch.Tensor | None = None) -> torch.Tensor:
     """Hidden states [B, L', H] after the final norm. tokens [B, L] is the whole canvas; span
     None computes every position (and, with a cache, records each layer's keys/values in
-    cache.kv), span (a, b) computes a..b-1 only, their keys/values spliced into the cached ones."""
+    cache.kv), span (a, b) computes a..b-1 only, their keys/values spliced into the cached ones.
+    rows (a [B, L'] mask or [B, c] index into the positions computed): only the hidden states
+    there, [N, H] row-major -- the last layer needs every position's keys and values but runs its
+    output projection and MLP on those rows alone (a denoising step reads a few of 64)."""
     config, body = model.config, model.model
     a, b = span if span is not None else (0, tokens.shape[1])
     L = tokens.shape[1]
@@ -99,10 +112,13 @@ def encode(model, tokens: torch.Tensor, cache=None, span: tuple | None = None) -
                 k = torch.cat([k0[:, :, :a], k, k0[:, :, b:]], 2)  # [B, h, L, d]
                 v = torch.cat([v0[:, :, :a], v, v0[:, :, b:]], 2)
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=d ** -0.5)  # [B, h, Lq, d]
-        h = h + F.linear(o.transpose(1, 2).reshape(B, Lq, heads * d), attn.Wo.weight, attn.Wo.bias)
+        o = o.transpose(1, 2).reshape(B, Lq, heads * d)  # [B, Lq, H]
+        if rows is not None and i == len(body.layers) - 1:
+            o, h = at_rows(o, rows), at_rows(h, rows)  # [N, H]: nothing after this mixes positions
+        h = h + F.linear(o, attn.Wo.weight, attn.Wo.bias)
         y = F.layer_norm(h, layer.mlp_norm.normalized_shape, layer.mlp_norm.weight, layer.mlp_norm.bias,
                          layer.mlp_norm.eps)
         up, gate = F.linear(y, mlp.Wi.weight, mlp.Wi.bias).chunk(2, -1)
         h = h + F.linear(mlp.act(up) * gate, mlp.Wo.weight, mlp.Wo.bias)
     norm = body.final_norm
-    return F.layer_norm(h, norm.normalized_shape, norm.weight, norm.bias, norm.eps)  # [B, Lq, H]
+    return F.layer_norm(h, norm.normalized_shape, norm.weight, norm.bias, norm.eps)  # [B, Lq, H] or [N, H]

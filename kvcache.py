@@ -98,16 +98,17 @@ def supports(model) -> bool:
     return name in POSITIONS and name in HEADS
 
 
-def encode(model, tokens, cache: BlockCache, span: tuple | None = None):
+def encode(model, tokens, cache: BlockCache, span: tuple | None = None, rows=None):
     """Hidden states [B, L, H] of tokens [B, L] (span None: every position, each attention
     module's keys/values recorded in `cache`) or [B, b - a, H] of positions span = (a, b) alone,
-    attending to the keys/values cached for the rest."""
+    attending to the keys/values cached for the rest; with rows (a [B, L'] mask or [B, c] index
+    into those positions) only the hidden states there, [N, H] row-major."""
     import fast_modernbert
     from modeling import HEADS
 
     if fast_modernbert.supports(model):  # the same splice in its own forward (layer index -> keys/values)
         cache.span = span
-        return fast_modernbert.encode(model, tokens, cache, span)
+        return fast_modernbert.encode(model, tokens, cache, span, rows)
     if model.config._attn_implementation != ATTENTION:
         register()
         model.config._attn_implementation = ATTENTION  # SDPA whenever no cache is passed
@@ -116,4 +117,5 @@ def encode(model, tokens, cache: BlockCache, span: tuple | None = None):
         tokens, positions = tokens[:, span[0]:span[1]], positions[:, span[0]:span[1]]
     cache.span = span
     encoder = getattr(model, HEADS[type(model).__name__][0])
-    return encoder(input_ids=tokens, position_ids=positions, block_cache=cache).last_hidden_state
+    hidden = encoder(input_ids=tokens, position_ids=positions, block_cache=cache).last_hidden_state  # [B, L', H]
+    return hidden if rows is None else fast_modernbert.at_rows(hidden, rows)

@@ -167,15 +167,17 @@ HEADS = {
 }
 
 
-def encoder_hidden(model, tokens: torch.Tensor) -> torch.Tensor:
-    """Hidden states [B, L, H] of the encoder under a model whose head HEADS knows, for a canvas
-    without padding (generation): fast_modernbert's forward where it applies (the same numbers,
-    less work per call), else the encoder's own."""
+def encoder_hidden(model, tokens: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Hidden states [N, H] at rows (a [B, L] mask or a [B, c] index, row-major) of the encoder
+    under a model whose head HEADS knows, for a canvas without padding (generation):
+    fast_modernbert's forward where it applies (the same numbers, less work per call), else the
+    encoder's own."""
     import fast_modernbert
 
     if fast_modernbert.supports(model):
-        return fast_modernbert.encode(model, tokens)
-    return getattr(model, HEADS[type(model).__name__][0])(input_ids=tokens).last_hidden_state
+        return fast_modernbert.encode(model, tokens, rows=rows)
+    hidden = getattr(model, HEADS[type(model).__name__][0])(input_ids=tokens).last_hidden_state  # [B, L, H]
+    return fast_modernbert.at_rows(hidden, rows)
 
 
 def masked_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,

@@ -53,17 +53,29 @@ def banned_ids(tokenizer) -> list[int]:
     return sorted(set(tokenizer.all_special_ids))
 
 
-_VOCABS = weakref.WeakKeyDictionary()  # tokenizer -> (its size, its vocabulary)
+_KEPT = weakref.WeakKeyDictionary()  # tokenizer -> (its size, {function: what it returned})
 
 
+def kept(fn):
+    """fn(tokenizer) computed once per tokenizer while its size stays the same (adding tokens
+    changes it): reading the vocabulary costs ~1 ms per 4k tokens and every generation asks.
+    What it returns is shared: read it, do not change it."""
+    @functools.wraps(fn)
+    def once(tokenizer):
+        size, known = _KEPT.get(tokenizer, (None, None))
+        if size != len(tokenizer):
+            known = {}
+            _KEPT[tokenizer] = (len(tokenizer), known)
+        if fn not in known:
+            known[fn] = fn(tokenizer)
+        return known[fn]
+    return once
+
+
+@kept
 def vocab_of(tokenizer) -> dict:
-    """tokenizer.get_vocab(), kept per tokenizer while its size stays the same (adding tokens
-    changes it): the dict costs ~1 ms per 4k tokens to build and every generation reads it.
-    Read it, do not change it."""
-    kept = _VOCABS.get(tokenizer)
-    if kept is None or kept[0] != len(tokenizer):
-        kept = _VOCABS[tokenizer] = (len(tokenizer), tokenizer.get_vocab())
-    return kept[1]
+    """tokenizer.get_vocab(), once per tokenizer and size (kept)."""
+    return tokenizer.get_vocab()
 
 
 def token_ids(tokenizer) -> dict:
@@ -234,6 +246,7 @@ def label_ids(tokenizer, names: list[str]) -> dict:
     return ids
 
 
+@kept
 def labels_of(tokenizer) -> list[str]:
     """The labels a tokenizer has tokens for (a label-conditioned generator's), in id order; []
     for any other tokenizer."""

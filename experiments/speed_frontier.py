@@ -82,7 +82,7 @@ SETTINGS = {
     **{f"random nucleus T 0.8 {s} steps": setting(steps=s) for s in (4, 8, 16, 62)},
     **{f"random nucleus T 0.85 {s} steps": setting(temperature=0.85, steps=s) for s in (12, 16, 24)},
     **{f"random nucleus T 0.85 {s} steps ReMDM conf": setting(temperature=0.85, steps=s, remdm="conf")
-       for s in (12, 16)},
+       for s in (8, 10, 12, 16)},
     "random top-k T 1.0 16 steps": setting(sampling="topk", temperature=1.0, steps=16),
     # the former default: every masked position predicted, low-confidence order with noise
     **{f"former default {s} steps": setting(**FORMER_DEFAULT, steps=s) for s in (10, 62)},

@@ -129,7 +129,7 @@ def test_block_cache_rebuilt_every_pass_gives_the_uncached_tokens(arch, mode, sp
             p.mul_(20 if any(k in name for k in ("Wqkv", "query", "key")) else 1)
     spans = []
     encode = kvcache.encode
-    monkeypatch.setattr(kvcache, "encode", lambda m, t, c, s=None: spans.append(s) or encode(m, t, c, s))
+    monkeypatch.setattr(kvcache, "encode", lambda m, t, c, s=None, r=None: spans.append(s) or encode(m, t, c, s, r))
     gc = GenConfig(steps=6, sampling="nucleus", temperature=1.0, p=0.95, order="low-confidence", order_noise=2.0)
     plain, plain_hist = decoding.denoise(model, block_canvas(), CACHE_IDS, gc, torch.Generator().manual_seed(0))
     cached, hist = decoding.denoise(model, block_canvas(), CACHE_IDS, GenConfig(**{**gc.__dict__, "cache": mode}),
@@ -163,6 +163,13 @@ def test_fast_modernbert_gives_transformers_hidden_states(arch):
         cache = BlockCache()
         assert torch.allclose(fast_modernbert.encode(model, x, cache), want, atol=1e-5)
         assert torch.allclose(fast_modernbert.encode(model, x, cache, (10, 18)), want[:, 10:18], atol=1e-5)
+        rows = torch.tensor([[0, 5, 9], [2, 3, 20], [1, 7, 23]])  # the last layer's MLP at these rows alone
+        assert torch.allclose(fast_modernbert.encode(model, x, rows=rows), want[torch.arange(3)[:, None], rows]
+                              .flatten(0, 1), atol=1e-5)
+        where = torch.rand(3, L, generator=torch.Generator().manual_seed(2)) < 0.3  # a different count per row
+        assert torch.allclose(fast_modernbert.encode(model, x, rows=where), want[where], atol=1e-5)
+        assert torch.allclose(fast_modernbert.encode(model, x, cache, (10, L), where[:, 10:]), want[:, 10:][where[:, 10:]],
+                              atol=1e-5)
 
 
 def test_block_cache_in_block_generation_on_the_trained_model(tiny_model):
