@@ -130,27 +130,23 @@ def nucleus_mask_sorted(probs, p) -> torch.Tensor:
     return torch.zeros_like(probs, dtype=torch.bool).scatter(-1, order, keep)
 
 
-REJECTION_ROUNDS, TRIES = 16, 4  # tries per row and round; then the rows still drawing take one exact draw
+REJECTION_ROUNDS = 16  # then the rows still drawing take one exact draw from their members
 
 
 def draw_until(probs, g, member, members) -> torch.Tensor:
     """Tokens [N] drawn from probs [N, V] conditioned on member(rows, tokens) -> bool: one uniform
-    per row, inverse CDF over the vocabulary; the rows whose token is not a member draw again,
-    TRIES at a time, and keep their first member (rejection: exactly the distribution restricted
-    to the members, renormalised). A row still drawing after REJECTION_ROUNDS (its members hold
-    little mass: a tiny p on a flat distribution) draws once from probs restricted to
-    members(rows) [n, V]: the same distribution, bounded work."""
+    per row, inverse CDF over the vocabulary; the rows whose token is not a member draw again
+    (rejection: exactly the distribution restricted to the members, renormalised). A row still
+    drawing after REJECTION_ROUNDS (its members hold little mass: a tiny p on a flat distribution)
+    draws once from probs restricted to members(rows) [n, V]: the same distribution, bounded work."""
     tokens = inverse_cdf(probs, uniforms(len(probs), g))  # [N]
     todo = torch.arange(len(probs), device=probs.device)[~member(slice(None), tokens)]
-    for _ in range(REJECTION_ROUNDS):  # a row redraws TRIES times at once and keeps its first member
+    for _ in range(REJECTION_ROUNDS):  # expected rounds: 1 / (mass of the members)
         if not len(todo):
             return tokens
-        rows = todo.repeat_interleave(TRIES)  # [n * TRIES]
-        again = inverse_cdf(probs[rows], uniforms(len(rows), g))  # [n * TRIES]
-        ok = member(rows, again).view(-1, TRIES)  # [n, TRIES]
-        first = ok.to(torch.int8).argmax(-1, keepdim=True)  # [n, 1] the first member drawn (0: none)
-        tokens[todo] = again.view(-1, TRIES).gather(1, first).squeeze(1)
-        todo = todo[~ok.any(-1)]
+        again = inverse_cdf(probs[todo], uniforms(len(todo), g))
+        tokens[todo] = again
+        todo = todo[~member(todo, again)]
     if len(todo):
         tokens[todo] = inverse_cdf(probs[todo] * members(todo), uniforms(len(todo), g))
     return tokens

@@ -7,6 +7,8 @@
     load_checkpoint(path)            (model, tokenizer, TrainConfig) of a train.py checkpoint
     load_classifier(path, tokenizer) a --task classify checkpoint for guidance, on the generator's tokenizer
     masked_logits(model, ids, attn, where)   logits [N, V] at the N positions where `where` is True
+    encoder_hidden(model, ids, rows)         generation's hidden states [N, H] at rows (fast_modernbert's
+                                     forward for ModernBERT, the encoder's own otherwise)
     masked_lm_loss(model, batch, ...)        per-token CE at masked positions, the training loss
     compile_model(model)                     torch.compile in place, keeping the masked-only head
     build_ar_model / ar_shape / load_baseline   the GPT-2-shaped AR baseline of equal size

@@ -280,6 +280,13 @@ def restricted_kind(k: int) -> str:
     return f"classifier exact, top-{k} proposal"
 
 
+def decoding_used(result: dict) -> str:
+    """The decoding setting the unguided unconditional samples ran with, in words (from the JSON),
+    so the page says what "the defaults" were when the study ran."""
+    row = next((r for r in result["rows"] if r["kind"] == "unguided"), result["rows"][0])
+    return row["setting"].split(", label ")[0]
+
+
 def score_setting(setting: dict, label: str, y: int, seed: int, models: dict, judge, sc: ControlConfig) -> dict:
     """One setting's samples for one label: judge accuracy, generative perplexity, word entropy."""
     from config import GenConfig
@@ -454,7 +461,8 @@ def render_head(result: dict, figure: str) -> list[str]:
         f"**The judge** never saw generated text: {j['kind']}, {j['features']:,} features, trained on "
         f"{j['train_documents']:,} real documents; on {j['held_out_documents']} held-out real documents it is right "
         f"**{j['held_out_accuracy']:.1%}** of the time: the ceiling for any generator here.", "",
-        f"Each setting: {c['samples']} samples per label (generate.py's decoding defaults with --stop-at-eos; label i "
+        f"Each setting: {c['samples']} samples per label (generate.py's decoding defaults when the study ran, "
+        f"{decoding_used(result)}, with --stop-at-eos; label i "
         f"uses seed {c['seed']} + 1000 i at every strength), scored by the share the judge assigns to the target "
         "label, generative perplexity under the AR baseline trained on the same text, and word entropy of the "
         "pooled samples over that of as many held-out documents of the label. Classifier guidance is exact over "
