@@ -28,10 +28,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 def keep_freed_memory() -> bool:
     """Ask glibc's malloc to keep freed blocks for reuse instead of giving them back to the system
-    (blocks up to 32 MiB from the heap, up to 256 MiB of free heap kept). By default it returns
-    them, so every fresh [N, V] tensor page-faults its memory in again: sampling 992 positions over
-    a 4096-token vocabulary took ~3x longer that way (README, Performance). A no-op elsewhere, or
-    when MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ already say what the user wants."""
+    (blocks up to 32 MiB from the heap, up to 256 MiB of free heap kept). When it returns them,
+    every fresh [N, V] tensor page-faults its memory in again, which can cost more than the
+    arithmetic (measured in README, Performance). A no-op elsewhere, or when
+    MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ already say what the user wants."""
     if not sys.platform.startswith("linux") or {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"} & set(os.environ):
         return False
     import ctypes

@@ -330,6 +330,7 @@ def plot(rows: list[dict], ar_rows: list[dict], refs: dict, proposal, path: str)
                ylabel="generative perplexity (AR baseline scorer)", title=f"batch {b}: speed vs quality "
                f"(orange: the AR at the same sampler, same run)")
         ax.grid(alpha=0.3, which="both")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels overlap on a short log axis
     ax = axes[2]
     for group, color in (("seed", "black"), ("AR nucleus", "tab:orange"), ("AR topk", "tab:brown")):
         pts = sorted((r["unprompted"]["unigram_entropy"], r["unprompted"]["gen_ppl"]) for r in rows + ar_rows
