@@ -73,9 +73,9 @@ def uniforms(n: int, g: torch.Generator) -> torch.Tensor:
 def inverse_cdf(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """Column index [N] of each row of weights [N, K] (>= 0, not normalised) at cumulative share u [N]:
     the first column whose running sum exceeds u * the row's total (a zero weight is never chosen).
-    Two levels, so no running sum over the whole row (a scan costs ~10x a sum at K = 4096): sums of
-    blocks of ~sqrt(K) columns, the block where the running block sum first exceeds the target,
-    then the running sum inside that block alone."""
+    Two levels, so no running sum over the whole row (a sequential scan, far slower than a sum):
+    sums of blocks of ~sqrt(K) columns, the block where the running block sum first exceeds the
+    target, then the running sum inside that block alone."""
     N, K = weights.shape
     if N * K <= 1 << 16:  # small: one scan costs less than the extra steps
         cdf = weights.cumsum(-1)  # [N, K]

@@ -11,11 +11,12 @@ eval-mode forward (ModernBertModel with SDPA), with less work per call.
 
 Why: a denoising step runs the whole encoder once, and at the quick-test size (2 layers, 64
 positions) transformers' per-call machinery -- building the attention masks, recomputing the
-rotary tables, decorators and output capture, module dispatch -- costs about as much as the
-arithmetic. Here the rotary tables and sliding-window masks are computed once per shape and kept
-(lru_cache), and each layer is ten tensor ops. tests/test_bench.py checks the hidden states
-against transformers' forward (global and local layers, full and spliced passes) and that the
-block cache through this path reproduces the uncached tokens.
+rotary tables, decorators and output capture, module dispatch -- is a large share of each pass.
+Here the rotary tables and sliding-window masks are computed once per shape and kept (lru_cache),
+each layer is a dozen tensor ops, and the last layer's output projection and MLP run only at the
+rows a step reads. tests/test_bench.py checks the hidden states against transformers' forward
+(global and local layers, full and spliced passes, selected rows) and that the block cache
+through this path reproduces the uncached tokens.
 
 Training, evaluation and every other family keep transformers' forward; decoding.py reaches this
 through modeling.encoder_hidden and kvcache.encode.

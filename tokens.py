@@ -58,7 +58,7 @@ _KEPT = weakref.WeakKeyDictionary()  # tokenizer -> (its size, {function: what i
 
 def kept(fn):
     """fn(tokenizer) computed once per tokenizer while its size stays the same (adding tokens
-    changes it): reading the vocabulary costs ~1 ms per 4k tokens and every generation asks.
+    changes it): reading the vocabulary builds a dict of every token, and every generation asks.
     What it returns is shared: read it, do not change it."""
     @functools.wraps(fn)
     def once(tokenizer):
