@@ -39,6 +39,7 @@ from cli import UsageError
 from diffusion import mask_counts
 from guidance import SCORES, Guide
 from limits import check_generation
+from modeling import at_rows
 from tokens import bos_eos, encode_text, label_ids, labels_of, token_ids
 
 
@@ -664,11 +665,6 @@ def as_mask(rows, shape):
     if rows.dtype == torch.bool:
         return rows
     return torch.zeros(shape, dtype=torch.bool, device=rows.device).scatter(1, rows, True)
-
-
-def at_rows(x, rows):
-    """x [B, L] at rows (a [B, c] index or a [B, L] mask), row-major: [N]."""
-    return x[rows] if rows.dtype == torch.bool else x.gather(1, rows).flatten()
 
 
 def index_rows(mask, c: int):

@@ -27,6 +27,8 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from modeling import at_rows
+
 
 def supports(model) -> bool:
     """Whether encode() computes this model's forward: a ModernBertForMaskedLM, not training
@@ -65,13 +67,6 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torc
     moved into signed_sin = (-sin1, sin2) (a sign flip is exact: the same numbers)."""
     xf = x.float()
     return (xf * cos + xf.roll(x.shape[-1] // 2, -1) * signed_sin).to(x.dtype)
-
-
-def at_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """x [B, L, H] at rows, a [B, L] mask or a [B, c] index, row-major: [N, H]."""
-    if rows.dtype == torch.bool:
-        return x[rows]
-    return x.gather(1, rows[..., None].expand(-1, -1, x.shape[-1])).flatten(0, 1)
 
 
 def encode(model, tokens: torch.Tensor, cache=None, span: tuple | None = None,

@@ -20,7 +20,8 @@ It runs through each family's own attention modules: the model's attention imple
 to ATTENTION, which is PyTorch SDPA (what the models load with) unless a BlockCache is passed to the
 forward; then the module's fresh keys/values are spliced into the cached ones at `span`. Positions
 stay right because the positions of the span are passed in: rotary angles (ModernBERT) and
-absolute position embeddings (BERT; RoBERTa counting from its padding index + 1).
+absolute position embeddings (BERT; RoBERTa counting from its padding index + 1). A ModernBERT in
+eval mode takes fast_modernbert's forward instead, which makes the same splice layer by layer.
 """
 
 from dataclasses import dataclass, field
@@ -51,8 +52,9 @@ POSITIONS = {
 
 @dataclass
 class BlockCache:
-    """Keys and values [B, heads, L, d] of every canvas position per attention module, from the
-    last full pass; `span` = the positions the current pass computes (None = all of them)."""
+    """Keys and values [B, heads, L, d] of every canvas position per attention module (per layer
+    index under fast_modernbert), from the last full pass; `span` = the positions the current pass
+    computes (None = all of them; read by cached_attention)."""
     kv: dict = field(default_factory=dict)
     span: tuple | None = None
 
@@ -104,10 +106,9 @@ def encode(model, tokens, cache: BlockCache, span: tuple | None = None, rows=Non
     attending to the keys/values cached for the rest; with rows (a [B, L'] mask or [B, c] index
     into those positions) only the hidden states there, [N, H] row-major."""
     import fast_modernbert
-    from modeling import HEADS
+    from modeling import HEADS, at_rows
 
     if fast_modernbert.supports(model):  # the same splice in its own forward (layer index -> keys/values)
-        cache.span = span
         return fast_modernbert.encode(model, tokens, cache, span, rows)
     if model.config._attn_implementation != ATTENTION:
         register()
@@ -118,4 +119,4 @@ def encode(model, tokens, cache: BlockCache, span: tuple | None = None, rows=Non
     cache.span = span
     encoder = getattr(model, HEADS[type(model).__name__][0])
     hidden = encoder(input_ids=tokens, position_ids=positions, block_cache=cache).last_hidden_state  # [B, L', H]
-    return hidden if rows is None else fast_modernbert.at_rows(hidden, rows)
+    return hidden if rows is None else at_rows(hidden, rows)

@@ -9,6 +9,7 @@
     masked_logits(model, ids, attn, where)   logits [N, V] at the N positions where `where` is True
     encoder_hidden(model, ids, rows)         generation's hidden states [N, H] at rows (fast_modernbert's
                                      forward for ModernBERT, the encoder's own otherwise)
+    at_rows(x, rows)                         x [B, L(, H)] at a [B, L] mask or a [B, c] index, row-major
     masked_lm_loss(model, batch, ...)        per-token CE at masked positions, the training loss
     compile_model(model)                     torch.compile in place, keeping the masked-only head
     build_ar_model / ar_shape / load_baseline   the GPT-2-shaped AR baseline of equal size
@@ -169,6 +170,15 @@ HEADS = {
 }
 
 
+def at_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """x [B, L] or [B, L, H] at rows (a [B, L] mask or a [B, c] index), row-major: [N] or [N, H]."""
+    if rows.dtype == torch.bool:
+        return x[rows]
+    if x.dim() == 2:
+        return x.gather(1, rows).flatten()
+    return x.gather(1, rows[..., None].expand(-1, -1, x.shape[-1])).flatten(0, 1)
+
+
 def encoder_hidden(model, tokens: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """Hidden states [N, H] at rows (a [B, L] mask or a [B, c] index, row-major) of the encoder
     under a model whose head HEADS knows, for a canvas without padding (generation):
@@ -179,7 +189,7 @@ def encoder_hidden(model, tokens: torch.Tensor, rows: torch.Tensor) -> torch.Ten
     if fast_modernbert.supports(model):
         return fast_modernbert.encode(model, tokens, rows=rows)
     hidden = getattr(model, HEADS[type(model).__name__][0])(input_ids=tokens).last_hidden_state  # [B, L, H]
-    return fast_modernbert.at_rows(hidden, rows)
+    return at_rows(hidden, rows)
 
 
 def masked_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
