@@ -320,6 +320,20 @@ def test_nucleus_is_the_sorted_nucleus_draw_for_draw():
         assert torch.equal(fast, ref), p
 
 
+def test_nucleus_membership_is_the_masked_sums_even_where_rounding_decides():
+    """in_nucleus decides as the plain masked sum does, sum(probs where probs > p_token) < p, also
+    when p is exactly a row's mass above its token: there its faster sum differs from the masked
+    sum in the last bits, and only the masked sum's answer (not a member: the mass is not below p)
+    is the definition."""
+    g = torch.Generator().manual_seed(6)
+    probs = torch.softmax(torch.randn(400, 3000, generator=g) * 2, -1)
+    tokens = torch.multinomial(probs, 1, generator=g).squeeze(-1)
+    pt = probs.gather(-1, tokens[:, None])
+    above = torch.where(probs > pt, probs, 0.0).sum(-1)  # [N] the definition's mass above each token
+    for p in above[:60].tolist() + [0.5, 0.95]:
+        assert torch.equal(D.in_nucleus(probs, tokens, p), (above < p) | (above == 0)), p
+
+
 def test_inverse_cdf_in_two_levels_picks_the_flat_scans_column():
     """The two-level draw (block sums, then a scan inside one block) picks the column a scan of the
     whole row picks, on integer weights whose sums are exact: zero weights (banned tokens) at block
