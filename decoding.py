@@ -586,17 +586,16 @@ def hidden_at(model, tokens, rows, plan: Pass, key: str, k: int):
 def forward_rows(model, tokens, rows, plan: Pass | None, key: str, k: int):
     """Logits [N, V] at the positions rows ([B, c] index or [B, L] mask) of tokens [B, L]: the LM
     head on those rows only where modeling.HEADS knows the model, the full output otherwise."""
-    from modeling import HEADS, encoder_hidden
+    from modeling import HEADS, encoder_hidden, head_logits
 
-    head = HEADS.get(type(model).__name__)
     if plan is not None:
-        return head[1](model, hidden_at(model, tokens, rows, plan, key, k))
-    if head is None:
+        return head_logits(model, hidden_at(model, tokens, rows, plan, key, k))
+    if type(model).__name__ not in HEADS:
         logits = model(input_ids=tokens).logits  # [B, L, V]
         if rows.dtype == torch.bool:
             return logits[rows]
         return logits.gather(1, rows[..., None].expand(-1, -1, logits.shape[-1])).flatten(0, 1)
-    return head[1](model, encoder_hidden(model, tokens, rows))  # [N, V]
+    return head_logits(model, encoder_hidden(model, tokens, rows))  # [N, V]
 
 
 def predict(model, tokens, rows, canvas: Canvas, ids: dict, gc, eos_ok, plan: Pass | None = None, k: int = 0,

@@ -1,5 +1,6 @@
-"""ModernBERT's encoder for generation, in plain torch ops: the same math as transformers'
-eval-mode forward (ModernBertModel with SDPA), with less work per call.
+"""ModernBERT's encoder and LM head for generation, in plain torch ops: the same math as
+transformers' eval-mode forward (ModernBertModel with SDPA, then decoder(head(.))), with less work
+per call.
 
     supports(model)                          a ModernBertForMaskedLM in eval mode with default rotary tables
     encode(model, tokens, cache=None, span=None, rows=None)
@@ -8,21 +9,25 @@ eval-mode forward (ModernBertModel with SDPA), with less work per call.
                                              only, attending to the cached keys/values of the rest;
                                              rows: only those positions' [N, H] (the last layer's
                                              MLP runs there alone)
+    head(model, hidden)                      logits [N, V] of hidden states [N, H]
 
 Why: a denoising step runs the whole encoder once, and at the quick-test size (2 layers, 64
 positions) transformers' per-call machinery -- building the attention masks, recomputing the
-rotary tables, decorators and output capture, module dispatch -- is a large share of each pass.
-Here the rotary tables and sliding-window masks are computed once per shape and kept (lru_cache),
-each layer is a dozen tensor ops, and the last layer's output projection and MLP run only at the
-rows a step reads. tests/test_bench.py checks the hidden states against transformers' forward
-(global and local layers, full and spliced passes, selected rows) and that the block cache
-through this path reproduces the uncached tokens.
+rotary tables, decorators and output capture, module dispatch, config reads -- is a large share
+of each pass. Here the rotary tables and sliding-window masks are computed once per shape and kept
+(lru_cache), the weights are gathered once per model (Weights: the model's own Parameter objects,
+read as plain attributes), each layer is a dozen tensor ops, and the last layer's output
+projection and MLP run only at the rows a step reads. tests/test_bench.py checks the hidden states
+and logits against transformers' modules (global and local layers, full and spliced passes,
+selected rows) and that the block cache through this path reproduces the uncached tokens.
 
 Training, evaluation and every other family keep transformers' forward; decoding.py reaches this
-through modeling.encoder_hidden and kvcache.encode.
+through modeling.encoder_hidden, modeling.head_logits and kvcache.encode.
 """
 
 import functools
+import weakref
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -35,9 +40,13 @@ def supports(model) -> bool:
     (dropout), every layer type on default rotary tables."""
     if type(model).__name__ != "ModernBertForMaskedLM" or model.training:
         return False
-    rope = getattr(model.config, "rope_parameters", None) or {}
+    return weights(model).default_rotary
+
+
+def default_rotary(config) -> bool:
+    rope = getattr(config, "rope_parameters", None) or {}
     return all((rope.get(t) or {}).get("rope_type", "default") == "default" and (rope.get(t) or {}).get("rope_theta")
-               for t in set(model.config.layer_types))
+               for t in set(config.layer_types))
 
 
 @functools.lru_cache(maxsize=64)
@@ -69,6 +78,72 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torc
     return (xf * cos + xf.roll(x.shape[-1] // 2, -1) * signed_sin).to(x.dtype)
 
 
+class Layer(NamedTuple):
+    """One encoder layer's tensors and settings (F.layer_norm's arguments as a tuple)."""
+    attn_norm: tuple | None  # None: the first layer's attention reads the embeddings as they are
+    qkv: tuple  # (weight, bias) of Wqkv
+    out: tuple  # (weight, bias) of the attention's Wo
+    mlp_norm: tuple
+    up: tuple  # (weight, bias) of the MLP's Wi (value and gate)
+    act: Callable
+    down: tuple  # (weight, bias) of the MLP's Wo
+    theta: float  # rotary base
+    half: int | None  # local layers: keys within this many positions either side; None = global
+
+
+class Weights(NamedTuple):
+    """What encode() and head() read, gathered once per model: the model's own Parameter objects
+    (so in-place updates, .to() and load_state_dict show through), without a module lookup or a
+    config read on every pass."""
+    embedding: torch.Tensor
+    embedding_norm: tuple
+    layers: tuple  # of Layer
+    final_norm: tuple
+    dense: tuple  # the prediction head: (weight, bias) of its dense layer, its activation, its norm
+    head_act: Callable
+    head_norm: tuple
+    decoder: tuple  # (weight, bias): hidden -> vocabulary logits
+    heads: int
+    dim: int  # per head
+    default_rotary: bool  # every layer type on default rotary tables (what encode() computes)
+
+
+def norm_args(norm) -> tuple:
+    return norm.normalized_shape, norm.weight, norm.bias, norm.eps
+
+
+def linear_args(linear) -> tuple:
+    return linear.weight, linear.bias
+
+
+def gather(model) -> Weights:
+    config, body = model.config, model.model
+    heads, rope = config.num_attention_heads, getattr(config, "rope_parameters", None) or {}
+    layers = tuple(Layer(
+        None if i == 0 else norm_args(layer.attn_norm), linear_args(layer.attn.Wqkv), linear_args(layer.attn.Wo),
+        norm_args(layer.mlp_norm), linear_args(layer.mlp.Wi), layer.mlp.act.forward, linear_args(layer.mlp.Wo),
+        float((rope.get(kind) or {}).get("rope_theta") or 0.0),
+        config.sliding_window if kind == "sliding_attention" else None)
+        for i, (layer, kind) in enumerate(zip(body.layers, config.layer_types)))
+    return Weights(body.embeddings.tok_embeddings.weight, norm_args(body.embeddings.norm), layers,
+                   norm_args(body.final_norm), linear_args(model.head.dense), model.head.act.forward,
+                   norm_args(model.head.norm), linear_args(model.decoder), heads, config.hidden_size // heads,
+                   default_rotary(config))
+
+
+GATHERED = weakref.WeakKeyDictionary()  # model -> its Weights
+
+
+def weights(model) -> Weights:
+    """The model's Weights, gathered on first use and again whenever its embedding or layer list
+    is no longer the one gathered (resize_token_embeddings, a swapped encoder)."""
+    w = GATHERED.get(model)
+    if w is None or w.embedding is not model.model.embeddings.tok_embeddings.weight \
+            or len(w.layers) != len(model.model.layers):
+        w = GATHERED[model] = gather(model)
+    return w
+
+
 def encode(model, tokens: torch.Tensor, cache=None, span: tuple | None = None,
            rows: torch.Tensor | None = None) -> torch.Tensor:
     """Hidden states [B, L', H] after the final norm. tokens [B, L] is the whole canvas; span
@@ -77,29 +152,20 @@ def encode(model, tokens: torch.Tensor, cache=None, span: tuple | None = None,
     rows (a [B, L'] mask or [B, c] index into the positions computed): only the hidden states
     there, [N, H] row-major -- the last layer needs every position's keys and values but runs its
     output projection and MLP on those rows alone (a denoising step reads a few of 64)."""
-    config, body = model.config, model.model
+    w = weights(model)
     a, b = span if span is not None else (0, tokens.shape[1])
     L = tokens.shape[1]
     x = tokens[:, a:b]  # [B, Lq]
     B, Lq = x.shape
-    heads = config.num_attention_heads
-    d = config.hidden_size // heads
-    emb = body.embeddings
-    h = F.layer_norm(F.embedding(x, emb.tok_embeddings.weight), emb.norm.normalized_shape, emb.norm.weight,
-                     emb.norm.bias, emb.norm.eps)  # [B, Lq, H]
-    tables = {}
-    for i, layer in enumerate(body.layers):
-        kind = config.layer_types[i]
-        if kind not in tables:
-            cos, sin = rotary(float(config.rope_parameters[kind]["rope_theta"]), d, L, tokens.device)
-            half = config.sliding_window if kind == "sliding_attention" else None
-            tables[kind] = (cos[a:b], sin[a:b], None if half is None else window_mask(a, b, L, half, tokens.device))
-        cos, sin, mask = tables[kind]
-        attn, mlp = layer.attn, layer.mlp
-        y = h if i == 0 else F.layer_norm(h, layer.attn_norm.normalized_shape, layer.attn_norm.weight,
-                                          layer.attn_norm.bias, layer.attn_norm.eps)
-        qkv = F.linear(y, attn.Wqkv.weight, attn.Wqkv.bias).view(B, Lq, 3, heads, d).permute(2, 0, 3, 1, 4)
-        (q, k), v = rotate(qkv[:2], cos, sin), qkv[2]  # [B, h, Lq, d] each
+    heads, d = w.heads, w.dim
+    h = F.layer_norm(F.embedding(x, w.embedding), *w.embedding_norm)  # [B, Lq, H]
+    last = len(w.layers) - 1
+    for i, layer in enumerate(w.layers):
+        cos, sin = rotary(layer.theta, d, L, tokens.device)
+        mask = None if layer.half is None else window_mask(a, b, L, layer.half, tokens.device)
+        y = h if layer.attn_norm is None else F.layer_norm(h, *layer.attn_norm)
+        qkv = F.linear(y, *layer.qkv).view(B, Lq, 3, heads, d).permute(2, 0, 3, 1, 4)
+        (q, k), v = rotate(qkv[:2], cos[a:b], sin[a:b]), qkv[2]  # [B, h, Lq, d] each
         if cache is not None:
             if span is None:
                 cache.kv[i] = (k, v)
@@ -109,12 +175,16 @@ def encode(model, tokens: torch.Tensor, cache=None, span: tuple | None = None,
                 v = torch.cat([v0[:, :, :a], v, v0[:, :, b:]], 2)
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=d ** -0.5)  # [B, h, Lq, d]
         o = o.transpose(1, 2).reshape(B, Lq, heads * d)  # [B, Lq, H]
-        if rows is not None and i == len(body.layers) - 1:
+        if rows is not None and i == last:
             o, h = at_rows(o, rows), at_rows(h, rows)  # [N, H]: nothing after this mixes positions
-        h = h + F.linear(o, attn.Wo.weight, attn.Wo.bias)
-        y = F.layer_norm(h, layer.mlp_norm.normalized_shape, layer.mlp_norm.weight, layer.mlp_norm.bias,
-                         layer.mlp_norm.eps)
-        up, gate = F.linear(y, mlp.Wi.weight, mlp.Wi.bias).chunk(2, -1)
-        h = h + F.linear(mlp.act(up) * gate, mlp.Wo.weight, mlp.Wo.bias)
-    norm = body.final_norm
-    return F.layer_norm(h, norm.normalized_shape, norm.weight, norm.bias, norm.eps)  # [B, Lq, H] or [N, H]
+        h = h + F.linear(o, *layer.out)
+        up, gate = F.linear(F.layer_norm(h, *layer.mlp_norm), *layer.up).chunk(2, -1)
+        h = h + F.linear(layer.act(up) * gate, *layer.down)
+    return F.layer_norm(h, *w.final_norm)  # [B, Lq, H] or [N, H]
+
+
+def head(model, hidden: torch.Tensor) -> torch.Tensor:
+    """Logits [..., V] of hidden states [..., H]: ModernBertForMaskedLM's decoder(head(hidden)),
+    the same ops without the module calls."""
+    w = weights(model)
+    return F.linear(F.layer_norm(w.head_act(F.linear(hidden, *w.dense)), *w.head_norm), *w.decoder)

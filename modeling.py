@@ -192,6 +192,16 @@ def encoder_hidden(model, tokens: torch.Tensor, rows: torch.Tensor) -> torch.Ten
     return at_rows(hidden, rows)
 
 
+def head_logits(model, hidden: torch.Tensor) -> torch.Tensor:
+    """Logits [N, V] of hidden states [N, H] through the LM head HEADS names: fast_modernbert's
+    ops where its encoder applies (the same numbers, no module calls), else the head's modules."""
+    import fast_modernbert
+
+    if fast_modernbert.supports(model):
+        return fast_modernbert.head(model, hidden)
+    return HEADS[type(model).__name__][1](model, hidden)
+
+
 def masked_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                   where: torch.Tensor, masked_only: bool = True) -> torch.Tensor:
     """Logits [N, V] at the N positions where `where` [B, L] is True (row-major order)."""

@@ -170,6 +170,12 @@ def test_fast_modernbert_gives_transformers_hidden_states(arch):
         assert torch.allclose(fast_modernbert.encode(model, x, rows=where), want[where], atol=1e-5)
         tail = where[:, 10:]  # the same rows inside a span over the cache
         assert torch.allclose(fast_modernbert.encode(model, x, cache, (10, L), tail), want[:, 10:][tail], atol=1e-5)
+        h = want[where]  # [N, H]: the LM head through its own ops gives the modules' logits
+        assert torch.allclose(fast_modernbert.head(model, h), model.decoder(model.head(h)), atol=1e-5)
+        model.model.embeddings.tok_embeddings.weight.mul_(2)  # an in-place update shows at once
+        model.resize_token_embeddings(V + 8)  # a new embedding: its weights are gathered again
+        assert torch.allclose(fast_modernbert.encode(model, x), model.model(input_ids=x).last_hidden_state, atol=1e-5)
+        assert fast_modernbert.head(model, h).shape == (len(h), V + 8)
 
 
 def test_block_cache_in_block_generation_on_the_trained_model(tiny_model):
