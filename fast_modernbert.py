@@ -8,7 +8,7 @@ per call.
                                              kvcache.BlockCache, span = (a, b) computes positions a..b-1
                                              only, attending to the cached keys/values of the rest;
                                              rows: only those positions' [N, H] (the last layer's
-                                             MLP runs there alone)
+                                             queries, attention and MLP run there alone)
     head(model, hidden)                      logits [N, V] of hidden states [N, H]
 
 Why: a denoising step runs the whole encoder once, and at the quick-test size (2 layers, 64
@@ -16,10 +16,11 @@ positions) transformers' per-call machinery -- building the attention masks, rec
 rotary tables, decorators and output capture, module dispatch, config reads -- is a large share
 of each pass. Here the rotary tables and sliding-window masks are computed once per shape and kept
 (lru_cache), the weights are gathered once per model (Weights: the model's own Parameter objects,
-read as plain attributes), each layer is a dozen tensor ops, and the last layer's output
-projection and MLP run only at the rows a step reads. tests/test_bench.py checks the hidden states
-and logits against transformers' modules (global and local layers, full and spliced passes,
-selected rows) and that the block cache through this path reproduces the uncached tokens.
+read as plain attributes), each layer is a dozen tensor ops, and the last layer computes keys and
+values everywhere but queries, attention, output projection and MLP only at the rows a step
+reads. tests/test_bench.py checks the hidden states and logits against transformers' modules
+(global and local layers, full and spliced passes, selected rows, a ragged mask) and that the
+block cache through this path reproduces the uncached tokens.
 
 Training, evaluation and every other family keep transformers' forward; decoding.py reaches this
 through modeling.encoder_hidden, modeling.head_logits and kvcache.encode.
@@ -31,8 +32,6 @@ from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
-
-from modeling import at_rows
 
 
 def supports(model) -> bool:
@@ -144,28 +143,66 @@ def weights(model) -> Weights:
     return w
 
 
+QUERY_BLOCK = 32  # torch's CPU attention kernel takes queries in blocks of 32 and rounds a
+SHORT_TAIL = 4  # block's last 1-3 queries differently from the rest (measured on torch 2.13)
+
+
+def padded_index(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(index [B, c], keep [B * c] or None): the positions of rows (a [B, c] index, or a [B, L]
+    mask: each row's positions ascending, padded with others to the longest row's count), c grown
+    by repeating the last position so that no block of queries ends in 1-3 of them (the full pass
+    never has such a tail over 64 positions, so the rows keep its rounding), and keep marking the
+    real ones: index.flatten()[keep] is rows' row-major order (None: all of them are)."""
+    if rows.dtype == torch.bool:
+        counts = rows.sum(-1)  # [B]
+        c = int(counts.max())
+        index = rows.to(torch.int8).argsort(dim=-1, descending=True, stable=True)[:, :c]  # [B, c]
+    else:
+        index, counts, c = rows, None, rows.shape[1]
+    pad = SHORT_TAIL - c % QUERY_BLOCK if 0 < c % QUERY_BLOCK < SHORT_TAIL else 0
+    if pad:
+        index = torch.cat([index, index[:, -1:].expand(-1, pad)], 1)  # [B, c + pad]
+    if counts is None and not pad:
+        return index, None
+    real = torch.arange(c + pad, device=rows.device) < (c if counts is None else counts[:, None])
+    return index, real.expand(index.shape).flatten()
+
+
 def encode(model, tokens: torch.Tensor, cache=None, span: tuple | None = None,
            rows: torch.Tensor | None = None) -> torch.Tensor:
     """Hidden states [B, L', H] after the final norm. tokens [B, L] is the whole canvas; span
     None computes every position (and, with a cache, records each layer's keys/values in
     cache.kv), span (a, b) computes a..b-1 only, their keys/values spliced into the cached ones.
     rows (a [B, L'] mask or [B, c] index into the positions computed): only the hidden states
-    there, [N, H] row-major -- the last layer needs every position's keys and values but runs its
-    output projection and MLP on those rows alone (a denoising step reads a few of 64)."""
+    there, [N, H] row-major -- the last layer needs every position's keys and values but computes
+    queries, attention, output projection and MLP at those rows alone (a denoising step reads a
+    few of 64)."""
     w = weights(model)
     a, b = span if span is not None else (0, tokens.shape[1])
     L = tokens.shape[1]
     x = tokens[:, a:b]  # [B, Lq]
     B, Lq = x.shape
     heads, d = w.heads, w.dim
+    H = heads * d
     h = F.layer_norm(F.embedding(x, w.embedding), *w.embedding_norm)  # [B, Lq, H]
     last = len(w.layers) - 1
     for i, layer in enumerate(w.layers):
         cos, sin = rotary(layer.theta, d, L, tokens.device)
-        mask = None if layer.half is None else window_mask(a, b, L, layer.half, tokens.device)
+        cos, sin = cos[a:b], sin[a:b]  # [Lq, d]
+        mask = None if layer.half is None else window_mask(a, b, L, layer.half, tokens.device)  # [Lq, L]
         y = h if layer.attn_norm is None else F.layer_norm(h, *layer.attn_norm)
-        qkv = F.linear(y, *layer.qkv).view(B, Lq, 3, heads, d).permute(2, 0, 3, 1, 4)
-        (q, k), v = rotate(qkv[:2], cos[a:b], sin[a:b]), qkv[2]  # [B, h, Lq, d] each
+        at = rows is not None and i == last  # the last layer's queries, output and MLP at the rows alone
+        if at:
+            index, keep = padded_index(rows)  # [B, c], [B * c] or None
+            c, (weight, bias) = index.shape[1], layer.qkv
+            kv = F.linear(y, weight[H:], None if bias is None else bias[H:]).view(B, Lq, 2, heads, d)
+            k, v = rotate(kv[:, :, 0].transpose(1, 2), cos, sin), kv[:, :, 1].transpose(1, 2)  # [B, h, Lq, d]
+            q = F.linear(y.gather(1, index[..., None].expand(-1, -1, H)), weight[:H], None if bias is None else bias[:H])
+            q = rotate(q.view(B, c, heads, d).transpose(1, 2), cos[index][:, None], sin[index][:, None])  # [B, h, c, d]
+            mask = None if mask is None else mask[index][:, None]  # [B, 1, c, L]
+        else:
+            qkv = F.linear(y, *layer.qkv).view(B, Lq, 3, heads, d).permute(2, 0, 3, 1, 4)
+            (q, k), v = rotate(qkv[:2], cos, sin), qkv[2]  # [B, h, Lq, d] each
         if cache is not None:
             if span is None:
                 cache.kv[i] = (k, v)
@@ -173,10 +210,12 @@ def encode(model, tokens: torch.Tensor, cache=None, span: tuple | None = None,
                 k0, v0 = cache.kv[i]
                 k = torch.cat([k0[:, :, :a], k, k0[:, :, b:]], 2)  # [B, h, L, d]
                 v = torch.cat([v0[:, :, :a], v, v0[:, :, b:]], 2)
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=d ** -0.5)  # [B, h, Lq, d]
-        o = o.transpose(1, 2).reshape(B, Lq, heads * d)  # [B, Lq, H]
-        if rows is not None and i == last:
-            o, h = at_rows(o, rows), at_rows(h, rows)  # [N, H]: nothing after this mixes positions
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=d ** -0.5)  # [B, h, Lq or c, d]
+        o = o.transpose(1, 2).reshape(B, -1, H)  # [B, Lq or c, H]
+        if at:  # [N, H]: nothing after this mixes positions
+            o, h = o.flatten(0, 1), h.gather(1, index[..., None].expand(-1, -1, H)).flatten(0, 1)
+            if keep is not None:
+                o, h = o[keep], h[keep]
         h = h + F.linear(o, *layer.out)
         up, gate = F.linear(F.layer_norm(h, *layer.mlp_norm), *layer.up).chunk(2, -1)
         h = h + F.linear(layer.act(up) * gate, *layer.down)
