@@ -715,7 +715,6 @@ def predict_and_choose(model, s: Loop, canvas: Canvas, ids: dict, gc, g, c, n_co
     return commit, proposal, conf
 
 
-@torch.no_grad()
 def denoise_steps(model, canvas: Canvas, ids: dict, gc, g: torch.Generator, block: int = 0,
                   refresh: int = 0, guide=None) -> Iterator[Step]:
     """Fill the active <mask>s of a Canvas (every row holds the same number), yielding one Step
@@ -723,7 +722,17 @@ def denoise_steps(model, canvas: Canvas, ids: dict, gc, g: torch.Generator, bloc
     tokens.token_ids plus "ban" (with_ban); g: a generator on the model's device
     (device_generator). Scheduled steps know their counts in advance, so on CUDA they never wait
     for the device. With gc.cache, refresh > 0 also rebuilds the cache every `refresh` passes (1:
-    every pass, which makes the cached passes exact). guide: classifier guidance (guidance.Guide) or None."""
+    every pass, which makes the cached passes exact). guide: classifier guidance (guidance.Guide) or None.
+    Runs under torch.inference_mode (no autograd bookkeeping on any op: the same numbers, less
+    work per op; the Steps' tensors are then inference tensors, read-only outside it), or under
+    no_grad when classifier guidance takes gradients."""
+    mode = torch.no_grad() if guide is not None else torch.inference_mode()
+    yield from mode(denoising_loop)(model, canvas, ids, gc, g, block, refresh, guide)
+
+
+def denoising_loop(model, canvas: Canvas, ids: dict, gc, g: torch.Generator, block: int = 0,
+                   refresh: int = 0, guide=None) -> Iterator[Step]:
+    """denoise_steps' loop, run under the grad mode it picks."""
     device = next(model.parameters()).device
     s = start_loop(canvas, ids, gc, device)
     n = int(canvas.active[0].sum())  # from the CPU canvas: no device round trip
@@ -971,7 +980,7 @@ def cut_at_eos(ids: torch.Tensor, eos: int, n_prompt: int) -> list[list[int]]:
 # ---------------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def ar_steps(model, start: torch.Tensor, length: int, gc, banned: list[int],
              g: torch.Generator) -> Iterator[torch.Tensor]:
     """Yields `length` token columns [B, 1], one per forward pass, sampled left to right after
