@@ -120,10 +120,10 @@ def in_nucleus(probs, tokens, p) -> torch.Tensor:
 
     On more than 65,536 entries the mass is sum(relu(probs - p_token)) + p_token * (how many are
     above): a broadcast subtraction, relu, sign and sums, which run several times faster here than
-    a comparison with a per-row threshold and a select (bool tensors are slow on CPU). It equals the masked sum
-    sum(probs where probs > p_token) up to float32 rounding (~1e-7 here); the rows whose mass lies
-    within NUCLEUS_ROUNDING of p, where rounding could decide, take the masked sum itself, so the
-    decisions are the masked sum's exactly."""
+    a comparison with a per-row threshold and a select (bool tensors are slow on CPU). It equals
+    the masked sum, sum(probs where probs > p_token), up to float32 rounding (~1e-7 here); the rows
+    whose mass lies within NUCLEUS_ROUNDING of p, where rounding could decide, take the masked sum
+    itself, so the decisions are the masked sum's exactly."""
     pt = probs.gather(-1, tokens[:, None])  # [N, 1]
     if probs.numel() <= 1 << 16:  # small: the masked sum itself costs less than the extra steps
         above = torch.where(probs > pt, probs, 0.0).sum(-1)

@@ -150,9 +150,10 @@ SHORT_TAIL = 4  # block's last 1-3 queries differently from the rest (measured o
 def padded_index(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(index [B, c], keep [B * c] or None): the positions of rows (a [B, c] index, or a [B, L]
     mask: each row's positions ascending, padded with others to the longest row's count), c grown
-    by repeating the last position so that no block of queries ends in 1-3 of them (the full pass
-    never has such a tail over 64 positions, so the rows keep its rounding), and keep marking the
-    real ones: index.flatten()[keep] is rows' row-major order (None: all of them are)."""
+    by repeating the last position so that no block of queries ends in 1-3 of them (a full pass
+    over a window of a multiple of 32 positions has no such tail, so the rows keep its rounding),
+    and keep marking the real ones: index.flatten()[keep] is rows' row-major order (None: all of
+    them are)."""
     if rows.dtype == torch.bool:
         counts = rows.sum(-1)  # [B]
         c = int(counts.max())
@@ -197,7 +198,8 @@ def encode(model, tokens: torch.Tensor, cache=None, span: tuple | None = None,
             c, (weight, bias) = index.shape[1], layer.qkv
             kv = F.linear(y, weight[H:], None if bias is None else bias[H:]).view(B, Lq, 2, heads, d)
             k, v = rotate(kv[:, :, 0].transpose(1, 2), cos, sin), kv[:, :, 1].transpose(1, 2)  # [B, h, Lq, d]
-            q = F.linear(y.gather(1, index[..., None].expand(-1, -1, H)), weight[:H], None if bias is None else bias[:H])
+            yq = y.gather(1, index[..., None].expand(-1, -1, H))  # [B, c, H]
+            q = F.linear(yq, weight[:H], None if bias is None else bias[:H])
             q = rotate(q.view(B, c, heads, d).transpose(1, 2), cos[index][:, None], sin[index][:, None])  # [B, h, c, d]
             mask = None if mask is None else mask[index][:, None]  # [B, 1, c, L]
         else:
