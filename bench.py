@@ -17,8 +17,10 @@ One run measures, on the same model shape, data and machine:
      decoding.generate), and the same one token per forward pass, against the AR baseline with
      its KV cache at the same sampler and temperature (decoding.ar_generate), at batch 1 and 16,
      the sides alternating round by round (metrics.fastest_alternating); FLOPs per sample beside
-     them. The trained quick-test model and its AR baseline by default (--checkpoint,
-     --baseline); random weights with `none` (times the work, not the text).
+     them. On a CPU with more than one torch thread, the defaults and the AR again on one thread,
+     and their ratio with each side at its faster thread count. The trained quick-test model and
+     its AR baseline by default (--checkpoint, --baseline); random weights with `none` (times the
+     work, not the text).
   3. the quick test's wall time on CPU: `train.py --quick-test` + `generate.py`, as subprocesses
      into a temporary folder.
 --profile instead times one generation per batch size by stage: model forward (decoding.predict;
@@ -385,6 +387,7 @@ def bench_generation(args, tokenizer) -> dict:
         assert ids.shape == (gc.num_samples, length)
         return length
 
+    threads = torch.get_num_threads()
     for batch in args.batches():
         print(f"[2/3] generation, {n} new tokens at batch {batch}", flush=True)
         settings = gen_settings(args, n, batch)
@@ -397,11 +400,32 @@ def bench_generation(args, tokenizer) -> dict:
         row["ar_kv_cache"] = {"seconds": best["ar_kv_cache"], "forward_passes": n,
                               "label": SAMPLERS[gc.sampling].text(gc)}
         row["speedup"] = {name: best["ar_kv_cache"] / best[name] for name in settings}  # AR time / diffusion time
+        if device.type == "cpu" and threads > 1:
+            row["best_threads"] = at_best_threads(runs, best, threads, args.gen_repeats)
         out["by_batch"][str(batch)] = row
     one = gen_settings(args, n, 1)  # FLOPs per sample: what a compute-bound machine pays
     out["flops_per_sample"] = {**{name: flops(lambda c=c: diffuse(c)) for name, c in one.items()},
                                "ar_kv_cache": flops(lambda: autoregress(one["defaults"], n))}
     return out
+
+
+def at_best_threads(runs: dict, best: dict, threads: int, repeats: int) -> dict:
+    """The defaults and the AR timed again on one torch thread (alternating, fastest of
+    `repeats`), and their ratio with each side at its faster thread count: on a small model a
+    second thread can slow a side down (OpenMP's passive waits), and not both sides alike."""
+    import torch
+
+    from metrics import fastest_alternating
+
+    torch.set_num_threads(1)
+    try:
+        one = fastest_alternating({k: runs[k] for k in ("defaults", "ar_kv_cache")}, repeats)
+    finally:
+        torch.set_num_threads(threads)
+    side = {k: min((best[k], threads), (one[k], 1)) for k in one}  # (seconds, threads) of the faster
+    return {"one_thread": one, "threads": {k: t for k, (_, t) in side.items()},
+            "seconds": {k: s for k, (s, _) in side.items()},
+            "speedup": side["ar_kv_cache"][0] / side["defaults"][0]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -596,7 +620,7 @@ def generation_table(g: dict) -> str:
     """Seconds for the new tokens per batch: each diffusion setting, the AR baseline, and the
     speed-up (AR seconds / diffusion seconds); each setting named in full below the table."""
     first = next(iter(g["by_batch"].values()))
-    names = [k for k in first if k not in ("ar_kv_cache", "speedup")]
+    names = [k for k in first if k not in ("ar_kv_cache", "speedup", "best_threads")]
     rows = [f"generation, {g['new_tokens']} new tokens (seconds; forward passes), diffusion "
             f"{g['models']['diffusion']}, AR {g['models']['ar']}; speed-up = AR seconds / diffusion seconds",
             f"  {'batch':<7}" + "".join(f"{n:>30}" for n in names) + f"{'AR + KV cache':>20}"
@@ -607,7 +631,16 @@ def generation_table(g: dict) -> str:
                     + "".join(f"{r['speedup'][n]:>12.2f}x" for n in names))
     rows += [f"  {i + 1}. {n}: {first[n]['label']}" for i, n in enumerate(names)]
     rows.append(f"  AR: decoding.ar_generate, {first['ar_kv_cache']['label']}")
+    rows += [f"  batch {batch}, each side at its faster thread count: " + best_threads_text(r["best_threads"])
+             for batch, r in g["by_batch"].items() if "best_threads" in r]
     return "\n".join(rows)
+
+
+def best_threads_text(b: dict) -> str:
+    s, t = b["seconds"], b["threads"]
+    return (f"defaults {s['defaults']:.3f}s ({t['defaults']} thread{'s' * (t['defaults'] > 1)}), AR "
+            f"{s['ar_kv_cache']:.3f}s ({t['ar_kv_cache']} thread{'s' * (t['ar_kv_cache'] > 1)}): "
+            f"{b['speedup']:.2f}x")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -625,7 +658,7 @@ def md_training(report: dict) -> list[str]:
 
 def md_generation(g: dict) -> list[str]:
     first = next(iter(g["by_batch"].values()))
-    names = [k for k in first if k not in ("ar_kv_cache", "speedup")]
+    names = [k for k in first if k not in ("ar_kv_cache", "speedup", "best_threads")]
     rows = [f"| {g['new_tokens']} new tokens | batch | seconds (forward passes) | AR + KV cache, same sampler | "
             f"AR / diffusion | FLOPs per sample |", "|---|---|---|---|---|---|"]
     for name in names:
@@ -635,9 +668,19 @@ def md_generation(g: dict) -> list[str]:
                         f"{r['ar_kv_cache']['seconds']:.3f} ({r['ar_kv_cache']['forward_passes']}) | "
                         f"**{r['speedup'][name]:.2f}x** | "
                         f"{fl.get(name, 0) / 1e6:.0f}M vs {fl.get('ar_kv_cache', 0) / 1e6:.0f}M |")
-    return rows + ["", f"(diffusion: {g['models']['diffusion']}; AR: {g['models']['ar']}, decoding.ar_generate, "
-                       f"{first['ar_kv_cache']['label']}; times alternate between the sides, fastest round of each)",
-                   ""]
+    rows += ["", f"(diffusion: {g['models']['diffusion']}; AR: {g['models']['ar']}, decoding.ar_generate, "
+                 f"{first['ar_kv_cache']['label']}; times alternate between the sides, fastest round of each)", ""]
+    best = [(batch, r["best_threads"]) for batch, r in g["by_batch"].items() if "best_threads" in r]
+    if best:
+        rows += ["The defaults and the AR again on one torch thread, and their ratio with each side at its faster "
+                 "thread count (a second thread can slow a small model down, and not both sides alike):", "",
+                 "| batch | defaults, s: 1 thread / all | AR, s: 1 thread / all | each side at its faster count |",
+                 "|---|---|---|---|"]
+        rows += [f"| {batch} | {b['one_thread']['defaults']:.3f} / {g['by_batch'][batch]['defaults']['seconds']:.3f} | "
+                 f"{b['one_thread']['ar_kv_cache']:.3f} / {g['by_batch'][batch]['ar_kv_cache']['seconds']:.3f} | "
+                 f"**{b['speedup']:.2f}x** |" for batch, b in best]
+        rows.append("")
+    return rows
 
 
 def md_profile(p: dict) -> list[str]:
