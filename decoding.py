@@ -39,7 +39,7 @@ from cli import UsageError
 from diffusion import mask_counts
 from guidance import SCORES, Guide
 from limits import check_generation
-from modeling import at_rows
+from modeling import at_rows, index_rows
 from tokens import bos_eos, encode_text, label_ids, labels_of, token_ids
 
 
@@ -71,6 +71,9 @@ def uniforms(n: int, g: torch.Generator) -> torch.Tensor:
     return torch.rand(n, generator=g, device=g.device)  # [n]
 
 
+SMALL_DRAW = 1 << 16  # entries of [N, V] up to which the samplers' plain one-pass forms cost less
+
+
 def inverse_cdf(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """Column index [N] of each row of weights [N, K] (>= 0, not normalised) at cumulative share u [N]:
     the first column whose running sum exceeds u * the row's total (a zero weight is never chosen).
@@ -78,7 +81,7 @@ def inverse_cdf(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     sums of blocks of ~sqrt(K) columns, the block where the running block sum first exceeds the
     target, then the running sum inside that block alone."""
     N, K = weights.shape
-    if N * K <= 1 << 16:  # small: one scan costs less than the extra steps
+    if N * K <= SMALL_DRAW:  # small: one scan costs less than the extra steps
         cdf = weights.cumsum(-1)  # [N, K]
         pick = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)  # [N, 1]
         return pick.squeeze(-1).clamp_max(K - 1)
@@ -125,7 +128,7 @@ def in_nucleus(probs, tokens, p) -> torch.Tensor:
     whose mass lies within NUCLEUS_ROUNDING of p, where rounding could decide, take the masked sum
     itself, so the decisions are the masked sum's exactly."""
     pt = probs.gather(-1, tokens[:, None])  # [N, 1]
-    if probs.numel() <= 1 << 16:  # small: the masked sum itself costs less than the extra steps
+    if probs.numel() <= SMALL_DRAW:  # small: the masked sum itself costs less than the extra steps
         above = torch.where(probs > pt, probs, 0.0).sum(-1)
         return (above < p) | (above == 0)
     gap = (probs - pt).relu_()  # [N, V]: p_j - p_t where p_j > p_t (a - b > 0 exactly when a > b), else 0
@@ -683,11 +686,6 @@ def as_mask(rows, shape):
     if rows.dtype == torch.bool:
         return rows
     return torch.zeros(shape, dtype=torch.bool, device=rows.device).scatter(1, rows, True)
-
-
-def index_rows(mask, c: int):
-    """[B, c] the positions of mask [B, L] (exactly c per row), ascending: at_rows without a sync."""
-    return mask.to(torch.int8).argsort(dim=-1, descending=True, stable=True)[:, :c]
 
 
 def predict_and_choose(model, s: Loop, canvas: Canvas, ids: dict, gc, g, c, n_commit, step: int, plan, k: int,

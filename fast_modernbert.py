@@ -33,6 +33,8 @@ from typing import Callable, NamedTuple
 import torch
 import torch.nn.functional as F
 
+from modeling import index_rows
+
 
 def supports(model) -> bool:
     """Whether encode() computes this model's forward: a ModernBertForMaskedLM, not training
@@ -157,7 +159,7 @@ def padded_index(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]
     if rows.dtype == torch.bool:
         counts = rows.sum(-1)  # [B]
         c = int(counts.max())
-        index = rows.to(torch.int8).argsort(dim=-1, descending=True, stable=True)[:, :c]  # [B, c]
+        index = index_rows(rows, c)  # [B, c]: each row's positions first, then others
     else:
         index, counts, c = rows, None, rows.shape[1]
     pad = SHORT_TAIL - c % QUERY_BLOCK if 0 < c % QUERY_BLOCK < SHORT_TAIL else 0

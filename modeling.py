@@ -179,6 +179,12 @@ def at_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return x.gather(1, rows[..., None].expand(-1, -1, x.shape[-1])).flatten(0, 1)
 
 
+def index_rows(mask: torch.Tensor, c: int) -> torch.Tensor:
+    """[B, c] the first c positions of each row of mask [B, L], ascending (exactly c per row: a
+    [B, c] index of the same rows at_rows picks, without a device sync)."""
+    return mask.to(torch.int8).argsort(dim=-1, descending=True, stable=True)[:, :c]
+
+
 def encoder_hidden(model, tokens: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """Hidden states [N, H] at rows (a [B, L] mask or a [B, c] index, row-major) of the encoder
     under a model whose head HEADS knows, for a canvas without padding (generation):
