@@ -15,17 +15,19 @@ One run measures, on the same model shape, data and machine:
      logits at every position (the model's own MLM loss).
   2. seconds to write a window's worth of new tokens at generate.py's defaults (config.GenConfig,
      decoding.generate), and the same one token per forward pass, against the AR baseline with
-     its KV cache at the same sampler and temperature (decoding.ar_generate), at batch 1 and 16,
-     the sides alternating round by round (metrics.fastest_alternating); FLOPs per sample beside
-     them. On a CPU with more than one torch thread, the defaults and the AR again on one thread,
-     and their ratio with each side at its faster thread count. The trained quick-test model and
+     its KV cache at the same sampler and temperature (decoding.ar_generate: fast_gpt2's step, as
+     the diffusion side runs fast_modernbert), at batch 1 and 16, the sides alternating round by
+     round (metrics.fastest_alternating); FLOPs per sample beside them; and the same AR through
+     transformers' own forward, in the same rounds, to show what per-call machinery alone costs.
+     On a CPU with more than one torch thread, the defaults and the AR again on one thread, and
+     their ratio with each side at its faster thread count. The trained quick-test model and
      its AR baseline by default (--checkpoint, --baseline); random weights with `none` (times the
      work, not the text).
   3. the quick test's wall time on CPU: `train.py --quick-test` + `generate.py`, as subprocesses
      into a temporary folder.
 --profile instead times one generation per batch size by stage: model forward (decoding.predict;
-the AR's forward), sampler (decoding.sample), order and noise (decoding.order_scores), and the
-rest of the loop (bookkeeping). Prints a table and writes JSON with the resolved settings,
+the AR's fast_gpt2.step), sampler (decoding.sample), order and noise (decoding.order_scores), and
+the rest of the loop (bookkeeping). Prints a table and writes JSON with the resolved settings,
 versions and machine to --out. It asserts nothing about speed: the targets live in the README.
 """
 
@@ -381,9 +383,9 @@ def bench_generation(args, tokenizer) -> dict:
         assert ids.shape == (gc.num_samples, n)
         return len(history)
 
-    def autoregress(gc, length):
+    def autoregress(gc, length, fast=True):
         start = torch.full((gc.num_samples, 1), tok.bos_token_id)  # [B, 1]
-        ids = ar_generate(ar, start, length, gc, banned_ids(tok), torch.Generator().manual_seed(args.seed))
+        ids = ar_generate(ar, start, length, gc, banned_ids(tok), torch.Generator().manual_seed(args.seed), fast)
         assert ids.shape == (gc.num_samples, length)
         return length
 
@@ -394,11 +396,13 @@ def bench_generation(args, tokenizer) -> dict:
         gc = settings["defaults"]
         runs = {name: (lambda c=c: diffuse(c)) for name, c in settings.items()}
         runs["ar_kv_cache"] = lambda: autoregress(gc, n)  # the defaults' sampler and temperature
+        runs["ar_transformers"] = lambda: autoregress(gc, n, fast=False)  # the same, through transformers' forward
         best = fastest_alternating(runs, args.gen_repeats, lambda: sync(device))
         row = {name: {"seconds": best[name], "forward_passes": diffuse(c), "label": describe(c)}
                for name, c in settings.items()}
-        row["ar_kv_cache"] = {"seconds": best["ar_kv_cache"], "forward_passes": n,
-                              "label": SAMPLERS[gc.sampling].text(gc)}
+        for side in AR_SIDES:
+            row[side] = {"seconds": best[side], "forward_passes": n, "label": SAMPLERS[gc.sampling].text(gc)}
+        row["ar_transformers"]["speedup"] = best["ar_transformers"] / best["defaults"]
         row["speedup"] = {name: best["ar_kv_cache"] / best[name] for name in settings}  # AR time / diffusion time
         if device.type == "cpu" and threads > 1:
             row["best_threads"] = at_best_threads(runs, best, threads, args.gen_repeats)
@@ -407,6 +411,10 @@ def bench_generation(args, tokenizer) -> dict:
     out["flops_per_sample"] = {**{name: flops(lambda c=c: diffuse(c)) for name, c in one.items()},
                                "ar_kv_cache": flops(lambda: autoregress(one["defaults"], n))}
     return out
+
+
+AR_SIDES = ("ar_kv_cache", "ar_transformers")  # fast_gpt2's step (what the ratios use); transformers' forward
+NOT_DIFFUSION = (*AR_SIDES, "speedup", "best_threads")  # a row's keys that are not diffusion settings
 
 
 def at_best_threads(runs: dict, best: dict, threads: int, repeats: int) -> dict:
@@ -496,6 +504,7 @@ def bench_profile(args, tokenizer) -> dict:
     import torch
 
     import decoding
+    import fast_gpt2
     from decoding import SAMPLERS, describe
     from tokens import banned_ids
 
@@ -504,7 +513,7 @@ def bench_profile(args, tokenizer) -> dict:
     n = args.gen_length or window - 2
     out = {"new_tokens": n, "window": window, "models": sources, "by_batch": {}}
     diffusion_stages = {stage: [(decoding, f) for f in names] for stage, names in PROFILE_STAGES.items()}
-    ar_stages = {"model forward": [(ar, "forward")], "sampler": [(decoding, "sample")]}
+    ar_stages = {"model forward": [(ar, "forward"), (fast_gpt2, "step")], "sampler": [(decoding, "sample")]}
     for batch in args.batches():
         print(f"[profile] {n} new tokens at batch {batch}", flush=True)
         gc = gen_settings(args, n, batch)["defaults"]
@@ -620,7 +629,7 @@ def generation_table(g: dict) -> str:
     """Seconds for the new tokens per batch: each diffusion setting, the AR baseline, and the
     speed-up (AR seconds / diffusion seconds); each setting named in full below the table."""
     first = next(iter(g["by_batch"].values()))
-    names = [k for k in first if k not in ("ar_kv_cache", "speedup", "best_threads")]
+    names = [k for k in first if k not in NOT_DIFFUSION]
     rows = [f"generation, {g['new_tokens']} new tokens (seconds; forward passes), diffusion "
             f"{g['models']['diffusion']}, AR {g['models']['ar']}; speed-up = AR seconds / diffusion seconds",
             f"  {'batch':<7}" + "".join(f"{n:>30}" for n in names) + f"{'AR + KV cache':>20}"
@@ -630,7 +639,10 @@ def generation_table(g: dict) -> str:
         rows.append(f"  {batch:<7}" + "".join(f"{cell(n):>30}" for n in names) + f"{cell('ar_kv_cache'):>20}"
                     + "".join(f"{r['speedup'][n]:>12.2f}x" for n in names))
     rows += [f"  {i + 1}. {n}: {first[n]['label']}" for i, n in enumerate(names)]
-    rows.append(f"  AR: decoding.ar_generate, {first['ar_kv_cache']['label']}")
+    rows.append(f"  AR: decoding.ar_generate, {first['ar_kv_cache']['label']} (fast_gpt2's step)")
+    rows += [f"  batch {batch}, the AR through transformers' forward: {r['ar_transformers']['seconds']:.3f}s, "
+             f"{r['ar_transformers']['speedup']:.2f}x the defaults' time" for batch, r in g["by_batch"].items()
+             if "ar_transformers" in r]
     rows += [f"  batch {batch}, each side at its faster thread count: " + best_threads_text(r["best_threads"])
              for batch, r in g["by_batch"].items() if "best_threads" in r]
     return "\n".join(rows)
@@ -658,7 +670,7 @@ def md_training(report: dict) -> list[str]:
 
 def md_generation(g: dict) -> list[str]:
     first = next(iter(g["by_batch"].values()))
-    names = [k for k in first if k not in ("ar_kv_cache", "speedup", "best_threads")]
+    names = [k for k in first if k not in NOT_DIFFUSION]
     rows = [f"| {g['new_tokens']} new tokens | batch | seconds (forward passes) | AR + KV cache, same sampler | "
             f"AR / diffusion | FLOPs per sample |", "|---|---|---|---|---|---|"]
     for name in names:
@@ -668,8 +680,19 @@ def md_generation(g: dict) -> list[str]:
                         f"{r['ar_kv_cache']['seconds']:.3f} ({r['ar_kv_cache']['forward_passes']}) | "
                         f"**{r['speedup'][name]:.2f}x** | "
                         f"{fl.get(name, 0) / 1e6:.0f}M vs {fl.get('ar_kv_cache', 0) / 1e6:.0f}M |")
-    rows += ["", f"(diffusion: {g['models']['diffusion']}; AR: {g['models']['ar']}, decoding.ar_generate, "
-                 f"{first['ar_kv_cache']['label']}; times alternate between the sides, fastest round of each)", ""]
+    rows += ["", f"(diffusion: {g['models']['diffusion']}; AR: {g['models']['ar']}, decoding.ar_generate through "
+                 f"fast_gpt2's step, {first['ar_kv_cache']['label']}; times alternate between the sides, fastest "
+                 f"round of each)", ""]
+    if "ar_transformers" in first:
+        rows += ["The same AR generation through transformers' own forward and cache (the same tokens; what the AR "
+                 "side ran before `fast_gpt2.py`), timed in the same rounds: how much of a ratio is per-call "
+                 "machinery rather than decoding:", "",
+                 "| batch | AR, fast_gpt2, s | AR, transformers' forward, s | defaults, s | "
+                 "transformers' AR / defaults |", "|---|---|---|---|---|"]
+        rows += [f"| {batch} | {r['ar_kv_cache']['seconds']:.3f} | {r['ar_transformers']['seconds']:.3f} | "
+                 f"{r['defaults']['seconds']:.3f} | {r['ar_transformers']['speedup']:.2f}x |"
+                 for batch, r in g["by_batch"].items()]
+        rows.append("")
     best = [(batch, r["best_threads"]) for batch, r in g["by_batch"].items() if "best_threads" in r]
     if best:
         rows += ["The defaults and the AR again on one torch thread, and their ratio with each side at its faster "

@@ -23,7 +23,8 @@ generate.py's --show-steps and --animate (visualize.py), demo.py, evaluate.py, t
 bench.py all consume this one loop; it prints nothing itself.
 
     ar_steps(model, start, length, gc, banned, g)      the AR baseline, same samplers, KV cache:
-                                        yields one token column per forward pass
+                                        yields one token column per forward pass (a GPT-2 through
+                                        fast_gpt2's step, as ModernBERT through fast_modernbert)
     ar_generate(...)                    runs it to the end: [B, length]
 """
 
@@ -980,22 +981,44 @@ def cut_at_eos(ids: torch.Tensor, eos: int, n_prompt: int) -> list[list[int]]:
 
 @torch.inference_mode()
 def ar_steps(model, start: torch.Tensor, length: int, gc, banned: list[int],
-             g: torch.Generator) -> Iterator[torch.Tensor]:
+             g: torch.Generator, fast: bool = True) -> Iterator[torch.Tensor]:
     """Yields `length` token columns [B, 1], one per forward pass, sampled left to right after
     start [B, T0] with SAMPLERS[gc.sampling] (the diffusion model's samplers), special tokens
-    banned as there, drawn on the model's device. demo.py watches it; ar_generate collects it."""
+    banned as there, drawn on the model's device. demo.py watches it; ar_generate collects it.
+    fast=False runs the model's own forward even where fast_gpt2 applies (bench.py's reference)."""
     device = next(model.parameters()).device
-    x, cache, g = start.to(device), None, device_generator(g, device)
+    x, g = start.to(device), device_generator(g, device)
     ban = torch.tensor(banned, dtype=torch.long, device=device)
+    next_logits = ar_forward(model, len(x), x.shape[1] + length, fast)
     for _ in range(length):
-        o = model(input_ids=x, cache=cache, use_cache=True, logits_to_keep=1)
-        cache = o.cache
-        logits = o.logits[:, -1].float().index_fill(1, ban, float("-inf"))  # [B, V]
+        logits = next_logits(x).float().index_fill(1, ban, float("-inf"))  # [B, V]
         x = sample(logits, g, gc)[:, None]  # [B, 1]
         yield x
 
 
+def ar_forward(model, batch: int, positions: int, fast: bool = True) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A function of the next tokens [B, T] (the prompt first, then one column at a time, up to
+    `positions` in all) -> logits [B, V] at the last of them, keeping the keys/values of all so
+    far: fast_gpt2's step
+    where it applies (the same numbers, less work per call; the diffusion side runs
+    fast_modernbert), else the model's forward with its own cache."""
+    import fast_gpt2
+
+    if fast and fast_gpt2.supports(model):
+        kv = fast_gpt2.KV(model, batch, positions)
+        return lambda x: fast_gpt2.step(model, x, kv)
+    cache = None
+
+    def forward(x):
+        nonlocal cache
+        o = model(input_ids=x, cache=cache, use_cache=True, logits_to_keep=1)
+        cache = o.cache
+        return o.logits[:, -1]
+
+    return forward
+
+
 def ar_generate(model, start: torch.Tensor, length: int, gc, banned: list[int],
-                g: torch.Generator) -> torch.Tensor:
+                g: torch.Generator, fast: bool = True) -> torch.Tensor:
     """[B, length] tokens sampled left to right after start [B, T0]: ar_steps run to the end."""
-    return torch.cat(list(ar_steps(model, start, length, gc, banned, g)), 1)  # [B, length]
+    return torch.cat(list(ar_steps(model, start, length, gc, banned, g, fast)), 1)  # [B, length]

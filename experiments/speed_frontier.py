@@ -15,8 +15,9 @@ For each setting:
     (generative perplexity under the AR baseline; a sample longer than its window is scored in
     window-sized pieces), against held-out text;
   - speed: wall seconds per new token at each --batches size, alternating with the AR baseline
-    at the same sampler and temperature (decoding.ar_generate), fastest of --repeats each, so every
-    speed-up is a side-by-side ratio; and the FLOPs one sample costs (torch.utils.flop_counter).
+    at the same sampler and temperature (decoding.ar_generate: GPT-2 through fast_gpt2's step, as
+    the diffusion side runs fast_modernbert), fastest of --repeats each, so every speed-up is a
+    side-by-side ratio of equally hand-written loops; and the FLOPs one sample costs (torch.utils.flop_counter).
 The AR baseline is also swept across --ar-temperatures at each sampler: its own quality curve.
 
 Prints the table and the settings that meet the quality floor (metrics.QUALITY_FLOOR, unprompted

@@ -178,6 +178,46 @@ def test_fast_modernbert_gives_transformers_hidden_states(arch):
         assert fast_modernbert.head(model, h).shape == (len(h), V + 8)
 
 
+def test_fast_gpt2_gives_transformers_logits_and_tokens():
+    """The AR baseline's own cached step (fast_gpt2) computes what transformers' GPT-2 does: the
+    next-token logits after a prompt and after each appended token, and, through ar_generate, the
+    same sampled tokens as transformers' forward with its own cache."""
+    import fast_gpt2
+    from decoding import ar_generate
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    cfg = GPT2Config(vocab_size=V, n_positions=L, n_embd=H, n_layer=2, n_head=2, n_inner=48, resid_pdrop=0.0,
+                     embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(cfg).eval()
+    assert fast_gpt2.supports(model) and not fast_gpt2.supports(GPT2LMHeadModel(cfg).train())
+    scaled = GPT2Config(**{**cfg.to_dict(), "scale_attn_by_inverse_layer_idx": True})  # another attention: not its math
+    assert not fast_gpt2.supports(GPT2LMHeadModel(scaled).eval())
+    with torch.no_grad():  # peaked attention, so a wrong position, causal mask or cache slot shows
+        for name, p in model.named_parameters():
+            p.mul_(8 if "c_attn" in name or "wpe" in name else 1)
+    x = torch.randint(3, V, (3, L), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = model(input_ids=x).logits  # [3, L, V]
+        kv = fast_gpt2.KV(model, 3)
+        got = [fast_gpt2.step(model, x[:, :5], kv)] + [fast_gpt2.step(model, x[:, t:t + 1], kv) for t in range(5, L)]
+        assert torch.allclose(torch.stack(got, 1), want[:, 4:], atol=1e-5)
+        with pytest.raises(ValueError):  # past the model's positions
+            fast_gpt2.step(model, x[:, :1], kv)
+        start, gc = x[:, :3], GenConfig(temperature=1.0, p=0.9)
+        tokens = ar_generate(model, start, 12, gc, [0], torch.Generator().manual_seed(4))
+        assert torch.equal(tokens, ar_generate(model, start, 12, gc, [0], torch.Generator().manual_seed(4), fast=False))
+        model.transformer.wte.weight.mul_(2)  # an in-place update shows at once
+        model.resize_token_embeddings(V + 8)  # a new embedding: its weights are gathered again
+        kv = fast_gpt2.KV(model, 3, 8)  # room for 8 positions only
+        assert torch.allclose(fast_gpt2.step(model, x[:, :7], kv), model(input_ids=x[:, :7]).logits[:, -1], atol=1e-5)
+        assert fast_gpt2.step(model, x[:, 7:8], kv).shape == (3, V + 8)
+        with pytest.raises(ValueError):
+            fast_gpt2.step(model, x[:, 8:9], kv)
+        with pytest.raises(ValueError):
+            fast_gpt2.KV(model, 3, L + 1)
+
+
 def test_block_cache_in_block_generation_on_the_trained_model(tiny_model):
     """The same through generation_steps: blocks past the window, sliding context, the tokenizer's
     ids, ModernBERT as train.py builds it."""
@@ -291,6 +331,9 @@ def test_bench_small_runs_and_writes_json(tmp_path):
         assert r["speedup"]["defaults"] == pytest.approx(r["ar_kv_cache"]["seconds"] / r["defaults"]["seconds"])
         assert r["defaults"]["label"] == describe(GenConfig(length=32))  # the settings named in the table
         assert r["ar_kv_cache"]["label"] == SAMPLERS[GenConfig().sampling].text(GenConfig())
+        assert r["ar_transformers"]["forward_passes"] == g["new_tokens"]  # the same AR through transformers' forward
+        assert r["ar_transformers"]["speedup"] == pytest.approx(r["ar_transformers"]["seconds"]
+                                                                 / r["defaults"]["seconds"])
         threads = report["machine"]["torch_threads"]
         if threads > 1:  # each side again on one thread; the ratio takes each side's faster time
             b = r["best_threads"]
@@ -310,6 +353,8 @@ def test_bench_small_runs_and_writes_json(tmp_path):
     assert f"{r['speedup']['defaults']:.2f}x" in text and report["command"] in text
     if "best_threads" in r:
         assert f"**{r['best_threads']['speedup']:.2f}x**" in text
+    assert f"| {r['ar_transformers']['seconds']:.3f} | {r['defaults']['seconds']:.3f} | " \
+           f"{r['ar_transformers']['speedup']:.2f}x |" in text
     assert not os.path.exists(str(out) + ".tmp")
 
 
