@@ -999,9 +999,8 @@ def ar_steps(model, start: torch.Tensor, length: int, gc, banned: list[int],
 def ar_forward(model, batch: int, positions: int, fast: bool = True) -> Callable[[torch.Tensor], torch.Tensor]:
     """A function of the next tokens [B, T] (the prompt first, then one column at a time, up to
     `positions` in all) -> logits [B, V] at the last of them, keeping the keys/values of all so
-    far: fast_gpt2's step
-    where it applies (the same numbers, less work per call; the diffusion side runs
-    fast_modernbert), else the model's forward with its own cache."""
+    far: fast_gpt2's step where it applies (transformers' math with less work per call, as the
+    diffusion side runs fast_modernbert), else the model's forward with its own cache."""
     import fast_gpt2
 
     if fast and fast_gpt2.supports(model):

@@ -222,7 +222,8 @@ def speed_lines(k: dict, n: int) -> list[str]:
     if art and default:
         lines.append(f"**Speed.** Seconds per sample: AR {art['seconds_per_sample']:.4f} ({n} forward passes with a "
                      f"KV cache), diffusion at the defaults {default['seconds_per_sample']:.4f} "
-                     f"({default['forward_passes']} forward passes).")
+                     f"({default['forward_passes']} forward passes); each timed once, so read them to a few tens of "
+                     f"percent: the side-by-side ratios are bench.py's (README, Performance).")
     return lines
 
 
