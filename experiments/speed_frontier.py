@@ -17,7 +17,8 @@ For each setting:
   - speed: wall seconds per new token at each --batches size, alternating with the AR baseline
     at the same sampler and temperature (decoding.ar_generate: GPT-2 through fast_gpt2's step, as
     the diffusion side runs fast_modernbert), fastest of --repeats each, so every speed-up is a
-    side-by-side ratio of equally hand-written loops; and the FLOPs one sample costs (torch.utils.flop_counter).
+    side-by-side ratio of equally hand-written loops; and the FLOPs one sample costs
+    (torch.utils.flop_counter).
 The AR baseline is also swept across --ar-temperatures at each sampler: its own quality curve.
 
 Prints the table and the settings that meet the quality floor (metrics.QUALITY_FLOOR, unprompted

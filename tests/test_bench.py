@@ -178,7 +178,7 @@ def test_fast_modernbert_gives_transformers_hidden_states(arch):
         assert fast_modernbert.head(model, h).shape == (len(h), V + 8)
 
 
-def test_fast_gpt2_gives_transformers_logits_and_tokens():
+def test_fast_gpt2_gives_transformers_logits_and_tokens(monkeypatch):
     """The AR baseline's own cached step (fast_gpt2) computes what transformers' GPT-2 does: the
     next-token logits after a prompt and after each appended token, and, through ar_generate, the
     same sampled tokens as transformers' forward with its own cache."""
@@ -205,8 +205,11 @@ def test_fast_gpt2_gives_transformers_logits_and_tokens():
         with pytest.raises(ValueError):  # past the model's positions
             fast_gpt2.step(model, x[:, :1], kv)
         start, gc = x[:, :3], GenConfig(temperature=1.0, p=0.9)
+        steps, step = [], fast_gpt2.step
+        monkeypatch.setattr(fast_gpt2, "step", lambda *a: steps.append(1) or step(*a))
         tokens = ar_generate(model, start, 12, gc, [0], torch.Generator().manual_seed(4))
         assert torch.equal(tokens, ar_generate(model, start, 12, gc, [0], torch.Generator().manual_seed(4), fast=False))
+        assert len(steps) == 12  # one fast step per token, none with fast=False
         model.transformer.wte.weight.mul_(2)  # an in-place update shows at once
         model.resize_token_embeddings(V + 8)  # a new embedding: its weights are gathered again
         kv = fast_gpt2.KV(model, 3, 8)  # room for 8 positions only
