@@ -25,6 +25,8 @@ from typing import Callable, NamedTuple
 import torch
 import torch.nn.functional as F
 
+from fast_modernbert import norm_args
+
 
 def supports(model) -> bool:
     """Whether step() computes this model's forward: a GPT2LMHeadModel, not training (dropout),
@@ -58,10 +60,6 @@ class Weights(NamedTuple):
     lm_head: tuple  # (weight, bias)
     heads: int
     dim: int  # per head
-
-
-def norm_args(norm) -> tuple:
-    return norm.normalized_shape, norm.weight, norm.bias, norm.eps
 
 
 def conv1d_args(conv) -> tuple:
